@@ -87,10 +87,7 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        assert!(matches!(
-            decode::<Msg>(&[9]),
-            Err(CodecError::Malformed(_))
-        ));
+        assert!(matches!(decode::<Msg>(&[9]), Err(CodecError::Malformed(_))));
         assert!(matches!(decode::<Msg>(&[]), Err(CodecError::Malformed(_))));
         let mut bytes = encode(&Msg::Ping(1));
         bytes.push(0);

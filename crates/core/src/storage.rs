@@ -95,7 +95,9 @@ pub trait StorageExt: Storage {
 
     /// Decode the log record at `index`.
     fn read_value<T: DeserializeOwned>(&self, index: LogIndex) -> Result<Option<T>, CodecError> {
-        self.read(index).map(|bytes| codec::decode(&bytes)).transpose()
+        self.read(index)
+            .map(|bytes| codec::decode(&bytes))
+            .transpose()
     }
 }
 
@@ -156,6 +158,16 @@ impl MemStorage {
     pub fn sync(&mut self) {
         self.pending.clear();
         self.bytes_pending = 0;
+    }
+
+    /// Make the first `count` unsynced writes durable, e.g. those of a batch whose sync
+    /// started before later writes were issued.
+    pub fn sync_first(&mut self, count: usize) {
+        let count = count.min(self.pending.len());
+        self.pending.drain(..count);
+        if self.pending.is_empty() {
+            self.bytes_pending = 0;
+        }
     }
 
     /// Lose power: keep the first `keep` unsynced writes and undo the rest, newest first.

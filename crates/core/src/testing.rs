@@ -89,9 +89,7 @@ pub fn sent<M: Clone, T>(effects: &[Effect<M, T>]) -> Vec<(NodeId, M)> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Send { to, msg } | Effect::SendUnsynced { to, msg } => {
-                Some((*to, msg.clone()))
-            }
+            Effect::Send { to, msg } | Effect::SendUnsynced { to, msg } => Some((*to, msg.clone())),
             _ => None,
         })
         .collect()
