@@ -149,3 +149,23 @@ impl Actor for DurableCounter {
         ctx.set_timer(Tick, Duration::from_millis(1));
     }
 }
+
+/// The invariant [`DurableCounter`] exists for: the counter a node holds in storage never
+/// falls below a value a peer has heard from it.
+pub fn no_peer_heard_undurable_value(sim: &crate::Sim<DurableCounter>) -> Result<(), String> {
+    for node in sim.node_ids() {
+        let stored: u64 = sim
+            .storage(node)
+            .and_then(|s| s.get_value(b"counter").ok().flatten())
+            .unwrap_or(0);
+        for (peer, actor) in sim.actors() {
+            let heard = actor.heard.get(node.index()).copied().unwrap_or(0);
+            if heard > stored {
+                return Err(format!(
+                    "{peer} heard {heard} from {node}, whose storage holds only {stored}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}

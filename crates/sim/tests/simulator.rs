@@ -1,8 +1,8 @@
 //! The simulator's own promises: determinism, group commit, faults, modes, and errors.
 
 use std::time::Duration;
-use synod_core::{ClientId, NodeId, StorageExt};
-use synod_sim::fixtures::{DurableCounter, PingPong, PingPongMsg};
+use synod_core::{ClientId, NodeId};
+use synod_sim::fixtures::{no_peer_heard_undurable_value, DurableCounter, PingPong, PingPongMsg};
 use synod_sim::{assert_seeds, swarm_faults, swarm_net, FaultConfig, NetConfig, Sim, SimConfig};
 
 fn chaotic(seed: u64, nodes: u32) -> SimConfig {
@@ -39,25 +39,6 @@ fn different_seeds_give_different_trace_hashes() {
     let hashes: std::collections::BTreeSet<u64> =
         (0..20).map(|s| pingpong_trace_hash(s).0).collect();
     assert_eq!(hashes.len(), 20);
-}
-
-/// The counter a node holds in storage must never fall below a value a peer heard from it.
-fn no_peer_heard_undurable_value(sim: &Sim<DurableCounter>) -> Result<(), String> {
-    for node in sim.node_ids() {
-        let stored: u64 = sim
-            .storage(node)
-            .and_then(|s| s.get_value(b"counter").ok().flatten())
-            .unwrap_or(0);
-        for (peer, actor) in sim.actors() {
-            let heard = actor.heard[node.index()];
-            if heard > stored {
-                return Err(format!(
-                    "{peer} heard {heard} from {node}, whose storage holds only {stored}"
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 fn counter_run(seed: u64, unsynced: bool) -> Result<(), String> {
