@@ -1,1 +1,59 @@
-fn main() {}
+//! `synod`: run, test, compare and benchmark distributed algorithms.
+//!
+//! One verb per thing a user does. Everything under `synod sim` runs in the deterministic
+//! simulator: the same `--seed` replays the same run exactly.
+// The CLI is a driver: it may read the wall clock (benchmarks, progress).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+mod args;
+mod bench;
+mod check;
+mod sim;
+mod sim_clock_sync;
+
+use clap::{Parser, Subcommand};
+
+/// A distributed-systems workbench: every classic algorithm as a deterministic state
+/// machine, run under a seeded fault-injecting simulator with checkers.
+#[derive(Debug, Parser)]
+#[command(name = "synod", version, about, long_about = None)]
+struct Cli {
+    /// Log filter for tracing output on stderr, e.g. `info` or `synod_sim=debug`.
+    #[arg(long, global = true, default_value = "warn", env = "SYNOD_LOG")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a protocol in the deterministic simulator.
+    Sim(sim::SimCommand),
+    /// Measure performance (results belong in BENCHMARKS.md).
+    Bench(bench::BenchCommand),
+    /// Check a recorded history (JSONL) for linearizability.
+    Check(check::CheckCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Sim(cmd) => sim::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Check(cmd) => check::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
