@@ -8,6 +8,7 @@
 mod args;
 mod bench;
 mod check;
+mod cluster;
 mod sim;
 mod sim_clock_sync;
 
@@ -28,6 +29,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a local cluster of separate node processes under ./.synod/ and return.
+    Up(cluster::UpCommand),
+    /// Stop the local cluster (SIGTERM, then SIGKILL after 10 s).
+    Down(cluster::DirFlag),
+    /// Show each node of the local cluster: state, incarnation, peers, clock offset.
+    Status(cluster::DirFlag),
+    /// Run one node in the foreground (what `synod up` starts, once per node).
+    Node(cluster::NodeCommand),
+    /// Create the cluster CA and node certificates for mutual TLS.
+    Certs(cluster::CertsCommand),
     /// Run a protocol in the deterministic simulator.
     Sim(sim::SimCommand),
     /// Measure performance (results belong in BENCHMARKS.md).
@@ -43,8 +54,14 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
+        Command::Up(cmd) => cluster::up(cmd),
+        Command::Down(cmd) => cluster::down(cmd),
+        Command::Status(cmd) => cluster::status(cmd),
+        Command::Node(cmd) => cluster::node(cmd),
+        Command::Certs(cmd) => cluster::certs(cmd),
         Command::Sim(cmd) => sim::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Check(cmd) => check::run(cmd),

@@ -30,4 +30,5 @@
 //!   actor.
 #![warn(missing_docs)]
 
+pub mod beacon;
 pub mod clocks;

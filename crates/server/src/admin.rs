@@ -1,0 +1,227 @@
+//! Admin HTTP: `/status` (JSON) and `/metrics` (Prometheus text format 0.0.4).
+
+use crate::node::NodeState;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::{json, Value};
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// The process-wide Prometheus recorder for the `metrics` macros (fsync latency, batch
+/// sizes). Installed once; later calls reuse it.
+fn recorder() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0,
+                ])
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Serve the admin endpoint on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<NodeState>) {
+    let _ = recorder();
+    let app = Router::new()
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "admin endpoint failed");
+    }
+}
+
+async fn status(State(state): State<Arc<NodeState>>) -> Json<Value> {
+    Json(status_json(&state).await)
+}
+
+/// The node's status document.
+pub async fn status_json(state: &NodeState) -> Value {
+    let deadline = Duration::from_secs(2);
+    let beacon = tokio::time::timeout(
+        deadline,
+        state.beacon.inspect(|b| {
+            let peers: serde_json::Map<String, Value> = b
+                .views()
+                .iter()
+                .map(|(peer, view)| {
+                    (
+                        peer.to_string(),
+                        json!({ "incarnation": view.incarnation, "seq": view.seq,
+                                "last_heard_ns": view.last_heard.0 }),
+                    )
+                })
+                .collect();
+            json!({ "incarnation": b.incarnation(), "appends": b.appends(), "heard": peers })
+        }),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or(Value::Null);
+    let clock = tokio::time::timeout(
+        deadline,
+        state.clock_sync.inspect(|c| {
+            json!({
+                "server": c.config().server.to_string(),
+                "is_server": c.is_server(),
+                "synchronized": c.is_synchronized(),
+                "offset_ns": c.offset_estimate().map(|o| o.0 as i64),
+                "error_bound_ns": c.error_bound().map(|d| d.as_nanos() as u64),
+                "last_delay_ns": c.last_delay().map(|d| d.as_nanos() as u64),
+                "frequency_ppb": c.frequency_ppb(),
+                "samples": c.samples_accepted(),
+            })
+        }),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or(Value::Null);
+    let transport = state.transport.stats();
+    let peers: serde_json::Map<String, Value> = transport
+        .peers
+        .iter()
+        .map(|(peer, s)| {
+            (
+                peer.to_string(),
+                json!({
+                    "connected": s.connected,
+                    "messages_sent": s.messages_sent,
+                    "messages_received": s.messages_received,
+                    "bytes_sent": s.bytes_sent,
+                    "bytes_received": s.bytes_received,
+                    "dropped": s.dropped,
+                    "reconnects": s.reconnects,
+                    "queue_depth": s.queue_depth,
+                    "last_error": s.last_error,
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "node": state.me.to_string(),
+        "cluster_id": state.config.cluster_id,
+        "pid": std::process::id(),
+        "uptime_s": state.started.elapsed().as_secs_f64(),
+        "tls": !state.config.insecure,
+        "peers": peers,
+        "rejected_connections": transport.rejected_connections,
+        "beacon": beacon,
+        "clock_sync": clock,
+    })
+}
+
+/// A metric read from a statistics snapshot: name, type, help text, and the reader.
+type Metric<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
+
+async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
+    let mut out = recorder().map(|h| h.render()).unwrap_or_default();
+    let node = state.me.to_string();
+    let transport = state.transport.stats();
+    let peer_metrics: [Metric<synod_runtime::transport::PeerStats>; 7] = [
+        (
+            "synod_peer_messages_sent_total",
+            "counter",
+            "Messages sent to the peer.",
+            |s| s.messages_sent,
+        ),
+        (
+            "synod_peer_messages_received_total",
+            "counter",
+            "Messages received from the peer.",
+            |s| s.messages_received,
+        ),
+        (
+            "synod_peer_bytes_sent_total",
+            "counter",
+            "Frame bytes sent to the peer.",
+            |s| s.bytes_sent,
+        ),
+        (
+            "synod_peer_bytes_received_total",
+            "counter",
+            "Frame bytes received from the peer.",
+            |s| s.bytes_received,
+        ),
+        (
+            "synod_peer_dropped_total",
+            "counter",
+            "Messages dropped because the peer queue was full or the peer down.",
+            |s| s.dropped,
+        ),
+        (
+            "synod_peer_queue_depth",
+            "gauge",
+            "Messages waiting in the peer's outbound queue.",
+            |s| s.queue_depth as u64,
+        ),
+        (
+            "synod_peer_connected",
+            "gauge",
+            "1 while a connection to the peer is up.",
+            |s| u64::from(s.connected),
+        ),
+    ];
+    for (name, kind, help, read) in peer_metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (peer, s) in &transport.peers {
+            let _ = writeln!(out, "{name}{{node=\"{node}\",peer=\"{peer}\"}} {}", read(s));
+        }
+    }
+    let actor_metrics: [Metric<synod_runtime::driver::ActorStats>; 5] = [
+        (
+            "synod_actor_batches_total",
+            "counter",
+            "Group-commit batches run.",
+            |s| s.batches.load(Ordering::Relaxed),
+        ),
+        (
+            "synod_actor_inputs_total",
+            "counter",
+            "Messages, requests and timers handled.",
+            |s| s.inputs.load(Ordering::Relaxed),
+        ),
+        (
+            "synod_actor_syncs_total",
+            "counter",
+            "Storage syncs (one fdatasync each).",
+            |s| s.syncs.load(Ordering::Relaxed),
+        ),
+        (
+            "synod_actor_bad_messages_total",
+            "counter",
+            "Peer messages that failed to decode.",
+            |s| s.bad_messages.load(Ordering::Relaxed),
+        ),
+        (
+            "synod_actor_inbox_depth",
+            "gauge",
+            "Inputs waiting when the last batch started.",
+            |s| s.inbox_depth.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, read) in actor_metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (service, s) in &state.actor_stats {
+            let _ = writeln!(
+                out,
+                "{name}{{node=\"{node}\",service=\"{service}\"}} {}",
+                read(s)
+            );
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

@@ -1,0 +1,12 @@
+//! # synod-server: the node daemon's pieces
+//!
+//! - [`config`]: the TOML cluster file.
+//! - [`node`]: one node process: transport, hosted services, routing, signals.
+//! - [`admin`]: `/status` and `/metrics` over HTTP.
+#![warn(missing_docs)]
+// A driver-level crate: it reads the OS clock for uptime and uses std collections freely.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+pub mod admin;
+pub mod config;
+pub mod node;

@@ -1,0 +1,254 @@
+//! One node process: the transport, the services it hosts, and the admin endpoint.
+
+use crate::admin;
+use crate::config::{ClusterConfig, ConfigError};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+use synod_core::{MemStorage, NodeId};
+use synod_protocols::beacon::Beacon;
+use synod_protocols::clocks::{ClockSync, ClockSyncConfig};
+use synod_runtime::driver::{
+    deliver_encoded, spawn_actor, ActorHandle, ActorPlacement, ActorStats, DriverConfig,
+    DriverError, Outbox,
+};
+use synod_runtime::storage::{DiskOptions, DiskStorage, StorageError};
+use synod_runtime::transport::{
+    Inbound, ServiceId, TlsFiles, TlsMode, Transport, TransportConfig, TransportError,
+    TransportHandle,
+};
+use thiserror::Error;
+
+/// Service ids: the same on every node, so a message reaches the same actor type.
+pub mod service {
+    /// [`synod_protocols::beacon::Beacon`].
+    pub const BEACON: u16 = 1;
+    /// [`synod_protocols::clocks::ClockSync`].
+    pub const CLOCK_SYNC: u16 = 2;
+}
+
+/// Why a node could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The cluster file.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The transport (addresses, certificates, ports).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// Opening storage.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An actor stopped: a failed fsync stops the node.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// The admin endpoint could not bind.
+    #[error("admin endpoint {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Sends actor output through the transport without waiting. A full queue or a down
+/// peer drops the message, which protocols tolerate; the transport counts the drop per
+/// peer (`dropped` in its statistics).
+struct TransportOutbox(TransportHandle);
+
+impl Outbox for TransportOutbox {
+    fn send(&self, to: NodeId, service: u16, payload: Bytes) {
+        if let Err(e) = self.0.try_send(to, ServiceId(service), payload) {
+            tracing::trace!(%to, service, error = %e, "message dropped");
+        }
+    }
+}
+
+/// What the admin endpoint reads.
+pub struct NodeState {
+    /// This node.
+    pub me: NodeId,
+    /// The cluster file.
+    pub config: ClusterConfig,
+    /// The transport, for peer statistics.
+    pub transport: TransportHandle,
+    /// The beacon actor.
+    pub beacon: ActorHandle<Beacon>,
+    /// The clock-sync actor.
+    pub clock_sync: ActorHandle<ClockSync>,
+    /// Per-actor driver counters, by service name.
+    pub actor_stats: Vec<(&'static str, Arc<ActorStats>)>,
+    /// When the process started.
+    pub started: std::time::Instant,
+}
+
+/// Run node `me` of `config` until SIGTERM or SIGINT (graceful) or a fatal error.
+pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError> {
+    let node_cfg = config
+        .node(me)
+        .ok_or_else(|| ConfigError::UnknownNode {
+            node: me,
+            path: config.base_dir.join("cluster.toml"),
+        })?
+        .clone();
+    let peers = config
+        .nodes
+        .iter()
+        .filter(|n| n.id != me.0)
+        .map(|n| (NodeId(n.id), n.peer_addr))
+        .collect();
+    let tls = if config.insecure {
+        TlsMode::Insecure
+    } else {
+        TlsMode::Mutual(TlsFiles::in_dir(&config.resolve(&config.certs_dir), me))
+    };
+    let transport_cfg = TransportConfig::new(
+        config.cluster_id.clone(),
+        me,
+        node_cfg.peer_addr,
+        peers,
+        tls,
+    );
+    let (transport, mut inbound) = Transport::start(transport_cfg).await?;
+    tracing::info!(node = %me, peer_addr = %node_cfg.peer_addr, "transport up");
+
+    let data_dir = config.resolve(&node_cfg.data_dir);
+    let outbox = Arc::new(TransportOutbox(transport.clone()));
+    let driver = DriverConfig {
+        max_batch: config.tuning.max_batch,
+        inbox_capacity: config.tuning.inbox_capacity,
+    };
+    let placement = |service| ActorPlacement {
+        me,
+        service,
+        seed: u64::from(std::process::id()),
+        config: driver.clone(),
+    };
+    let peer_ids: Vec<NodeId> = config.node_ids().into_iter().filter(|&n| n != me).collect();
+
+    let beacon_stats = Arc::new(ActorStats::default());
+    let beacon_storage = DiskStorage::open(data_dir.join("beacon"), DiskOptions::default())?;
+    let (beacon, beacon_task) = spawn_actor(
+        placement(service::BEACON),
+        Beacon::new(
+            peer_ids.clone(),
+            Duration::from_millis(config.tuning.heartbeat_ms),
+        ),
+        Box::new(beacon_storage),
+        outbox.clone(),
+        beacon_stats.clone(),
+    );
+
+    // Clock sync keeps no durable state by design: after a restart it measures again.
+    let clock_stats = Arc::new(ActorStats::default());
+    let time_server = config.node_ids().first().copied().unwrap_or(me);
+    let clock_cfg = ClockSyncConfig {
+        poll_interval: Duration::from_millis(config.tuning.clock_poll_ms),
+        ..ClockSyncConfig::new(time_server)
+    };
+    let (clock_sync, clock_task) = spawn_actor(
+        placement(service::CLOCK_SYNC),
+        ClockSync::new(clock_cfg),
+        Box::new(MemStorage::new()),
+        outbox.clone(),
+        clock_stats.clone(),
+    );
+
+    // Route what peers send to the actor of the named service.
+    let router = {
+        let (beacon, clock_sync) = (beacon.clone(), clock_sync.clone());
+        let (beacon_stats, clock_stats) = (beacon_stats.clone(), clock_stats.clone());
+        tokio::spawn(async move {
+            while let Some(arrival) = inbound.recv().await {
+                let result = match arrival {
+                    Inbound::Message {
+                        from,
+                        service: ServiceId(service::BEACON),
+                        payload,
+                    } => deliver_encoded(&beacon, &beacon_stats, from, &payload).await,
+                    Inbound::Message {
+                        from,
+                        service: ServiceId(service::CLOCK_SYNC),
+                        payload,
+                    } => deliver_encoded(&clock_sync, &clock_stats, from, &payload).await,
+                    Inbound::Message { from, service, .. } => {
+                        tracing::warn!(%from, service = service.0, "message for an unknown service dropped");
+                        Ok(())
+                    }
+                    Inbound::Stream(stream) => {
+                        tracing::warn!(from = %stream.from(), "no service takes streams yet; dropped");
+                        Ok(())
+                    }
+                };
+                if result.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let state = Arc::new(NodeState {
+        me,
+        config: config.clone(),
+        transport: transport.clone(),
+        beacon,
+        clock_sync,
+        actor_stats: vec![("beacon", beacon_stats), ("clock_sync", clock_stats)],
+        started: std::time::Instant::now(),
+    });
+    let listener = tokio::net::TcpListener::bind(node_cfg.admin_addr)
+        .await
+        .map_err(|source| NodeError::Admin {
+            addr: node_cfg.admin_addr,
+            source,
+        })?;
+    let admin_task = tokio::spawn(admin::serve(listener, state.clone()));
+    tracing::info!(node = %me, admin = %node_cfg.admin_addr, "node running");
+
+    let outcome = tokio::select! {
+        r = beacon_task => flatten(r),
+        r = clock_task => flatten(r),
+        _ = shutdown_signal() => {
+            tracing::info!(node = %me, "shutting down on signal");
+            Ok(())
+        }
+    };
+    router.abort();
+    admin_task.abort();
+    transport.shutdown().await;
+    outcome
+}
+
+fn flatten(r: Result<Result<(), DriverError>, tokio::task::JoinError>) -> Result<(), NodeError> {
+    match r {
+        Ok(inner) => inner.map_err(NodeError::from),
+        Err(join) => Err(NodeError::Driver(DriverError::Storage {
+            service: 0,
+            source: std::io::Error::other(format!("actor task failed: {join}")),
+        })),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
