@@ -22,6 +22,11 @@ enum BenchWhat {
     Sim(SimBench),
     /// Linearizability checker: time to check a correct 10,000-operation, 50-key history.
     Checker(CheckerBench),
+    /// Node-to-node transport over loopback: throughput and round-trip latency, mutual TLS
+    /// against plaintext.
+    Transport(TransportBench),
+    /// Durable appends per second through the group-commit loop (one fdatasync per batch).
+    Wal(WalBench),
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +65,8 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd.what {
         BenchWhat::Sim(b) => bench_sim(b),
         BenchWhat::Checker(b) => crate::check::bench(b.ops, b.keys, b.clients, b.runs),
+        BenchWhat::Transport(b) => bench_transport(b),
+        BenchWhat::Wal(b) => bench_wal(b),
     }
 }
 
@@ -105,4 +112,54 @@ fn bench_sim(b: SimBench) -> Result<ExitCode> {
         b.simulated.as_secs_f64() * med / delivered.max(1) as f64,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `synod bench transport`: two transports on loopback, one-way throughput of small
+/// messages and round-trip latency, with mutual TLS and in plaintext.
+pub(crate) fn bench_transport(b: TransportBench) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::bench_net::transport(b))
+}
+
+/// `synod bench wal`: durable appends per second through the group-commit driver.
+pub(crate) fn bench_wal(b: WalBench) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::bench_net::wal(b))
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TransportBench {
+    /// Messages per throughput run.
+    #[arg(long, default_value = "1000000")]
+    pub(crate) messages: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value = "16")]
+    pub(crate) size: usize,
+    /// Round trips for the latency measurement.
+    #[arg(long, default_value = "20000")]
+    pub(crate) round_trips: u64,
+    /// Runs to take the median of.
+    #[arg(long, default_value = "5")]
+    pub(crate) runs: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WalBench {
+    /// Concurrent clients, each with one append in flight (comma-separated list).
+    #[arg(long, default_value = "1,16,64,256", value_delimiter = ',')]
+    pub(crate) clients: Vec<usize>,
+    /// Bytes per append.
+    #[arg(long, default_value = "100")]
+    pub(crate) size: usize,
+    /// How long each measurement runs.
+    #[arg(long, default_value = "5s", value_parser = crate::args::duration)]
+    pub(crate) duration: Duration,
+    /// Directory for the log (default: a fresh one under ./target or /tmp); it must be
+    /// on the disk you want to measure.
+    #[arg(long)]
+    pub(crate) dir: Option<std::path::PathBuf>,
 }

@@ -388,6 +388,7 @@ impl<A: Actor> ActorTask<A> {
             self.stats
                 .inputs
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            metrics::histogram!("synod_batch_inputs").record(batch.len() as f64);
             for cmd in batch.drain(..) {
                 self.apply(cmd);
             }

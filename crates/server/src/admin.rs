@@ -6,7 +6,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -14,16 +14,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The process-wide Prometheus recorder for the `metrics` macros (fsync latency, batch
-/// sizes). Installed once; later calls reuse it.
-fn recorder() -> Option<&'static PrometheusHandle> {
+/// sizes). Installed once, before any actor starts, so the first syncs are counted too.
+pub fn recorder() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
+            let seconds = [
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ];
+            let sizes = [
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ];
             PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    1.0,
-                ])
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .ok()?
+                .set_buckets_for_metric(Matcher::Prefix("synod_batch_".into()), &sizes)
                 .ok()?
                 .install_recorder()
                 .ok()
@@ -33,7 +38,6 @@ fn recorder() -> Option<&'static PrometheusHandle> {
 
 /// Serve the admin endpoint on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<NodeState>) {
-    let _ = recorder();
     let app = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))

@@ -110,6 +110,11 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         peers,
         tls,
     );
+    if admin::recorder().is_none() {
+        tracing::warn!(
+            "metrics recorder unavailable; /metrics shows transport and actor counters only"
+        );
+    }
     let (transport, mut inbound) = Transport::start(transport_cfg).await?;
     tracing::info!(node = %me, peer_addr = %node_cfg.peer_addr, "transport up");
 
