@@ -110,10 +110,16 @@ where
                         message,
                         replay: replay(seed),
                     };
-                    bar.println(format!(
+                    let line = format!(
                         "FAIL seed {}: {}\n  replay: {}",
                         failure.seed, failure.message, failure.replay
-                    ));
+                    );
+                    // A hidden bar (no terminal) prints nothing, but failures must show.
+                    if bar.is_hidden() {
+                        eprintln!("{line}");
+                    } else {
+                        bar.println(line);
+                    }
                     if let Ok(mut f) = failures.lock() {
                         f.push(failure);
                         bar.set_message(format!("{} failed", f.len()));
