@@ -2,6 +2,8 @@
 //! killed with SIGKILL mid-run and restarted, and must come back with a higher durable
 //! incarnation that its peers then hear.
 
+// A driver-level test of real processes: wall-clock deadlines are the point here.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
