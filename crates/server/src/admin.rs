@@ -131,6 +131,16 @@ pub async fn status_json(state: &NodeState) -> Value {
 /// A metric read from a statistics snapshot: name, type, help text, and the reader.
 type Metric<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
 
+/// Append one Prometheus family per metric, with a sample per labelled row.
+fn write_families<T>(out: &mut String, metrics: &[Metric<T>], rows: &[(String, &T)]) {
+    for (name, kind, help, read) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, stats) in rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {}", read(stats));
+        }
+    }
+}
+
 async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     let mut out = recorder().map(|h| h.render()).unwrap_or_default();
     let node = state.me.to_string();
@@ -179,12 +189,12 @@ async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
             |s| u64::from(s.connected),
         ),
     ];
-    for (name, kind, help, read) in peer_metrics {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (peer, s) in &transport.peers {
-            let _ = writeln!(out, "{name}{{node=\"{node}\",peer=\"{peer}\"}} {}", read(s));
-        }
-    }
+    let peers: Vec<(String, &_)> = transport
+        .peers
+        .iter()
+        .map(|(peer, s)| (format!("node=\"{node}\",peer=\"{peer}\""), s))
+        .collect();
+    write_families(&mut out, &peer_metrics, &peers);
     let actor_metrics: [Metric<synod_runtime::driver::ActorStats>; 5] = [
         (
             "synod_actor_batches_total",
@@ -217,15 +227,11 @@ async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
             |s| s.inbox_depth.load(Ordering::Relaxed),
         ),
     ];
-    for (name, kind, help, read) in actor_metrics {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (service, s) in &state.actor_stats {
-            let _ = writeln!(
-                out,
-                "{name}{{node=\"{node}\",service=\"{service}\"}} {}",
-                read(s)
-            );
-        }
-    }
+    let actors: Vec<(String, &_)> = state
+        .actor_stats
+        .iter()
+        .map(|(service, s)| (format!("node=\"{node}\",service=\"{service}\""), s.as_ref()))
+        .collect();
+    write_families(&mut out, &actor_metrics, &actors);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
