@@ -42,6 +42,17 @@ pub enum NodeError {
     /// An actor stopped: a failed fsync stops the node.
     #[error(transparent)]
     Driver(#[from] DriverError),
+    /// Another process holds this node's data directory.
+    #[error("data directory {0} is in use by another process (is this node already running?)")]
+    DataDirLocked(std::path::PathBuf),
+    /// The data directory could not be created or locked.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The admin endpoint could not bind.
     #[error("admin endpoint {addr}: {source}")]
     Admin {
@@ -119,6 +130,8 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     tracing::info!(node = %me, peer_addr = %node_cfg.peer_addr, "transport up");
 
     let data_dir = config.resolve(&node_cfg.data_dir);
+    // Held for the life of the process: two processes writing one WAL would corrupt it.
+    let _lock = lock_data_dir(&data_dir)?;
     let outbox = Arc::new(TransportOutbox(transport.clone()));
     let driver = DriverConfig {
         max_batch: config.tuning.max_batch,
@@ -255,5 +268,49 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// Take an exclusive `flock` on `dir/LOCK`, creating `dir` if needed. The lock goes away
+/// with the process, however it ends, so a SIGKILLed node never leaves a stale lock.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, NodeError> {
+    use std::os::unix::io::AsRawFd;
+    let io = |source| NodeError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(io)?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(NodeError::DataDirLocked(dir.to_path_buf()));
+        }
+        return Err(io(err));
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_is_locked_by_one_holder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_data_dir(dir.path()).unwrap();
+        assert!(matches!(
+            lock_data_dir(dir.path()),
+            Err(NodeError::DataDirLocked(_))
+        ));
+        drop(first);
+        assert!(lock_data_dir(dir.path()).is_ok());
     }
 }
