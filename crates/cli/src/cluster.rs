@@ -5,6 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -116,6 +117,12 @@ fn cluster_file(dir: &Path) -> PathBuf {
     dir.join("cluster.toml")
 }
 
+/// The cluster file as an absolute path: what nodes are started with, and what
+/// [`alive_in`] compares against, whatever spelling of `--dir` a later command uses.
+fn cluster_file_abs(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(cluster_file(dir)).unwrap_or_else(|_| cluster_file(dir))
+}
+
 fn pid_file(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("{node}.pid"))
 }
@@ -132,10 +139,10 @@ fn read_pid(dir: &Path, node: NodeId) -> Option<i32> {
         .ok()
 }
 
-/// Whether `pid` is a running synod process: it exists, is not a zombie waiting to be
-/// reaped, and runs the synod binary (a pid file can outlive its process, and pids are
-/// reused).
-fn alive(pid: i32) -> bool {
+/// Whether `pid` is a running `synod node` of the cluster in `dir`: it exists, is not a
+/// zombie, runs this synod executable, and was started with this cluster's file. A pid file
+/// can outlive its process and pids are reused, so anything less could signal a stranger.
+fn alive_in(dir: &Path, pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -146,8 +153,23 @@ fn alive(pid: i32) -> bool {
     if matches!(state, Some('Z') | Some('X') | None) {
         return false;
     }
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmd| cmd.split(|&b| b == 0).any(|arg| arg == b"node"))
+    let same_exe = match (
+        std::fs::canonicalize(format!("/proc/{pid}/exe")),
+        std::env::current_exe().and_then(std::fs::canonicalize),
+    ) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => false,
+    };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let config = cluster_file_abs(dir);
+    same_exe
+        && args.get(1) == Some(&&b"node"[..])
+        && args
+            .iter()
+            .any(|a| Path::new(std::ffi::OsStr::from_bytes(a)) == config)
 }
 
 fn port(base: u16, i: u32) -> Result<u16> {
@@ -181,12 +203,18 @@ fn write_config(u: &UpCommand) -> Result<ClusterConfig> {
     ClusterConfig::parse(&text, &path)?;
     std::fs::create_dir_all(&u.dir.dir)
         .with_context(|| format!("creating {}", u.dir.dir.display()))?;
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    // Certificates first, then the cluster file by rename: an interrupted `synod up` leaves
+    // no cluster file that points at missing certificates.
     if !u.insecure {
+        let certs = u.dir.dir.join("certs");
+        let _ = std::fs::remove_dir_all(&certs);
         let specs: Vec<NodeCertSpec> = (1..=u.nodes).map(|i| NodeId(i).into()).collect();
-        init_cluster_certs(&u.dir.dir.join("certs"), &u.cluster_id, &specs)
+        init_cluster_certs(&certs, &u.cluster_id, &specs)
             .context("creating the cluster's certificates")?;
     }
+    let temp = u.dir.dir.join("cluster.toml.tmp");
+    std::fs::write(&temp, text).with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::rename(&temp, &path).with_context(|| format!("writing {}", path.display()))?;
     ClusterConfig::load(&path).map_err(Into::into)
 }
 
@@ -195,7 +223,7 @@ pub(crate) fn up(u: UpCommand) -> Result<ExitCode> {
     if u.fresh && dir.exists() {
         let running: Vec<NodeId> = existing_nodes(dir)
             .into_iter()
-            .filter(|&n| read_pid(dir, n).is_some_and(alive))
+            .filter(|&n| read_pid(dir, n).is_some_and(|p| alive_in(dir, p)))
             .collect();
         if !running.is_empty() {
             bail!(
@@ -219,7 +247,7 @@ pub(crate) fn up(u: UpCommand) -> Result<ExitCode> {
     bar.enable_steady_tick(Duration::from_millis(100));
     for n in &config.nodes {
         let node = NodeId(n.id);
-        if read_pid(dir, node).is_some_and(alive) {
+        if read_pid(dir, node).is_some_and(|p| alive_in(dir, p)) {
             continue;
         }
         bar.set_message(format!("starting {node}"));
@@ -228,7 +256,7 @@ pub(crate) fn up(u: UpCommand) -> Result<ExitCode> {
         let mut cmd = Command::new(&exe);
         cmd.arg("node")
             .arg("--config")
-            .arg(cluster_file(dir))
+            .arg(cluster_file_abs(dir))
             .arg("--id")
             .arg(node.to_string())
             .env(
@@ -251,11 +279,19 @@ pub(crate) fn up(u: UpCommand) -> Result<ExitCode> {
     for n in &config.nodes {
         let node = NodeId(n.id);
         bar.set_message(format!("waiting for {node} at {}", n.admin_addr));
+        let expected = read_pid(dir, node);
         loop {
-            if http_get(n.admin_addr, "/status").is_ok() {
+            let gone = expected.is_none_or(|p| !alive_in(dir, p));
+            // The answer must come from the process we started, not from whatever else
+            // holds the port (another cluster on the default ports, say).
+            let answered = !gone
+                && http_get(n.admin_addr, "/status")
+                    .ok()
+                    .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+                    .is_some_and(|s| s["pid"].as_i64() == expected.map(i64::from));
+            if answered {
                 break;
             }
-            let gone = read_pid(dir, node).is_none_or(|p| !alive(p));
             if gone || Instant::now() > deadline {
                 bar.finish_and_clear();
                 let log = std::fs::read_to_string(log_file(dir, node)).unwrap_or_default();
@@ -316,7 +352,7 @@ pub(crate) fn down(d: DirFlag) -> Result<ExitCode> {
         let Some(pid) = read_pid(dir, node) else {
             continue;
         };
-        if alive(pid) {
+        if alive_in(dir, pid) {
             unsafe {
                 libc::kill(pid, libc::SIGTERM);
             }
@@ -325,10 +361,10 @@ pub(crate) fn down(d: DirFlag) -> Result<ExitCode> {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for (node, pid) in &stopped {
-        while alive(*pid) && Instant::now() < deadline {
+        while alive_in(dir, *pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        if alive(*pid) {
+        if alive_in(dir, *pid) {
             eprintln!("{node} (pid {pid}) ignored SIGTERM for 10s; sending SIGKILL");
             unsafe {
                 libc::kill(*pid, libc::SIGKILL);

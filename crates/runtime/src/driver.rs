@@ -27,19 +27,18 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Storage the driver can make durable: the actor-facing [`Storage`] plus the batch sync.
 pub trait SyncStorage: Storage + Send {
-    /// Write every buffered change and fdatasync it. An error is fatal for the node.
-    fn sync(&mut self) -> std::io::Result<()>;
-    /// Whether there are writes since the last sync.
-    fn has_pending(&self) -> bool;
+    /// Write every buffered change and fdatasync it; report whether there was anything to
+    /// write. The driver calls it after every batch, even one that wrote nothing, so that
+    /// a store that failed on a read or a refused write stops the node before the batch's
+    /// output leaves. An error is fatal for the node.
+    fn sync(&mut self) -> std::io::Result<bool>;
 }
 
 impl SyncStorage for synod_core::MemStorage {
-    fn sync(&mut self) -> std::io::Result<()> {
+    fn sync(&mut self) -> std::io::Result<bool> {
+        let wrote = self.pending_writes() > 0;
         synod_core::MemStorage::sync(self);
-        Ok(())
-    }
-    fn has_pending(&self) -> bool {
-        self.pending_writes() > 0
+        Ok(wrote)
     }
 }
 
@@ -238,6 +237,8 @@ pub struct ActorStats {
     pub bad_messages: AtomicU64,
     /// Inputs waiting in the inbox at the start of the last batch.
     pub inbox_depth: AtomicU64,
+    /// Peer messages dropped before the inbox because this actor was too far behind.
+    pub overflow_dropped: AtomicU64,
 }
 
 /// The clock behind `Ctx::now`: CLOCK_MONOTONIC, in nanoseconds since boot. It never
@@ -328,6 +329,7 @@ pub fn spawn_actor<A: Actor>(
         sessions: HashMap::new(),
         held: Vec::new(),
         loopback: Vec::new(),
+        probes: Vec::new(),
         effects: Vec::new(),
         config,
         stats,
@@ -349,6 +351,8 @@ struct ActorTask<A: Actor> {
     held: Vec<Held<A::Msg>>,
     /// Messages the actor sent to its own node, handled in the next batch.
     loopback: Vec<A::Msg>,
+    /// `inspect` probes waiting for the batch's sync.
+    probes: Vec<Probe>,
     effects: Vec<Effect<A::Msg, A::Timer>>,
     config: DriverConfig,
     stats: Arc<ActorStats>,
@@ -406,12 +410,18 @@ impl<A: Actor> ActorTask<A> {
                 self.handle(|a, ctx| a.on_message(ctx, Endpoint::Client(client), msg))
             }
             Command::OpenSession { client, replies } => {
+                // A dropped session's close message can be lost when the inbox is full, so
+                // also sweep sessions whose receiver is gone, amortised over opens.
+                if self.sessions.len() >= 1024 && self.sessions.len().is_power_of_two() {
+                    self.sessions.retain(|_, s| !s.is_closed());
+                }
                 self.sessions.insert(client, replies);
             }
             Command::CloseSession { client } => {
                 self.sessions.remove(&client);
             }
-            Command::Inspect(probe) => probe(&self.actor),
+            // Probes see only durable state: they run after this batch's sync.
+            Command::Inspect(probe) => self.probes.push(probe),
         }
     }
 
@@ -466,21 +476,27 @@ impl<A: Actor> ActorTask<A> {
     /// Make the batch durable, then release its held output.
     fn commit(&mut self) -> Result<(), DriverError> {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        if self.storage.has_pending() {
-            let started = std::time::Instant::now();
-            // fdatasync blocks; keep the other actors' worker threads running meanwhile.
-            let result = tokio::task::block_in_place(|| self.storage.sync());
-            if let Err(source) = result {
+        let started = std::time::Instant::now();
+        // fdatasync blocks; keep the other actors' worker threads running meanwhile.
+        let result = tokio::task::block_in_place(|| self.storage.sync());
+        match result {
+            Err(source) => {
                 tracing::error!(service = self.service, error = %source, "storage sync failed; stopping");
                 return Err(DriverError::Storage {
                     service: self.service,
                     source,
                 });
             }
-            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-            let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.stats.sync_nanos.fetch_add(took, Ordering::Relaxed);
-            metrics::histogram!("synod_fsync_seconds").record(took as f64 / 1e9);
+            Ok(true) => {
+                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.stats.sync_nanos.fetch_add(took, Ordering::Relaxed);
+                metrics::histogram!("synod_fsync_seconds").record(took as f64 / 1e9);
+            }
+            Ok(false) => {}
+        }
+        for probe in self.probes.drain(..) {
+            probe(&self.actor);
         }
         let held = std::mem::take(&mut self.held);
         metrics::histogram!("synod_batch_outputs").record(held.len() as f64);
@@ -535,13 +551,167 @@ pub async fn deliver_encoded<A: Actor>(
 }
 
 impl SyncStorage for crate::storage::DiskStorage {
-    fn sync(&mut self) -> std::io::Result<()> {
+    fn sync(&mut self) -> std::io::Result<bool> {
         let stats = crate::storage::DiskStorage::sync(self)?;
         metrics::counter!("synod_wal_bytes_total").increment(stats.bytes);
         metrics::counter!("synod_wal_records_total").increment(stats.records);
-        Ok(())
+        Ok(stats.records > 0)
     }
-    fn has_pending(&self) -> bool {
-        self.pending_records() > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+    use synod_core::{LogIndex, MemStorage};
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    enum Msg {
+        Write,
+        Read,
+        Done(u64),
+    }
+
+    /// Replies to `Write` after appending, to `Read` without writing.
+    struct Echo;
+
+    impl Actor for Echo {
+        type Msg = Msg;
+        type Timer = ();
+        fn on_start(&mut self, _ctx: &mut Ctx<'_, Msg, ()>) {}
+        fn on_message(&mut self, ctx: &mut Ctx<'_, Msg, ()>, from: Endpoint, msg: Msg) {
+            let Endpoint::Client(client) = from else {
+                return;
+            };
+            match msg {
+                Msg::Write => {
+                    let LogIndex(i) = ctx.storage().append(b"x");
+                    ctx.reply(client, Msg::Done(i));
+                }
+                Msg::Read => ctx.reply(client, Msg::Done(0)),
+                Msg::Done(_) => {}
+            }
+        }
+        fn on_timer(&mut self, _ctx: &mut Ctx<'_, Msg, ()>, _t: ()) {}
+    }
+
+    /// Memory storage that counts syncs and can be told to fail them.
+    struct Probe {
+        inner: MemStorage,
+        syncs: Arc<AtomicU64>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Storage for Probe {
+        fn put(&mut self, k: &[u8], v: &[u8]) {
+            self.inner.put(k, v)
+        }
+        fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
+            self.inner.get(k)
+        }
+        fn delete(&mut self, k: &[u8]) {
+            self.inner.delete(k)
+        }
+        fn append(&mut self, r: &[u8]) -> LogIndex {
+            self.inner.append(r)
+        }
+        fn read(&self, i: LogIndex) -> Option<Vec<u8>> {
+            self.inner.read(i)
+        }
+        fn truncate(&mut self, from: LogIndex) {
+            self.inner.truncate(from)
+        }
+        fn compact(&mut self, before: LogIndex) {
+            self.inner.compact(before)
+        }
+        fn log_bounds(&self) -> (LogIndex, LogIndex) {
+            self.inner.log_bounds()
+        }
+    }
+
+    impl SyncStorage for Probe {
+        fn sync(&mut self) -> std::io::Result<bool> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            let wrote = self.inner.pending_writes() > 0;
+            self.inner.sync();
+            if wrote {
+                // `syncs` holds the next log index: everything below it is durable.
+                let LogIndex(next) = self.inner.log_bounds().1;
+                self.syncs.store(next, Ordering::SeqCst);
+            }
+            Ok(wrote)
+        }
+    }
+
+    struct Nowhere;
+    impl Outbox for Nowhere {
+        fn send(&self, _to: NodeId, _service: u16, _payload: bytes::Bytes) {}
+    }
+
+    fn start(
+        fail: bool,
+    ) -> (
+        ActorHandle<Echo>,
+        tokio::task::JoinHandle<Result<(), DriverError>>,
+        Arc<AtomicU64>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let syncs = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(fail));
+        let storage = Probe {
+            inner: MemStorage::new(),
+            syncs: syncs.clone(),
+            fail: failing.clone(),
+        };
+        let placement = ActorPlacement {
+            me: NodeId(1),
+            service: 9,
+            seed: 1,
+            config: DriverConfig::default(),
+        };
+        let (handle, task) = spawn_actor(
+            placement,
+            Echo,
+            Box::new(storage),
+            Arc::new(Nowhere),
+            Arc::new(ActorStats::default()),
+        );
+        (handle, task, syncs, failing)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reply_leaves_only_after_its_write_is_synced() {
+        let (handle, _task, syncs, _) = start(false);
+        for expected in 1..=20u64 {
+            let reply = handle
+                .call(Msg::Write, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(reply, Msg::Done(expected));
+            let durable_next = syncs.load(Ordering::SeqCst);
+            assert!(
+                durable_next > expected,
+                "the reply for entry {expected} left while only entries below {durable_next} were durable"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_store_stops_the_actor_even_in_a_batch_without_writes() {
+        let (handle, task, _, failing) = start(false);
+        handle
+            .call(Msg::Read, Duration::from_secs(5))
+            .await
+            .unwrap();
+        failing.store(true, Ordering::SeqCst);
+        // This batch writes nothing, yet its reply must not leave from a failed store.
+        let result = handle.call(Msg::Read, Duration::from_secs(5)).await;
+        assert!(
+            result.is_err(),
+            "got a reply from a failed store: {result:?}"
+        );
+        assert!(matches!(task.await, Ok(Err(DriverError::Storage { .. }))));
     }
 }

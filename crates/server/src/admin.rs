@@ -195,7 +195,13 @@ async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
         .map(|(peer, s)| (format!("node=\"{node}\",peer=\"{peer}\""), s))
         .collect();
     write_families(&mut out, &peer_metrics, &peers);
-    let actor_metrics: [Metric<synod_runtime::driver::ActorStats>; 5] = [
+    let actor_metrics: [Metric<synod_runtime::driver::ActorStats>; 6] = [
+        (
+            "synod_actor_overflow_dropped_total",
+            "counter",
+            "Peer messages dropped because the actor's queue was full.",
+            |s| s.overflow_dropped.load(Ordering::Relaxed),
+        ),
         (
             "synod_actor_batches_total",
             "counter",

@@ -173,34 +173,40 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         clock_stats.clone(),
     );
 
-    // Route what peers send to the actor of the named service.
+    // Route what peers send to the actor of the named service. Each service gets its own
+    // forwarding queue, so one actor that falls behind (a slow fsync) never holds up the
+    // others or the transport's readers; when its queue is full, its messages are dropped
+    // and counted, as on a lossy network.
+    let beacon_queue = forwarder(beacon.clone(), beacon_stats.clone());
+    let clock_queue = forwarder(clock_sync.clone(), clock_stats.clone());
     let router = {
-        let (beacon, clock_sync) = (beacon.clone(), clock_sync.clone());
         let (beacon_stats, clock_stats) = (beacon_stats.clone(), clock_stats.clone());
         tokio::spawn(async move {
             while let Some(arrival) = inbound.recv().await {
-                let result = match arrival {
+                let (queue, stats, from, payload) = match arrival {
                     Inbound::Message {
                         from,
                         service: ServiceId(service::BEACON),
                         payload,
-                    } => deliver_encoded(&beacon, &beacon_stats, from, &payload).await,
+                    } => (&beacon_queue, &beacon_stats, from, payload),
                     Inbound::Message {
                         from,
                         service: ServiceId(service::CLOCK_SYNC),
                         payload,
-                    } => deliver_encoded(&clock_sync, &clock_stats, from, &payload).await,
+                    } => (&clock_queue, &clock_stats, from, payload),
                     Inbound::Message { from, service, .. } => {
                         tracing::warn!(%from, service = service.0, "message for an unknown service dropped");
-                        Ok(())
+                        continue;
                     }
                     Inbound::Stream(stream) => {
                         tracing::warn!(from = %stream.from(), "no service takes streams yet; dropped");
-                        Ok(())
+                        continue;
                     }
                 };
-                if result.is_err() {
-                    break;
+                if queue.try_send((from, payload)).is_err() {
+                    stats
+                        .overflow_dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         })
@@ -236,6 +242,25 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     admin_task.abort();
     transport.shutdown().await;
     outcome
+}
+
+/// A queue in front of one actor, drained by a task that waits for room in its inbox.
+fn forwarder<A: synod_core::Actor>(
+    handle: ActorHandle<A>,
+    stats: Arc<ActorStats>,
+) -> tokio::sync::mpsc::Sender<(NodeId, Bytes)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(NodeId, Bytes)>(4096);
+    tokio::spawn(async move {
+        while let Some((from, payload)) = rx.recv().await {
+            if deliver_encoded(&handle, &stats, from, &payload)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    tx
 }
 
 fn flatten(r: Result<Result<(), DriverError>, tokio::task::JoinError>) -> Result<(), NodeError> {

@@ -190,6 +190,17 @@ impl DiskStorage {
                 },
             );
         }
+        // What recovery read may still be only in the page cache: a process killed between
+        // its write and its fdatasync leaves an intact batch that a power loss would still
+        // erase. Make all of it durable (and the segments' directory entries) before anything
+        // decided from it can be acknowledged.
+        for segment in segments.values() {
+            segment
+                .file
+                .sync_data()
+                .map_err(|e| StorageError::io("fdatasync", &segment.path, e))?;
+        }
+        fsync_dir(&dir)?;
         let (active, active_len) = match segments.iter().next_back() {
             Some((seq, segment)) => (*seq, segment.written),
             None => {
