@@ -32,3 +32,4 @@
 
 pub mod beacon;
 pub mod clocks;
+pub mod raft;

@@ -1,0 +1,516 @@
+//! The simulation harness: a KV client workload that records a history, the Figure 3
+//! invariants as simulator checks, and the scenario every simulation test runs.
+
+use crate::raft::{
+    KvCommand, KvOutput, KvStateMachine, MembershipChange, Raft, RaftConfig, RaftMsg, Role,
+    SessionId, Term,
+};
+use rand::Rng;
+use std::cell::RefCell;
+use std::collections::btree_map::Entry as MapEntry;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use synod_check::history::{History, Op, OpId, OpResult, Process};
+use synod_check::linearizability::{check_kv, CheckResult};
+use synod_core::{ClientId, LogIndex, NodeId};
+use synod_sim::{ClientCtl, Sim, Workload};
+
+pub(super) type Kv = Raft<KvStateMachine>;
+type Msg = RaftMsg<KvCommand, KvOutput>;
+
+/// Timer key that starts a client's next operation.
+const NEXT_OP: u64 = 0;
+/// Timer key of the operator that asks for leadership transfers.
+const TRANSFER: u64 = u64::MAX;
+/// Timer key of the operator that changes the membership.
+const MEMBERSHIP: u64 = u64::MAX - 1;
+/// Attempts (sends to some server) before an operation is given up as `info`.
+const MAX_ATTEMPTS: u32 = 12;
+const KEYS: [&str; 3] = ["a", "b", "c"];
+
+/// One operation in flight.
+struct InFlight {
+    id: OpId,
+    op: Op,
+    msg: Msg,
+    seq: u64,
+    attempts: u32,
+    /// The key of the timer that acts for this operation next.
+    token: u64,
+    /// Whether the pending timer is a timeout (try another server) or a retry.
+    sent: bool,
+}
+
+struct Client {
+    id: ClientId,
+    seq: u64,
+    target: NodeId,
+    op: Option<InFlight>,
+    next_token: u64,
+}
+
+/// Clients that read, write, compare-and-set and delete a few keys, retry through
+/// `NotLeader` hints and timeouts with the same session sequence number, and record a
+/// history for the linearizability checker.
+pub(super) struct KvClients {
+    pub(super) history: History,
+    pub(super) errors: Vec<String>,
+    clients: Vec<Client>,
+    stop_at: u64,
+    timeout: Duration,
+    next_value: u64,
+    written: BTreeMap<&'static str, u64>,
+    transfers: bool,
+    /// Clients `1..=readers` only read, so they stay with one server (a stale leader
+    /// serving reads is what a lease bug looks like).
+    readers: u64,
+    /// The membership changes the operator cycles through, and the next one.
+    changes: Vec<MembershipChange>,
+    next_change: usize,
+    last_leader: Option<NodeId>,
+    /// True time of the newest `ok`, per client.
+    pub(super) last_ok_at: Vec<u64>,
+}
+
+impl KvClients {
+    /// `clients` clients that start operations until `stop_at` of true time.
+    pub(super) fn new(clients: u64, stop_at: Duration, transfers: bool) -> Self {
+        KvClients {
+            history: History::new(),
+            errors: Vec::new(),
+            clients: (1..=clients)
+                .map(|c| Client {
+                    id: ClientId(c),
+                    seq: 0,
+                    target: NodeId(0),
+                    op: None,
+                    next_token: 1,
+                })
+                .collect(),
+            stop_at: u64::try_from(stop_at.as_nanos()).unwrap_or(u64::MAX),
+            timeout: Duration::from_millis(60),
+            next_value: 0,
+            written: BTreeMap::new(),
+            transfers,
+            readers: 0,
+            changes: Vec::new(),
+            next_change: 0,
+            last_leader: None,
+            last_ok_at: vec![0; clients as usize],
+        }
+    }
+
+    /// Make the first `readers` clients read-only.
+    pub(super) fn with_readers(mut self, readers: u64) -> Self {
+        self.readers = readers;
+        self
+    }
+
+    /// Also run an operator that cycles a group of `nodes` servers whose initial voters
+    /// are all but the last: add the outsider as a learner, promote it, remove a voter,
+    /// and so on around the ring. Each change is sent to every server twice; a change
+    /// that does not apply is refused, so the cycle drifts, as operators do.
+    pub(super) fn with_membership_changes(mut self, nodes: u32) -> Self {
+        for k in 0..nodes {
+            let outsider = NodeId((nodes - 1 + k) % nodes);
+            let leaving = NodeId(k % nodes);
+            self.changes.extend([
+                MembershipChange::AddLearner(outsider),
+                MembershipChange::PromoteLearner(outsider),
+                MembershipChange::RemoveServer(leaving),
+            ]);
+        }
+        self
+    }
+
+    fn on_membership_timer(&mut self, ctl: &mut ClientCtl<'_, Kv>) {
+        if ctl.now_nanos() >= self.stop_at || self.changes.is_empty() {
+            return;
+        }
+        let change = self.changes[(self.next_change / 2) % self.changes.len()];
+        self.next_change += 1;
+        for node in 0..ctl.nodes() {
+            ctl.send(
+                ClientId(0),
+                NodeId(node),
+                RaftMsg::ChangeMembership { change },
+            );
+        }
+        ctl.set_timer(ClientId(0), MEMBERSHIP, Duration::from_millis(150));
+    }
+
+    fn slot(client: ClientId) -> usize {
+        (client.0 - 1) as usize
+    }
+
+    fn random_op(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId) -> Op {
+        let key_index = ctl.rng().gen_range(0..KEYS.len());
+        let key = KEYS[key_index];
+        let pick = if client.0 <= self.readers {
+            0
+        } else {
+            ctl.rng().gen_range(0..10)
+        };
+        match pick {
+            0..=3 => Op::Read { key: key.into() },
+            4..=6 => {
+                self.next_value += 1;
+                self.written.insert(key, self.next_value);
+                Op::Write {
+                    key: key.into(),
+                    value: self.next_value,
+                }
+            }
+            7..=8 => {
+                self.next_value += 1;
+                let last = self.written.get(key).copied();
+                let back = ctl.rng().gen_range(0..3);
+                let expected = last.map(|v| v.saturating_sub(back)).filter(|v| *v > 0);
+                let new = self.next_value;
+                self.written.insert(key, new);
+                Op::Cas {
+                    key: key.into(),
+                    expected,
+                    new,
+                }
+            }
+            _ => Op::Delete { key: key.into() },
+        }
+    }
+
+    fn request(client: ClientId, seq: u64, op: &Op) -> Msg {
+        let session = SessionId(client.0);
+        let write = |command| RaftMsg::ClientWrite {
+            session,
+            seq,
+            command,
+        };
+        match op.clone() {
+            Op::Read { key } => RaftMsg::ClientRead {
+                seq,
+                command: KvCommand::Get { key },
+            },
+            Op::Write { key, value } => write(KvCommand::Put { key, value }),
+            Op::Cas { key, expected, new } => write(KvCommand::Cas { key, expected, new }),
+            Op::Delete { key } => write(KvCommand::Delete { key }),
+        }
+    }
+
+    fn start_op(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId) {
+        let now = ctl.now_nanos();
+        if now >= self.stop_at {
+            return;
+        }
+        let op = self.random_op(ctl, client);
+        let c = &mut self.clients[Self::slot(client)];
+        c.seq += 1;
+        let id = self.history.invoke(Process(client.0), op.clone(), now);
+        let msg = Self::request(client, c.seq, &op);
+        let token = c.next_token;
+        c.next_token += 1;
+        c.op = Some(InFlight {
+            id,
+            op,
+            msg,
+            seq: c.seq,
+            attempts: 0,
+            token,
+            sent: false,
+        });
+        self.attempt(ctl, client);
+    }
+
+    /// Send the operation (again) and arm its timeout.
+    fn attempt(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId) {
+        let timeout = self.timeout;
+        let c = &mut self.clients[Self::slot(client)];
+        let Some(op) = c.op.as_mut() else { return };
+        op.attempts += 1;
+        op.token = c.next_token;
+        c.next_token += 1;
+        op.sent = true;
+        ctl.send(client, c.target, op.msg.clone());
+        ctl.set_timer(client, op.token, timeout);
+    }
+
+    fn finish(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId) {
+        self.clients[Self::slot(client)].op = None;
+        let think = Duration::from_micros(ctl.rng().gen_range(0..5_000));
+        ctl.set_timer(client, NEXT_OP, think);
+    }
+
+    fn on_client_timer(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId, key: u64) {
+        let nodes = ctl.nodes();
+        let now = ctl.now_nanos();
+        let c = &mut self.clients[Self::slot(client)];
+        let Some(op) = c.op.as_mut() else { return };
+        if op.token != key {
+            return;
+        }
+        if op.sent {
+            // A timeout: this server may be down or cut off; try the next one.
+            c.target = NodeId((c.target.0 + 1) % nodes);
+        }
+        if op.attempts >= MAX_ATTEMPTS {
+            let id = op.id;
+            if let Err(e) = self.history.info(id, now) {
+                self.errors.push(e.to_string());
+            }
+            return self.finish(ctl, client);
+        }
+        self.attempt(ctl, client);
+    }
+
+    fn on_transfer_timer(&mut self, ctl: &mut ClientCtl<'_, Kv>) {
+        if ctl.now_nanos() >= self.stop_at {
+            return;
+        }
+        if let Some(leader) = self.last_leader {
+            let nodes = ctl.nodes();
+            let to = NodeId(ctl.rng().gen_range(0..nodes));
+            ctl.send(ClientId(0), leader, RaftMsg::TransferLeadership { to });
+        }
+        ctl.set_timer(ClientId(0), TRANSFER, Duration::from_millis(700));
+    }
+}
+
+impl Workload<Kv> for KvClients {
+    fn on_start(&mut self, ctl: &mut ClientCtl<'_, Kv>) {
+        let ids: Vec<ClientId> = self.clients.iter().map(|c| c.id).collect();
+        for id in ids {
+            let nodes = ctl.nodes();
+            let target = NodeId(ctl.rng().gen_range(0..nodes));
+            self.clients[Self::slot(id)].target = target;
+            self.start_op(ctl, id);
+        }
+        if self.transfers {
+            ctl.set_timer(ClientId(0), TRANSFER, Duration::from_millis(700));
+        }
+        if !self.changes.is_empty() {
+            ctl.set_timer(ClientId(0), MEMBERSHIP, Duration::from_millis(150));
+        }
+    }
+
+    fn on_reply(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId, from: NodeId, msg: Msg) {
+        let now = ctl.now_nanos();
+        let Some(slot) = self.clients.get_mut(Self::slot(client)) else {
+            return;
+        };
+        let Some(op) = slot.op.as_mut() else { return };
+        match msg {
+            RaftMsg::ClientReply { seq, output } if seq == op.seq => {
+                let result = match (&op.op, output) {
+                    (Op::Read { .. }, KvOutput::Value(v)) => OpResult::ReadOk(v),
+                    (Op::Write { .. }, KvOutput::Done) => OpResult::WriteOk,
+                    (Op::Cas { .. }, KvOutput::Swapped(b)) => OpResult::CasOk(b),
+                    (Op::Delete { .. }, KvOutput::Done) => OpResult::DeleteOk,
+                    (op, output) => {
+                        self.errors.push(format!("{op} answered with {output:?}"));
+                        return;
+                    }
+                };
+                let id = op.id;
+                if let Err(e) = self.history.ok(id, result, now) {
+                    self.errors.push(e.to_string());
+                }
+                self.last_ok_at[Self::slot(client)] = now;
+                self.last_leader = Some(from);
+                self.finish(ctl, client);
+            }
+            RaftMsg::NotLeader { seq, leader_hint } if seq == op.seq => {
+                let nodes = ctl.nodes();
+                slot.target = leader_hint.unwrap_or(NodeId((from.0 + 1) % nodes));
+                op.token = slot.next_token;
+                slot.next_token += 1;
+                op.sent = false;
+                let token = op.token;
+                // Back off a little: the cluster may be between leaders.
+                ctl.set_timer(client, token, Duration::from_millis(3));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_timer(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId, key: u64) {
+        match key {
+            TRANSFER => self.on_transfer_timer(ctl),
+            MEMBERSHIP => self.on_membership_timer(ctl),
+            NEXT_OP => self.start_op(ctl, client),
+            _ => self.on_client_timer(ctl, client, key),
+        }
+    }
+}
+
+/// Install the Figure 3 properties as invariants checked after every event.
+pub(super) fn install_invariants(sim: &mut Sim<Kv>) {
+    // The simulated disk never corrupts, so a server that refuses to run is a bug: it
+    // is how a follower reports a leader that overwrites a committed entry.
+    sim.invariant("no server faults", |sim| {
+        for (node, raft) in sim.actors() {
+            if let Some(why) = raft.fault() {
+                return Err(format!("{node} stopped: {why}"));
+            }
+        }
+        Ok(())
+    });
+    // Election Safety: at most one leader can be elected in a given term.
+    let leaders = RefCell::new(BTreeMap::<Term, NodeId>::new());
+    sim.invariant("Election Safety", move |sim| {
+        let mut leaders = leaders.borrow_mut();
+        for (node, raft) in sim.actors() {
+            if raft.role() != Role::Leader {
+                continue;
+            }
+            match leaders.entry(raft.current_term()) {
+                MapEntry::Vacant(v) => {
+                    v.insert(node);
+                }
+                MapEntry::Occupied(o) if *o.get() != node => {
+                    return Err(format!(
+                        "{node} and {} are both leaders of {}",
+                        o.get(),
+                        raft.current_term()
+                    ));
+                }
+                MapEntry::Occupied(_) => {}
+            }
+        }
+        Ok(())
+    });
+
+    // Leader Append-Only: a leader never overwrites or deletes entries in its log.
+    let leader_tips = RefCell::new(BTreeMap::<(NodeId, Term), (LogIndex, Option<u64>)>::new());
+    sim.invariant("Leader Append-Only", move |sim| {
+        let mut tips = leader_tips.borrow_mut();
+        for (node, raft) in sim.actors() {
+            if raft.role() != Role::Leader {
+                continue;
+            }
+            let key = (node, raft.current_term());
+            if let Some(&(index, hash)) = tips.get(&key) {
+                if index >= raft.snapshot_index() && raft.log_hash_at(index) != hash {
+                    return Err(format!(
+                        "{node}, leader of {}, changed its log at or before {index}",
+                        key.1
+                    ));
+                }
+            }
+            let last = raft.last_log_index();
+            tips.insert(key, (last, raft.log_hash_at(last)));
+        }
+        Ok(())
+    });
+
+    // Log Matching: entries with the same index and term have the same prefix. Every new
+    // entry is checked once: a step appends at most one batch, well inside the window.
+    const WINDOW: u64 = 256;
+    let seen = RefCell::new(BTreeMap::<(LogIndex, Term), u64>::new());
+    let checked = RefCell::new(BTreeMap::<NodeId, (LogIndex, Option<u64>)>::new());
+    sim.invariant("Log Matching", move |sim| {
+        let mut seen = seen.borrow_mut();
+        let mut checked = checked.borrow_mut();
+        for (node, raft) in sim.actors() {
+            let last = raft.last_log_index();
+            let tip = (last, raft.log_hash_at(last));
+            if checked.get(&node) == Some(&tip) {
+                continue;
+            }
+            checked.insert(node, tip);
+            let mut index = LogIndex(last.0.saturating_sub(WINDOW).max(1));
+            while index <= last {
+                if let (Some(term), Some(hash)) = (raft.term_at(index), raft.log_hash_at(index)) {
+                    let known = *seen.entry((index, term)).or_insert(hash);
+                    if known != hash {
+                        return Err(format!(
+                            "{node} holds entry {index} of {term} after a different log \
+                             than another server's entry {index} of {term}"
+                        ));
+                    }
+                }
+                index = index.next();
+            }
+        }
+        Ok(())
+    });
+
+    // State Machine Safety and Leader Completeness, from what servers report committed.
+    let committed = RefCell::new(BTreeMap::<LogIndex, u64>::new());
+    let highest_by_term = RefCell::new(BTreeMap::<Term, LogIndex>::new());
+    sim.invariant("State Machine Safety", move |sim| {
+        let mut committed = committed.borrow_mut();
+        let mut highest_by_term = highest_by_term.borrow_mut();
+        for (node, raft) in sim.actors() {
+            for index in [raft.commit_index(), raft.last_applied()] {
+                if index == LogIndex::ZERO {
+                    continue;
+                }
+                let Some(hash) = raft.log_hash_at(index) else {
+                    continue;
+                };
+                let known = *committed.entry(index).or_insert(hash);
+                if known != hash {
+                    return Err(format!(
+                        "{node} committed or applied a different log up to {index} than \
+                         another server"
+                    ));
+                }
+            }
+            let commit = raft.commit_index();
+            let highest = highest_by_term.entry(raft.current_term()).or_default();
+            *highest = (*highest).max(commit);
+        }
+        for (node, raft) in sim.actors() {
+            if raft.role() != Role::Leader {
+                continue;
+            }
+            // Leader Completeness: everything committed in an earlier term is here
+            // (in the log, or in the snapshot, which holds only committed entries).
+            let Some(index) = highest_by_term
+                .range(..raft.current_term())
+                .map(|(_, i)| *i)
+                .max()
+                .filter(|i| *i > LogIndex::ZERO && *i >= raft.snapshot_index())
+            else {
+                continue;
+            };
+            if raft.log_hash_at(index) != committed.get(&index).copied() {
+                return Err(format!(
+                    "Leader Completeness: {node}, leader of {}, lacks committed entry {index}",
+                    raft.current_term()
+                ));
+            }
+        }
+        Ok(())
+    });
+}
+
+/// The fast timing every simulation uses: 100 ms election timeouts, 20 ms heartbeats.
+/// With `snapshots`, a snapshot every 25 entries sent in 24-byte chunks, so that
+/// compaction and chunked `InstallSnapshot` run all the time.
+pub(super) fn test_config(voters: u32, snapshots: bool) -> RaftConfig {
+    let mut config = RaftConfig::new((0..voters).map(NodeId).collect());
+    config.election_timeout = Duration::from_millis(100);
+    config.heartbeat_interval = Duration::from_millis(20);
+    config.max_entries_per_append = 16;
+    config.max_in_flight = 4;
+    if snapshots {
+        config.snapshot_threshold = 25;
+        config.snapshot_chunk_bytes = 24;
+    }
+    config
+}
+
+/// Check the recorded history for linearizability and the client for protocol errors.
+pub(super) fn check_history(sim: &Sim<Kv>) -> Result<usize, String> {
+    let clients = sim
+        .workload::<KvClients>()
+        .ok_or("the workload is not KvClients")?;
+    if let Some(e) = clients.errors.first() {
+        return Err(format!("client error: {e}"));
+    }
+    match check_kv(&clients.history) {
+        CheckResult::Ok => Ok(clients.history.len()),
+        CheckResult::Violation(counter_example) => Err(format!("{counter_example}")),
+        other => Err(format!("linearizability check gave no answer: {other:?}")),
+    }
+}
