@@ -32,4 +32,6 @@
 
 pub mod beacon;
 pub mod clocks;
+pub mod election;
+pub mod mutex;
 pub mod raft;

@@ -139,12 +139,22 @@ where
 }
 
 /// For `cargo test`: run `scenario` over `seeds` and panic with every failing seed and its
-/// replay command if any fails.
+/// replay command if any fails. With the environment variable `SYNOD_SEED=N` set, only seed
+/// N runs: that is how a printed failure is replayed
+/// (`SYNOD_SEED=N cargo test -p <crate> <test>`).
 pub fn assert_seeds<F, R>(seeds: Range<u64>, scenario: F, replay: R)
 where
     F: Fn(u64) -> Result<(), String> + Sync,
     R: Fn(u64) -> String + Sync,
 {
+    let seeds = match std::env::var("SYNOD_SEED")
+        .ok()
+        .map(|s| s.trim().parse::<u64>())
+    {
+        Some(Ok(seed)) => seed..seed.saturating_add(1),
+        Some(Err(_)) => panic!("SYNOD_SEED must be a whole number"),
+        None => seeds,
+    };
     let opts = SwarmOptions {
         progress: false,
         ..SwarmOptions::default()

@@ -66,7 +66,7 @@ fn held_output_waits_for_its_batch_to_be_durable() {
     assert_seeds(
         0..40,
         |seed| counter_run(seed, false),
-        |seed| format!("cargo test -p synod-sim --test simulator held_output -- # seed {seed}"),
+        |seed| format!("SYNOD_SEED={seed} cargo test -p synod-sim --test simulator held_output"),
     );
 }
 

@@ -143,6 +143,8 @@ fn no_peer_hears_an_incarnation_that_a_crash_could_lose() {
             sim.run_for(Duration::from_secs(5))
                 .map_err(|f| f.to_string())
         },
-        |seed| format!("cargo test -p synod-protocols beacon -- # seed {seed}"),
+        |seed| {
+            format!("SYNOD_SEED={seed} cargo test -p synod-protocols beacon::tests::no_peer_hears")
+        },
     );
 }
