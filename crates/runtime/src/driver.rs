@@ -650,19 +650,20 @@ mod tests {
         fn send(&self, _to: NodeId, _service: u16, _payload: bytes::Bytes) {}
     }
 
-    fn start(
-        fail: bool,
-    ) -> (
-        ActorHandle<Echo>,
-        tokio::task::JoinHandle<Result<(), DriverError>>,
-        Arc<AtomicU64>,
-        Arc<std::sync::atomic::AtomicBool>,
-    ) {
-        let syncs = Arc::new(AtomicU64::new(0));
-        let failing = Arc::new(std::sync::atomic::AtomicBool::new(fail));
+    /// A running `Echo` actor with handles on its storage's sync counter and failure switch.
+    struct Running {
+        handle: ActorHandle<Echo>,
+        task: tokio::task::JoinHandle<Result<(), DriverError>>,
+        durable_next: Arc<AtomicU64>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    fn start() -> Running {
+        let durable_next = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let storage = Probe {
             inner: MemStorage::new(),
-            syncs: syncs.clone(),
+            syncs: durable_next.clone(),
             fail: failing.clone(),
         };
         let placement = ActorPlacement {
@@ -678,12 +679,21 @@ mod tests {
             Arc::new(Nowhere),
             Arc::new(ActorStats::default()),
         );
-        (handle, task, syncs, failing)
+        Running {
+            handle,
+            task,
+            durable_next,
+            failing,
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reply_leaves_only_after_its_write_is_synced() {
-        let (handle, _task, syncs, _) = start(false);
+        let Running {
+            handle,
+            durable_next: syncs,
+            ..
+        } = start();
         for expected in 1..=20u64 {
             let reply = handle
                 .call(Msg::Write, Duration::from_secs(5))
@@ -700,7 +710,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_store_stops_the_actor_even_in_a_batch_without_writes() {
-        let (handle, task, _, failing) = start(false);
+        let Running {
+            handle,
+            task,
+            failing,
+            ..
+        } = start();
         handle
             .call(Msg::Read, Duration::from_secs(5))
             .await
