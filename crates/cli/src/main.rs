@@ -10,6 +10,7 @@ mod bench;
 mod bench_net;
 mod check;
 mod cluster;
+mod compare;
 mod sim;
 mod sim_clock_sync;
 
@@ -46,6 +47,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Check a recorded history (JSONL) for linearizability.
     Check(check::CheckCommand),
+    /// Compare algorithms of one family: measured costs beside the textbook figures.
+    Compare(compare::CompareCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Command::Sim(cmd) => sim::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Check(cmd) => check::run(cmd),
+        Command::Compare(cmd) => compare::run(cmd),
     };
     match result {
         Ok(code) => code,
