@@ -592,14 +592,26 @@ async fn read_loop(
     let mut streams: HashMap<super::frame::StreamId, IncomingState> = HashMap::new();
     // Once the application drops its receiver, arrivals are discarded.
     let mut deliver = true;
+    // Bytes of a partial frame already buffered: a large frame that is still arriving is
+    // progress, so the idle timeout counts bytes, not whole frames. (`next` is cancel
+    // safe: a timed-out read keeps what it buffered.)
+    let mut buffered = 0usize;
     loop {
         let frame = match tokio::time::timeout(idle, frames.next()).await {
-            Err(_) => return ReadExit::Idle(idle),
+            Err(_) => {
+                let now = frames.read_buffer().len();
+                if now > buffered {
+                    buffered = now;
+                    continue;
+                }
+                return ReadExit::Idle(idle);
+            }
             Ok(None) => return ReadExit::Eof,
             Ok(Some(Err(FrameError::Io(e)))) => return ReadExit::Failed(e.to_string()),
             Ok(Some(Err(e))) => return ReadExit::Protocol(e.to_string()),
             Ok(Some(Ok(frame))) => frame,
         };
+        buffered = frames.read_buffer().len();
         PeerCounters::add(&counters.bytes_received, frame.wire_len() as u64);
         match frame {
             Frame::Data { service, payload } => {

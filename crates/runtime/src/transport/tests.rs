@@ -1198,3 +1198,45 @@ async fn shutdown_releases_the_port_and_ends_the_inbound_channel() {
     );
     n1.shutdown().await;
 }
+
+/// The idle timeout counts bytes, not whole frames: a large frame that takes several idle
+/// periods to arrive keeps its connection, while a silent peer still loses it.
+#[tokio::test]
+async fn a_frame_slower_than_the_idle_timeout_still_arrives() {
+    let mut nodes = start_some(
+        &[1, 2],
+        &[2],
+        |_| TlsMode::Insecure,
+        |c| {
+            c.keepalive_interval = Duration::from_millis(100);
+            c.idle_timeout = Duration::from_millis(300);
+        },
+    )
+    .await;
+    let n2 = nodes[&2].handle.clone();
+    let (mut framed, answer) = fake_dial(n2.local_addr(), hello(1, 2)).await;
+    assert_eq!(answer, Frame::Hello(hello(2, 1)));
+    // One Data frame of 4 KiB, written in 16 slices over about 1.6 s: more than five idle
+    // periods, with bytes arriving in each.
+    let payload = vec![9u8; 4096];
+    let mut wire = bytes::BytesMut::new();
+    encode_frame(
+        &Frame::Data {
+            service: ServiceId(3),
+            payload: Bytes::from(payload.clone()),
+        },
+        DEFAULT_MAX_FRAME,
+        &mut wire,
+    )
+    .unwrap();
+    for slice in wire.chunks(wire.len().div_ceil(16)) {
+        framed.get_mut().write_all(slice).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let node = nodes.get_mut(&2).unwrap();
+    let (from, service, got) = next_message(&mut node.inbound).await;
+    assert_eq!((from, service, got.len()), (NodeId(1), ServiceId(3), 4096));
+    // Now silence: the connection is dropped as idle.
+    eventually("n2 drops the silent peer", || !n2.is_connected(NodeId(1))).await;
+    n2.shutdown().await;
+}
