@@ -565,6 +565,10 @@ fn scan_segment(
     let mut offset = 0u64;
     let mut records = 0usize;
     let mut payload = Vec::new();
+    // The newest batch marker read. Batch k+1 is written only after batch k is durable, so
+    // a genuine later marker after a bad record is for batch k+1 (the bad record is in batch
+    // k) or k+2 (the bad record is batch k+1's own marker).
+    let mut last_batch: Option<u64> = None;
     let bad = loop {
         let remaining = file_len - offset;
         if remaining == 0 {
@@ -606,6 +610,9 @@ fn scan_segment(
         };
         let record = record::decode(kind, &payload)
             .map_err(|r| inconsistent(format!("record checks out but does not decode: {r}")))?;
+        if let Record::Marker { batch } = record {
+            last_batch = Some(batch);
+        }
         visit(offset, record).map_err(inconsistent)?;
         records += 1;
         offset += (FRAME_HEADER_LEN + len) as u64;
@@ -624,7 +631,8 @@ fn scan_segment(
             reason: format!("{reason}, in a segment that is not the last"),
         });
     }
-    if let Some(later) = find_marker_after(&file, path, offset + 1, file_len)? {
+    let expected = last_batch.map(|b| b.saturating_add(1)..=b.saturating_add(2));
+    if let Some(later) = find_marker_after(&file, path, offset + 1, file_len, expected)? {
         return Err(StorageError::CorruptLog {
             path: path.to_path_buf(),
             offset,
@@ -642,11 +650,15 @@ fn scan_segment(
 ///
 /// The search looks for the marker's magic bytes rather than following length fields, so it
 /// finds later batches even when the damaged record's own length field is what was hit.
+/// When `expected` is known, only a marker for a batch in that range counts: client data
+/// that happens to contain a well-formed marker for some other batch must not turn a torn
+/// tail into a refusal to start.
 fn find_marker_after(
     file: &File,
     path: &Path,
     start: u64,
     end: u64,
+    expected: Option<std::ops::RangeInclusive<u64>>,
 ) -> Result<Option<u64>, StorageError> {
     const WINDOW: u64 = 1 << 20;
     // A marker frame starting at `f` has its magic at `f + 9` and ends at `f + 25`.
@@ -675,7 +687,18 @@ fn find_marker_after(
             if header.len as usize == MARKER_PAYLOAD_LEN
                 && header.check(&frame[FRAME_HEADER_LEN..]) == Ok(Kind::Marker)
             {
-                return Ok(Some(frame_start));
+                let batch = match record::decode(Kind::Marker, &frame[FRAME_HEADER_LEN..]) {
+                    Ok(Record::Marker { batch }) => Some(batch),
+                    _ => None,
+                };
+                let wanted = match (&expected, batch) {
+                    (None, _) => true,
+                    (Some(range), Some(b)) => range.contains(&b),
+                    (Some(_), None) => false,
+                };
+                if wanted {
+                    return Ok(Some(frame_start));
+                }
             }
         }
         window_start += WINDOW;

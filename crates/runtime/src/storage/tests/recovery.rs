@@ -460,3 +460,33 @@ fn a_segment_header_that_disagrees_with_the_replay_is_an_error() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// A client value may contain bytes that form a valid batch marker (its CRC is no secret).
+/// If the batch holding it is torn, recovery must still see a torn tail, not mid-log
+/// damage: only a marker for the next batch numbers proves a later durable batch.
+#[test]
+fn a_marker_inside_client_data_does_not_make_a_torn_tail_look_like_corruption() {
+    let base = tempfile::tempdir().unwrap();
+    write_batches(base.path(), 3);
+    let segment = last_segment(base.path());
+    let before = file_len(&segment);
+    let mut fake = Vec::new();
+    crate::storage::record::encode_marker(&mut fake, 999_999);
+    let mut value = vec![0u8; 64];
+    value.extend_from_slice(&fake);
+    value.extend_from_slice(&[0u8; 64]);
+    {
+        let mut s = open(base.path(), &DiskOptions::default());
+        s.append(&value);
+        s.sync().unwrap();
+    }
+    // Tear the last batch just before the embedded marker, leaving the marker's bytes
+    // after the damage: zero a byte early in the value so the record's CRC fails.
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let record_start = before as usize + MARKER_FRAME_LEN;
+    bytes[record_start + 20] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    let s = DiskStorage::open(base.path(), DiskOptions::default())
+        .expect("a torn final batch is cut, whatever its data contains");
+    expect_records(&s, 3);
+}
