@@ -1,24 +1,12 @@
 //! The command line as a user meets it: demos that check themselves, and clear errors.
 
-use std::process::Command;
+use common::synod;
 use synod_check::history::{History, Op, OpResult, Process};
 
-fn synod(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_synod"))
-        .args(args)
-        .output()
-        .expect("run synod");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
 
 fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("synod-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("cli", name)
 }
 
 #[test]

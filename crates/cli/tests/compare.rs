@@ -1,24 +1,12 @@
 //! `synod compare`: the measured message counts match the textbook where the textbook is
 //! exact (issue 6), the chart is written, and bad node lists are refused.
 
-use std::process::Command;
+use common::synod;
 
-fn synod(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_synod"))
-        .args(args)
-        .output()
-        .expect("run synod");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
 
 fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("synod-compare-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("compare", name)
 }
 
 /// The table rows for `algorithm`, split on whitespace and `|`.

@@ -14,18 +14,6 @@ use synod_sim::{
 /// Seeds of the swarm test in `cargo test`; `long_swarm` runs more.
 const SWARM_SEEDS: u64 = 300;
 
-/// The seeds a test runs: `range`, or only `SYNOD_SEED` when that is set, which is how a
-/// failing seed is replayed.
-fn seeds(range: std::ops::Range<u64>) -> std::ops::Range<u64> {
-    match std::env::var("SYNOD_SEED")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-    {
-        Some(seed) => seed..seed + 1,
-        None => range,
-    }
-}
-
 fn replay(test: &'static str) -> impl Fn(u64) -> String + Sync {
     move |seed| {
         format!("SYNOD_SEED={seed} cargo test -p synod-protocols raft::tests::sim::{test} -- --exact --include-ignored")
@@ -74,7 +62,7 @@ fn swarm_scenario(seed: u64, bug: Option<Bug>) -> Result<(), String> {
 #[test]
 fn raft_keeps_figure_3_invariants_and_linearizability_under_swarm_faults() {
     assert_seeds(
-        seeds(0..SWARM_SEEDS),
+        0..SWARM_SEEDS,
         |seed| swarm_scenario(seed, None),
         replay("raft_keeps_figure_3_invariants_and_linearizability_under_swarm_faults"),
     );
@@ -102,7 +90,7 @@ fn liveness_scenario(seed: u64) -> Result<(), String> {
 #[test]
 fn after_faults_heal_a_leader_is_elected_and_every_client_commits() {
     assert_seeds(
-        seeds(0..20),
+        0..20,
         liveness_scenario,
         replay("after_faults_heal_a_leader_is_elected_and_every_client_commits"),
     );
@@ -141,7 +129,7 @@ fn the_checks_catch_votes_granted_without_the_log_check() {
 #[test]
 fn a_lagging_follower_catches_up_through_a_chunked_snapshot() {
     assert_seeds(
-        seeds(0..10),
+        0..10,
         |seed| {
             let mut cfg = SimConfig::new(seed, 3);
             cfg.seed = seed | 2; // an odd seed/2: `cluster` turns snapshots on
@@ -195,7 +183,7 @@ fn membership_scenario(seed: u64) -> Result<(), String> {
 #[test]
 fn membership_changes_keep_the_invariants_under_faults() {
     assert_seeds(
-        seeds(0..100),
+        0..100,
         membership_scenario,
         replay("membership_changes_keep_the_invariants_under_faults"),
     );
@@ -206,7 +194,7 @@ fn membership_changes_keep_the_invariants_under_faults() {
 #[test]
 fn a_learner_catches_up_is_promoted_and_a_voter_is_removed() {
     assert_seeds(
-        seeds(0..10),
+        0..10,
         |seed| {
             let cfg = SimConfig::new(seed, 4);
             let mut sim = cluster_of(cfg, 3, None);
@@ -277,7 +265,7 @@ fn lease_scenario(seed: u64, bug: Option<Bug>) -> Result<(), String> {
 #[test]
 fn lease_reads_stay_linearizable_under_faults_and_drift() {
     assert_seeds(
-        seeds(0..100),
+        0..100,
         |seed| lease_scenario(seed, None),
         replay("lease_reads_stay_linearizable_under_faults_and_drift"),
     );
@@ -301,7 +289,7 @@ fn long_swarm() {
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(5_000);
     assert_seeds(
-        seeds(0..count),
+        0..count,
         |seed| {
             swarm_scenario(seed, None)?;
             membership_scenario(seed)?;
