@@ -515,7 +515,7 @@ impl<A: Actor> Sim<A> {
                 }
                 _ => {
                     self.now = self.now.max(deadline_ns);
-                    self.fail(
+                    return Err(self.fail(
                         "liveness",
                         format!(
                             "not converged by {} ({} after healing at {})",
@@ -523,13 +523,7 @@ impl<A: Actor> Sim<A> {
                             Instant(deadline_ns.saturating_sub(duration_nanos(faults_until))),
                             Instant(duration_nanos(faults_until)),
                         ),
-                    );
-                    return Err(self.failure.clone().unwrap_or_else(|| SimFailure {
-                        seed: self.cfg.seed,
-                        at: self.now,
-                        check: "liveness".into(),
-                        message: String::new(),
-                    }));
+                    ));
                 }
             }
         }
@@ -625,15 +619,17 @@ impl<A: Actor> Sim<A> {
 
     // ---- internals -----------------------------------------------------------------
 
-    fn fail(&mut self, check: &str, message: String) {
-        if self.failure.is_none() {
-            self.failure = Some(SimFailure {
-                seed: self.cfg.seed,
-                at: self.now,
+    /// Record a failure (the first one wins) and return the recorded failure.
+    fn fail(&mut self, check: &str, message: String) -> SimFailure {
+        let (seed, at) = (self.cfg.seed, self.now);
+        self.failure
+            .get_or_insert_with(|| SimFailure {
+                seed,
+                at,
                 check: check.to_string(),
                 message,
-            });
-        }
+            })
+            .clone()
     }
 
     fn check_invariants(&mut self) {
