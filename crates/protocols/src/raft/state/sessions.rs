@@ -42,6 +42,7 @@ impl<O: Clone> Sessions<O> {
         self.by_id.get(session).map(|e| (e.seq, &e.output))
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.by_id.len()
     }
