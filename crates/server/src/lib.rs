@@ -10,5 +10,6 @@
 
 pub mod admin;
 pub mod config;
+pub mod etcd;
 pub mod gateway;
 pub mod node;
