@@ -30,6 +30,9 @@ enum Protocol {
     /// The simulator's own group-commit promise, over many seeds with crashes: no peer
     /// ever hears a value its sender could lose in a crash.
     Durability(DurabilityArgs),
+    /// Two-phase commit with presumed abort, recovery and cooperative termination: every
+    /// fault mix, the blocking case, a crash-point sweep, and costs beside the textbook.
+    Twopc(crate::sim_twopc::TwoPcArgs),
 }
 
 /// Flags every single-run simulation takes.
@@ -103,6 +106,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::Clocks(a) => clocks(a),
         Protocol::ClockSync(a) => crate::sim_clock_sync::run(a),
         Protocol::Durability(a) => durability(a),
+        Protocol::Twopc(a) => crate::sim_twopc::run(a),
     }
 }
 

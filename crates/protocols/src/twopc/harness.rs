@@ -13,7 +13,8 @@ use std::rc::Rc;
 use std::time::Duration;
 use synod_core::{ClientId, LogIndex, NodeId, Storage, StorageExt};
 use synod_sim::{
-    swarm_faults, swarm_net, ClientCtl, FaultConfig, NetConfig, Sim, SimConfig, Workload,
+    swarm_faults, swarm_net, ClientCtl, DiskConfig, FaultConfig, NetConfig, Sim, SimConfig,
+    Workload,
 };
 
 /// The one client of the workload.
@@ -315,11 +316,11 @@ pub enum FaultMix {
     None,
     /// A lossy, duplicating, reordering network (5% loss); no crashes.
     Loss,
-    /// Crashes and restarts of any node, on a LAN.
+    /// Crashes and restarts of any node, on a LAN, with a slow disk.
     Crashes,
     /// Partitions of every kind and clogged links, on a LAN.
     Partitions,
-    /// Crashes with message loss, duplication and reordering.
+    /// Crashes with message loss, duplication and reordering, with a slow disk.
     CrashesAndLoss,
     /// Swarm testing: a random fault mix and network per seed.
     Swarm,
@@ -358,10 +359,20 @@ impl FaultMix {
             crash: 1,
             ..FaultConfig::none()
         };
+        // A slow disk (1-5 ms fsync) widens the window between a write and its sync, where
+        // a crash loses the write: that is where a missing force shows.
+        let slow_disk = DiskConfig {
+            min_sync: Duration::from_millis(1),
+            sync_jitter: Duration::from_millis(4),
+            io_error: 0.0,
+        };
         match self {
             FaultMix::None => {}
             FaultMix::Loss => cfg.net = NetConfig::lossy(),
-            FaultMix::Crashes => cfg.faults = crashes,
+            FaultMix::Crashes => {
+                cfg.faults = crashes;
+                cfg.disk = slow_disk;
+            }
             FaultMix::Partitions => {
                 cfg.faults = FaultConfig {
                     partition: 3,
@@ -374,6 +385,7 @@ impl FaultMix {
             FaultMix::CrashesAndLoss => {
                 cfg.net = NetConfig::lossy();
                 cfg.faults = crashes;
+                cfg.disk = slow_disk;
             }
             FaultMix::Swarm => {
                 cfg.net = swarm_net(seed);
