@@ -58,10 +58,12 @@
 //! - **Termination** (liveness): once faults heal and every node is up, every transaction
 //!   ends: the coordinator holds nothing open and no participant is uncertain.
 //!
-//! Costs (fault-free, N participants, all updating; see docs/twopc.md for measurements):
-//! a commit takes 4N messages and 2N+1 forced writes in both variants; an abort decided
-//! after all votes takes 3N messages and N forced writes with presumed abort, against 4N
-//! messages and 2N+1 forced writes in 2P (R* §3, Table 1's update-transaction rows).
+//! Costs (fault-free, N updating participants; measured in `costs_match_the_textbook_figures`
+//! and `synod sim twopc`): a commit takes 4N messages, 2N+2 log writes and 2N+1 forced
+//! writes in both variants. An abort caused by one NO vote takes 3N−1 messages and N−1
+//! forced writes with presumed abort, against 4N−2 messages and 2N forced writes in 2P:
+//! presumed abort saves the acknowledgements and every forced abort record. These are
+//! the counts that follow from R*'s rules (§2 for 2P, §3 for presumed abort).
 //!
 //! Differences from the chapter's sketch (§14.7): the sketch has no durable state, no
 //! timeouts and no recovery, logs the prepare record *after* deciding to vote (it never

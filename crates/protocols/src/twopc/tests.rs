@@ -381,7 +381,7 @@ fn replay(test: &'static str) -> impl Fn(u64) -> String + Sync {
 #[test]
 fn atomicity_and_termination_hold_under_faults() {
     assert_seeds(
-        0..72,
+        0..300,
         |seed| {
             let mix = FaultMix::ALL[(seed % 6) as usize];
             let config = TwoPcConfig {
