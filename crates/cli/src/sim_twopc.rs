@@ -1,13 +1,14 @@
 //! `synod sim twopc`: two-phase commit under every fault mix, the blocking case, the
 //! crash-point sweep, and messages and forced writes beside the textbook figures.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Duration;
 use synod_protocols::twopc::harness::{
-    blocking_demo, crash_point_sweep, measure_costs, run_scenario, textbook_costs, FaultMix,
+    blocking_demo, crash_point_sweep, measure_costs, run_scenario_with, textbook_costs, FaultMix,
     RunReport,
 };
 use synod_protocols::twopc::{Bug, TwoPcConfig};
@@ -73,6 +74,9 @@ pub(crate) struct TwoPcArgs {
     /// Run a deliberately broken variant, to watch the checkers catch it.
     #[arg(long, value_enum, default_value = "none")]
     bug: BugArg,
+    /// Write a JSONL trace of the run (needs --seeds 1 and one --mix).
+    #[arg(long)]
+    trace: Option<PathBuf>,
     /// How long the coordinator stays down in the blocking demonstration.
     #[arg(long, default_value = "5s", value_parser = args::duration)]
     blocked_for: Duration,
@@ -102,8 +106,7 @@ fn txns(s: &str) -> Result<usize, String> {
 
 impl TwoPcArgs {
     fn config(&self, presumed_abort: bool) -> TwoPcConfig {
-        let mut config = TwoPcConfig::new(self.participants);
-        config.presumed_abort = presumed_abort;
+        let config = TwoPcConfig::new(self.participants).with_presumed_abort(presumed_abort);
         match self.bug {
             BugArg::None => config,
             BugArg::VoteBeforePrepare => config.with_bug(Bug::VoteBeforeForcingPrepare),
@@ -164,6 +167,13 @@ pub(crate) fn run(a: TwoPcArgs) -> Result<ExitCode> {
     if a.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
+    if a.trace.is_some() && (a.seeds != 1 || a.mix == MixArg::All) {
+        bail!("--trace writes one run: give it --seeds 1 and one --mix");
+    }
+    if let Some(path) = &a.trace {
+        std::fs::File::create(path)
+            .with_context(|| format!("cannot write trace file {}", path.display()))?;
+    }
     let presumed_abort = a.presumption == Presumption::Abort;
     let config = a.config(presumed_abort);
     let mut failed = false;
@@ -198,7 +208,14 @@ pub(crate) fn run(a: TwoPcArgs) -> Result<ExitCode> {
     for mix in a.mixes() {
         let reports: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
         let scenario = |seed: u64| -> Result<(), String> {
-            let report = run_scenario(seed, mix, &config, a.txns, a.abort_probability)?;
+            let trace = a.trace.clone();
+            let setup = |sim: &mut synod_sim::Sim<synod_protocols::twopc::TwoPcNode>| match &trace {
+                Some(path) => sim
+                    .trace_to_file(path)
+                    .map_err(|e| format!("cannot write trace file {}: {e}", path.display())),
+                None => Ok(()),
+            };
+            let report = run_scenario_with(seed, mix, &config, a.txns, a.abort_probability, setup)?;
             if let Ok(mut r) = reports.lock() {
                 r.push(report);
             }
@@ -238,6 +255,9 @@ pub(crate) fn run(a: TwoPcArgs) -> Result<ExitCode> {
             millis(blocked.last().copied().unwrap_or_default()),
             millis(recovery),
         );
+    }
+    if let Some(path) = &a.trace {
+        println!("trace: {}", path.display());
     }
     println!(
         "(msgs/txn counts every message, client requests and retries included; \"unc.\" is how long a participant stayed uncertain after voting YES; \"end after\" is the longest time from healing until every transaction ended)"

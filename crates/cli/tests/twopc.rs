@@ -3,8 +3,6 @@
 
 use common::synod;
 
-// This suite needs no scratch directory.
-#[allow(dead_code)]
 mod common;
 
 #[test]
@@ -30,6 +28,32 @@ fn sim_twopc_checks_every_mix_and_shows_the_blocking_case() {
     assert!(out.contains("12.00 / 12"), "{out}");
     assert!(out.contains(" 8.00 / 8 "), "{out}");
     assert!(!out.contains("FAILED"), "{out}");
+}
+
+#[test]
+fn sim_twopc_replays_one_seed_with_a_trace() {
+    let dir = common::scratch("twopc", "trace");
+    let trace = dir.join("run.jsonl");
+    let (code, out, err) = synod(&[
+        "sim",
+        "twopc",
+        "--mix",
+        "crashes",
+        "--first-seed",
+        "3",
+        "--seeds",
+        "1",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines = std::fs::read_to_string(&trace).unwrap();
+    assert!(lines.lines().count() > 100);
+    assert!(
+        lines.contains("Prepare") && lines.contains("crash"),
+        "{lines}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -62,6 +86,21 @@ fn sim_twopc_flags_get_clear_errors() {
     let (code, _, err) = synod(&["sim", "twopc", "--abort-probability", "2"]);
     assert_eq!(code, 2);
     assert!(err.contains("between 0 and 1"), "{err}");
+    let (code, _, err) = synod(&["sim", "twopc", "--trace", "t.jsonl"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--seeds 1 and one --mix"), "{err}");
+    let (code, _, err) = synod(&[
+        "sim",
+        "twopc",
+        "--seeds",
+        "1",
+        "--mix",
+        "none",
+        "--trace",
+        "/nonexistent-dir/t.jsonl",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot write trace file"), "{err}");
     let (code, _, err) = synod(&["sim", "twopc", "--seeds", "0"]);
     assert_eq!(code, 2);
     assert!(err.contains("--seeds"), "{err}");

@@ -425,11 +425,25 @@ pub fn run_scenario(
     txns: usize,
     abort_probability: f64,
 ) -> Result<RunReport, String> {
+    run_scenario_with(seed, mix, config, txns, abort_probability, |_| Ok(()))
+}
+
+/// [`run_scenario`], with `setup` applied to the simulation before it starts (for
+/// example to write a trace file).
+pub fn run_scenario_with(
+    seed: u64,
+    mix: FaultMix,
+    config: &TwoPcConfig,
+    txns: usize,
+    abort_probability: f64,
+    setup: impl FnOnce(&mut Sim<TwoPcNode>) -> Result<(), String>,
+) -> Result<RunReport, String> {
     let nodes = config.participants.len() as u32 + 1;
     let cfg = mix.sim_config(seed, nodes);
     let spacing = FAULT_PHASE / (txns.max(1) as u32 + 1);
     let factory_config = config.clone();
     let mut sim = Sim::new(cfg, move |me| TwoPcNode::new(me, &factory_config));
+    setup(&mut sim)?;
     let observer = install_invariants(&mut sim, config);
     sim.set_workload(TxnWorkload::random(
         config,

@@ -130,6 +130,12 @@ impl TwoPcConfig {
         }
     }
 
+    /// The same, with presumed abort on or off (off: the 2P baseline).
+    pub fn with_presumed_abort(mut self, on: bool) -> Self {
+        self.presumed_abort = on;
+        self
+    }
+
     /// A deliberately broken variant, so that tests can show the checkers catch it.
     #[cfg(any(test, feature = "harness"))]
     pub fn with_bug(mut self, bug: Bug) -> Self {
