@@ -316,11 +316,11 @@ pub enum FaultMix {
     None,
     /// A lossy, duplicating, reordering network (5% loss); no crashes.
     Loss,
-    /// Crashes and restarts of any node, on a LAN, with a slow disk.
+    /// Crashes and restarts of any node, on a LAN, with a slow disk whose fsyncs may fail.
     Crashes,
     /// Partitions of every kind and clogged links, on a LAN.
     Partitions,
-    /// Crashes with message loss, duplication and reordering, with a slow disk.
+    /// Crashes with message loss, duplication and reordering, with the same disk.
     CrashesAndLoss,
     /// Swarm testing: a random fault mix and network per seed.
     Swarm,
@@ -361,10 +361,11 @@ impl FaultMix {
         };
         // A slow disk (1-5 ms fsync) widens the window between a write and its sync, where
         // a crash loses the write: that is where a missing force shows.
+        // One fsync in 500 fails, which stops the node until the fault plan restarts it.
         let slow_disk = DiskConfig {
             min_sync: Duration::from_millis(1),
             sync_jitter: Duration::from_millis(4),
-            io_error: 0.0,
+            io_error: 0.002,
         };
         match self {
             FaultMix::None => {}
@@ -539,7 +540,7 @@ pub fn single_txn_sim(seed: u64, config: &TwoPcConfig, refuse: bool) -> (Sim<Two
 pub struct CrashSweep {
     /// Events in the fault-free run of the transaction.
     pub steps: u64,
-    /// Runs with one crash each (every step × every node).
+    /// Runs with one crash each (every step × every node × two outage lengths).
     pub runs: u64,
     /// Of those, how many ended committed.
     pub committed: u64,
@@ -547,7 +548,8 @@ pub struct CrashSweep {
 
 /// The crash-point sweep: run one transaction (all YES, or with one NO vote if `refuse`)
 /// fault-free and count its events; then for every event index k and every node, rerun
-/// the same seed, crash that node right after event k, restart it 30 ms later, and check:
+/// the same seed, crash that node right after event k, restart it 30 ms or 500 ms later,
+/// and check:
 /// the invariants throughout, termination, the final atomicity check, that a refused
 /// transaction aborts, and that after a coordinator crash the outcome is commit exactly
 /// when its commit record survived the crash.
@@ -574,17 +576,22 @@ pub fn crash_point_sweep(
     let victims: Vec<NodeId> = std::iter::once(config.coordinator)
         .chain(config.participants.iter().copied())
         .collect();
+    // A short outage (the node is back before any timeout) and a long one (the vote and
+    // decision timeouts fire while it is down).
+    let outages = [Duration::from_millis(30), Duration::from_millis(500)];
     for k in 0..=steps {
-        for &victim in &victims {
-            let at = format!("crash of {victim} after event {k}");
+        for (&victim, &outage) in victims
+            .iter()
+            .flat_map(|v| outages.iter().map(move |o| (v, o)))
+        {
+            let at = format!("crash of {victim} after event {k} for {outage:?}");
             let (mut sim, _) = single_txn_sim(seed, config, refuse);
             for _ in 0..k {
                 sim.step();
             }
             sim.crash(victim);
             let commit_survived = victim == config.coordinator && logged_commit(&sim, victim);
-            sim.run_for(Duration::from_millis(30))
-                .map_err(|f| format!("{at}: {f}"))?;
+            sim.run_for(outage).map_err(|f| format!("{at}: {f}"))?;
             sim.restart(victim);
             let deadline = sim.now() + Duration::from_secs(20);
             let now = sim.now();

@@ -404,7 +404,7 @@ fn a_crash_at_every_step_of_every_node_keeps_atomicity() {
             let refuse = (seed / 2) % 2 == 1;
             let config = config(presumed_abort);
             let sweep = crash_point_sweep(seed, &config, refuse)?;
-            if sweep.runs < 4 * 10 {
+            if sweep.runs < 4 * 2 * 10 {
                 return Err(format!("only {} crash points", sweep.runs));
             }
             if !refuse && sweep.committed == 0 {
