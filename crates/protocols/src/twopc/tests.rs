@@ -324,6 +324,77 @@ fn no_vote_is_forced_only_without_presumed_abort() {
     assert_eq!(p.actor.costs()[&T1].forced_writes, 1);
 }
 
+/// Coordinator timeouts: silent participants get the Prepare again every retry interval,
+/// and the vote timeout aborts (BHG §7.4: the coordinator may abort while it waits).
+#[test]
+fn coordinator_resends_prepare_then_aborts_at_the_vote_timeout() {
+    let mut c = coordinator(true);
+    c.deliver(ClientId(5), begin(vec![]));
+    c.deliver(NodeId(1), TwoPcMsg::Vote { txn: T1, yes: true });
+    let effects = c.fire(TwoPcTimer::Resend(T1));
+    let to: Vec<NodeId> = sent(&effects).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(to, vec![NodeId(2), NodeId(3)], "only the silent ones");
+    let effects = c.fire(TwoPcTimer::VoteTimeout(T1));
+    let aborts = sent(&effects)
+        .into_iter()
+        .filter(|(_, m)| {
+            matches!(
+                m,
+                TwoPcMsg::Decide {
+                    decision: Decision::Abort,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(aborts, 3, "the YES voter and both silent participants");
+    // A vote that arrives after the abort changes nothing.
+    let effects = c.deliver(NodeId(2), TwoPcMsg::Vote { txn: T1, yes: true });
+    assert!(sent(&effects).is_empty());
+    assert_eq!(
+        c.actor.coordinator().unwrap().decision(T1),
+        Some(Decision::Abort)
+    );
+}
+
+/// 2P participants force the abort record and acknowledge it; presumed-abort ones do
+/// neither (R* §3).
+#[test]
+fn abort_is_forced_and_acknowledged_only_without_presumed_abort() {
+    for presumed_abort in [false, true] {
+        let mut p = participant(1, presumed_abort);
+        p.deliver(NodeId(0), prepare(false));
+        p.storage.sync();
+        let effects = p.deliver(
+            NodeId(0),
+            TwoPcMsg::Decide {
+                txn: T1,
+                decision: Decision::Abort,
+            },
+        );
+        let acks = held_sends(&effects)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, TwoPcMsg::Ack { .. }))
+            .count();
+        assert_eq!(acks, usize::from(!presumed_abort));
+        let forced = p.actor.costs()[&T1].forced_writes;
+        assert_eq!(forced, if presumed_abort { 1 } else { 2 });
+    }
+}
+
+#[test]
+fn a_duplicated_begin_runs_once() {
+    let mut c = coordinator(true);
+    let first = c.deliver(ClientId(5), begin(vec![]));
+    assert_eq!(sent(&first).len(), 3);
+    let again = c.deliver(ClientId(5), begin(vec![]));
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(
+        c.actor.coordinator().unwrap().open_transactions().count(),
+        1
+    );
+}
+
 #[test]
 fn malformed_begin_is_rejected_with_a_reason() {
     let mut c = coordinator(true);
