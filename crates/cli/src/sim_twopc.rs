@@ -43,6 +43,8 @@ enum BugArg {
     VoteBeforePrepare,
     /// The coordinator sends COMMIT before its decision record is durable.
     CommitBeforeDecision,
+    /// An uncertain participant aborts on its own after its decision timeout.
+    AbortWhenUncertain,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +113,7 @@ impl TwoPcArgs {
             BugArg::None => config,
             BugArg::VoteBeforePrepare => config.with_bug(Bug::VoteBeforeForcingPrepare),
             BugArg::CommitBeforeDecision => config.with_bug(Bug::CommitBeforeForcingDecision),
+            BugArg::AbortWhenUncertain => config.with_bug(Bug::UncertainParticipantAbortsOnTimeout),
         }
     }
 
@@ -146,6 +149,7 @@ impl TwoPcArgs {
             BugArg::None => {}
             BugArg::VoteBeforePrepare => cmd.push_str(" --bug vote-before-prepare"),
             BugArg::CommitBeforeDecision => cmd.push_str(" --bug commit-before-decision"),
+            BugArg::AbortWhenUncertain => cmd.push_str(" --bug abort-when-uncertain"),
         }
         cmd
     }

@@ -236,10 +236,10 @@ fn observe(
                     ));
                 }
             }
-            for txn in obs.committed.keys() {
-                if c.decision(*txn) == Some(Decision::Abort) {
+            for (txn, who) in &obs.aborted {
+                if c.decision(*txn) == Some(Decision::Commit) {
                     return Err(format!(
-                        "atomicity: the coordinator aborted {txn}, which committed"
+                        "atomicity: the coordinator committed {txn}, which {who} aborted"
                     ));
                 }
             }

@@ -151,6 +151,9 @@ pub enum Bug {
     VoteBeforeForcingPrepare,
     /// The coordinator sends `Commit` before its `Commit` record is durable.
     CommitBeforeForcingDecision,
+    /// An uncertain participant gives up waiting and aborts on its own (the mistake the
+    /// blocking case tempts one into).
+    UncertainParticipantAbortsOnTimeout,
 }
 
 /// What one transaction cost one node: protocol messages to other nodes (client requests

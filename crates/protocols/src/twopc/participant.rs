@@ -219,6 +219,10 @@ impl Participant {
         if t.state != ParticipantState::Prepared {
             return;
         }
+        if self.config.bug == Some(Bug::UncertainParticipantAbortsOnTimeout) {
+            self.learn(ctx, txn, Decision::Abort, None);
+            return;
+        }
         let coordinator = t.coordinator;
         let participants = t.participants.clone();
         let me = ctx.me();

@@ -531,6 +531,25 @@ fn participants_block_while_the_coordinator_is_down_after_all_voted_yes() {
     }
 }
 
+/// The blocking test can fail: a participant that aborts on its own when it tires of
+/// waiting decides while the coordinator is down, and breaks atomicity whenever the
+/// coordinator's commit record survived.
+#[test]
+fn the_blocking_test_catches_a_participant_that_decides_alone() {
+    let mut broke_atomicity = 0;
+    for seed in 0..6 {
+        let config = config(true).with_bug(Bug::UncertainParticipantAbortsOnTimeout);
+        match blocking_demo(seed, &config, Duration::from_secs(5)) {
+            Ok(report) => assert!(report.decided_while_down > 0, "{report:?}"),
+            Err(e) => {
+                assert!(e.contains("atomicity"), "{e}");
+                broke_atomicity += 1;
+            }
+        }
+    }
+    assert!(broke_atomicity > 0);
+}
+
 /// Cooperative termination helps when one participant knows: the coordinator's Commit
 /// reached only n1 before it crashed; n2 and n3 learn the outcome from n1 while the
 /// coordinator is still down.
