@@ -43,8 +43,9 @@
 //!
 //! Durability uses synod's group-commit contract (DESIGN.md): `ctx.send` is held by the
 //! driver until every write issued so far is synced, so "force the record, then send"
-//! is "append, then `ctx.send`". The deliberately broken variants ([`Bug`], tests only)
-//! use `send_unsynced` instead, which is exactly "send before forcing".
+//! is "append, then `ctx.send`". Two of the deliberately broken variants ([`Bug`], for
+//! tests and `synod sim twopc --bug`) use `send_unsynced` instead, which is exactly "send
+//! before forcing"; the third lets an uncertain participant abort on its own.
 //!
 //! Fault and timing model: asynchronous network that may lose, duplicate, delay and
 //! reorder messages; crash-recovery nodes whose forced log records survive; no Byzantine
