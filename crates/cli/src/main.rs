@@ -15,6 +15,7 @@ mod kv;
 mod sim;
 mod sim_clock_sync;
 mod sim_raft;
+mod sim_twopc;
 
 use clap::{Parser, Subcommand};
 

@@ -36,6 +36,9 @@ enum Protocol {
     /// Raft leader-election downtime after a leader crash, per timeout range, beside
     /// Figure 16 of the paper.
     RaftElection(crate::sim_raft::ElectionArgs),
+    /// Two-phase commit with presumed abort, recovery and cooperative termination: every
+    /// fault mix, the blocking case, a crash-point sweep, and costs beside the textbook.
+    Twopc(crate::sim_twopc::TwoPcArgs),
 }
 
 /// Flags every single-run simulation takes.
@@ -111,6 +114,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::Durability(a) => durability(a),
         Protocol::Raft(a) => crate::sim_raft::run(a),
         Protocol::RaftElection(a) => crate::sim_raft::election(a),
+        Protocol::Twopc(a) => crate::sim_twopc::run(a),
     }
 }
 
