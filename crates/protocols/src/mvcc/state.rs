@@ -347,7 +347,7 @@ impl MvccStateMachine {
     }
 
     /// The size [`Self::db_size`] should have, recomputed from scratch.
-    fn recomputed_db_size(&self) -> u64 {
+    pub(crate) fn recomputed_db_size(&self) -> u64 {
         self.keys
             .iter()
             .map(|(k, h)| h.size(k.len() as u64))
