@@ -404,7 +404,20 @@ pub fn check_history(sim: &Sim<MvccRaft>) -> Result<usize, String> {
 /// clients for `seconds` of simulated time, compactions. Checks linearizability and
 /// replica agreement. Returns how many operations the history holds.
 pub fn swarm_scenario(seed: u64, seconds: u64) -> Result<usize, String> {
-    let nodes = if seed % 2 == 0 { 3 } else { 5 };
+    scenario(seed, seconds, false)
+}
+
+/// [`swarm_scenario`] with replicas that answer reads at the previous revision, a bug
+/// the linearizability check must catch.
+pub fn stale_read_scenario(seed: u64, seconds: u64) -> Result<usize, String> {
+    scenario(seed, seconds, true)
+}
+
+fn scenario(seed: u64, seconds: u64, stale_reads: bool) -> Result<usize, String> {
+    let nodes = match seed % 2 {
+        0 => 3,
+        _ => 5,
+    };
     let mut cfg = SimConfig::new(seed, nodes);
     cfg.faults = swarm_faults(seed);
     cfg.net = swarm_net(seed);
@@ -414,10 +427,11 @@ pub fn swarm_scenario(seed: u64, seconds: u64) -> Result<usize, String> {
     };
     let snapshots = (seed / 2) % 2 == 1;
     let mut sim = Sim::new(cfg, move |_me: NodeId| {
-        Raft::new(
-            raft_config(nodes, snapshots),
-            MvccStateMachine::new(MvccConfig::default()),
-        )
+        let mut sm = MvccStateMachine::new(MvccConfig::default());
+        if stale_reads {
+            sm = sm.with_stale_reads();
+        }
+        Raft::new(raft_config(nodes, snapshots), sm)
     });
     sim.invariant("no server faults", |sim| {
         for (node, raft) in sim.actors() {
@@ -431,5 +445,19 @@ pub fn swarm_scenario(seed: u64, seconds: u64) -> Result<usize, String> {
     sim.run_for(Duration::from_secs(seconds + 1))
         .map_err(|f| f.to_string())?;
     check_replicas(&sim)?;
-    check_history(&sim)
+    let ops = check_history(&sim)?;
+    if std::env::var_os("SYNOD_MVCC_DEBUG").is_some() {
+        for (node, raft) in sim.actors() {
+            let sm = raft.state_machine();
+            eprintln!(
+                "{node}: applied {} snapshot {} revision {} compacted {} db {}",
+                raft.last_applied(),
+                raft.snapshot_index(),
+                sm.revision(),
+                sm.compacted_revision(),
+                sm.db_size()
+            );
+        }
+    }
+    Ok(ops)
 }

@@ -274,6 +274,10 @@ pub struct MvccStateMachine {
     journal: VecDeque<Event>,
     /// Every event after this revision is in the journal.
     journal_floor: i64,
+    /// A deliberate bug for the harness to catch: reads on the ReadIndex path answer
+    /// at the revision before the current one.
+    #[cfg(any(test, feature = "harness"))]
+    stale_reads: bool,
 }
 
 /// The replicated part of the state, as a snapshot stores it.
@@ -324,7 +328,17 @@ impl MvccStateMachine {
             db_size: 0,
             journal: VecDeque::new(),
             journal_floor: 1,
+            #[cfg(any(test, feature = "harness"))]
+            stale_reads: false,
         }
+    }
+
+    /// The deliberately broken variant the simulation tests must catch: Range on the
+    /// read path answers at the previous revision.
+    #[cfg(any(test, feature = "harness"))]
+    pub fn with_stale_reads(mut self) -> Self {
+        self.stale_reads = true;
+        self
     }
 
     /// The current revision.
@@ -424,6 +438,14 @@ impl MvccStateMachine {
     /// read-only Txn. Anything that would write is answered as if it were a Range of
     /// nothing, at the current revision.
     pub fn read_command(&self, command: &MvccCommand) -> MvccOutput {
+        #[cfg(any(test, feature = "harness"))]
+        if let (true, MvccCommand::Range(req)) = (self.stale_reads, command) {
+            let stale = RangeRequest {
+                revision: (self.current - 1).max(self.compacted).max(1),
+                ..req.clone()
+            };
+            return self.range(&stale).map(MvccResponse::Range);
+        }
         match command {
             MvccCommand::Range(req) => self.range(req).map(MvccResponse::Range),
             MvccCommand::Txn(req) if txn_is_read_only(req) => {

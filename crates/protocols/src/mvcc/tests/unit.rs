@@ -1,7 +1,7 @@
 //! Tests of etcd v3.4's semantics. "api" cites <https://etcd.io/docs/v3.4/learning/api/>,
 //! "data model" cites <https://etcd.io/docs/v3.4/learning/data_model/>.
 
-use super::*;
+use crate::mvcc::*;
 use crate::raft::StateMachine;
 use std::time::Duration;
 use synod_core::Instant;
