@@ -7,8 +7,8 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 use synod_protocols::mvcc::{
-    Compare, CompareResult, CompareTarget, MvccCommand, MvccStateMachine, PutRequest,
-    RangeRequest, RequestOp, TxnRequest,
+    Compare, CompareResult, CompareTarget, MvccCommand, MvccStateMachine, PutRequest, RangeRequest,
+    RequestOp, TxnRequest,
 };
 
 const BATCH: usize = 10_000;
@@ -52,7 +52,10 @@ fn apply(c: &mut Criterion) {
     // Overwrites of 1,000 keys into a store that already holds 100,000 versions.
     let overwrites: Vec<MvccCommand> = (0..BATCH).map(|i| put(i % 1000)).collect();
     let mut warm = MvccStateMachine::default();
-    apply_all(&mut warm, &(0..100_000).map(|i| put(i % 1000)).collect::<Vec<_>>());
+    apply_all(
+        &mut warm,
+        &(0..100_000).map(|i| put(i % 1000)).collect::<Vec<_>>(),
+    );
     group.bench_function("put_10k_overwrites_onto_100k_versions", |b| {
         b.iter_batched(
             || warm.clone(),
@@ -100,7 +103,10 @@ fn range(c: &mut Criterion) {
     let mut sm = MvccStateMachine::default();
     apply_all(&mut sm, &(0..100_000).map(put).collect::<Vec<_>>());
     // A second version of every tenth key, so reads at a past revision have history.
-    apply_all(&mut sm, &(0..100_000).step_by(10).map(put).collect::<Vec<_>>());
+    apply_all(
+        &mut sm,
+        &(0..100_000).step_by(10).map(put).collect::<Vec<_>>(),
+    );
     let mut group = c.benchmark_group("range");
     group.throughput(Throughput::Elements(1));
     let mut i = 0usize;

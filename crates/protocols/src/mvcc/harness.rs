@@ -1,14 +1,17 @@
 //! The simulation harness: `Raft<MvccStateMachine>` under the simulator's faults, with
 //! clients that put, get, delete and compare-and-set (a Txn) through etcd-shaped
 //! commands, a history for the linearizability checker, and a check that replicas
-//! which applied the same log hold the same state.
+//! which applied the same log hold the same state, and that every node's watch
+//! delivery is gap-free and identical.
 
 use super::{
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, MvccCommand, MvccConfig, MvccOutput,
-    MvccResponse, MvccStateMachine, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, MvccCommand, MvccConfig, MvccError,
+    MvccOutput, MvccResponse, MvccStateMachine, PutRequest, RangeRequest, RequestOp, Revision,
+    TxnRequest,
 };
 use crate::raft::{Raft, RaftConfig, RaftMsg, SessionId};
 use rand::Rng;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use synod_check::history::{History, Op, OpId, OpResult, Process};
@@ -295,7 +298,7 @@ impl Workload<MvccRaft> for MvccClients {
         if client == ClientId(0) {
             if let RaftMsg::ClientReply { output: Err(e), .. } = msg {
                 // Two compactions may race to the same revision; anything else is a bug.
-                if !matches!(e, super::MvccError::Compacted { .. }) {
+                if !matches!(e, MvccError::Compacted { .. }) {
                     self.errors.push(format!("compaction failed: {e}"));
                 }
             }
@@ -384,6 +387,86 @@ pub fn check_replicas(sim: &Sim<MvccRaft>) -> Result<(), String> {
     Ok(())
 }
 
+/// What a watcher sees of one change, compared across nodes.
+type Seen = (
+    Vec<u8>,
+    super::EventKind,
+    Vec<u8>,
+    i64,
+    i64,
+    Option<Vec<u8>>,
+);
+
+/// Every node serves a watch on all keys the way a server would: after each step it
+/// asks its own state machine for the events after the last revision it delivered.
+/// Checked after every simulator event: each node delivers every revision in order
+/// with no gap (every revision changes at least one key, so each has events), and
+/// the events of one revision are the same on every node, across leader changes,
+/// crashes, snapshots and compactions. A node whose watcher falls behind both a
+/// compaction and the journal (after installing a snapshot) is cancelled and starts
+/// over at its current revision, as etcd cancels a compacted watcher.
+pub fn install_watch_check(sim: &mut Sim<MvccRaft>) {
+    let cursors = RefCell::new(BTreeMap::<NodeId, i64>::new());
+    let seen = RefCell::new(BTreeMap::<i64, Vec<Seen>>::new());
+    sim.invariant(
+        "watch delivery is gap-free and the same on every node",
+        move |sim| {
+            let mut cursors = cursors.borrow_mut();
+            let mut seen = seen.borrow_mut();
+            for (node, raft) in sim.actors() {
+                let sm = raft.state_machine();
+                let cursor = cursors.entry(node).or_insert(1);
+                let current = sm.revision().0;
+                if current <= *cursor {
+                    continue;
+                }
+                let events = match sm.events_after(Revision(*cursor), &[0], &[0]) {
+                    Ok((events, _)) => events,
+                    Err(MvccError::Compacted { .. }) => {
+                        *cursor = current;
+                        continue;
+                    }
+                    Err(e) => return Err(format!("{node}: watch failed: {e}")),
+                };
+                let mut by_revision = BTreeMap::<i64, Vec<Seen>>::new();
+                for e in events {
+                    by_revision.entry(e.kv.mod_revision).or_default().push((
+                        e.kv.key,
+                        e.kind,
+                        e.kv.value,
+                        e.kv.version,
+                        e.kv.create_revision,
+                        e.prev_kv.map(|p| p.value),
+                    ));
+                }
+                let delivered: Vec<i64> = by_revision.keys().copied().collect();
+                let expected: Vec<i64> = (*cursor + 1..=current).collect();
+                if delivered != expected {
+                    return Err(format!(
+                        "{node} delivered revisions {delivered:?} after {cursor}, not {expected:?}"
+                    ));
+                }
+                for (revision, events) in by_revision {
+                    match seen.get(&revision) {
+                        Some(known) if *known != events => {
+                            return Err(format!(
+                                "{node} delivered different events at revision {revision}: \
+                             {events:?}, others {known:?}"
+                            ));
+                        }
+                        Some(_) => {}
+                        None => {
+                            seen.insert(revision, events);
+                        }
+                    }
+                }
+                *cursor = current;
+            }
+            Ok(())
+        },
+    );
+}
+
 /// Check the history for linearizability and the clients for errors.
 pub fn check_history(sim: &Sim<MvccRaft>) -> Result<usize, String> {
     let clients = sim
@@ -441,6 +524,7 @@ fn scenario(seed: u64, seconds: u64, stale_reads: bool) -> Result<usize, String>
         }
         Ok(())
     });
+    install_watch_check(&mut sim);
     sim.set_workload(MvccClients::new(4, Duration::from_secs(seconds)));
     sim.run_for(Duration::from_secs(seconds + 1))
         .map_err(|f| f.to_string())?;
