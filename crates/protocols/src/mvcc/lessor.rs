@@ -181,12 +181,14 @@ impl Lessor {
             return Err(LessorError::NotPrimary);
         }
         let lease = state.lease(id).ok_or(LessorError::LeaseNotFound)?;
-        let clock = self.clocks.get(&id).ok_or(LessorError::LeaseNotFound)?;
-        if clock.expiry <= now {
-            // Expired: its revocation is on the way (etcd answers the same).
-            return Err(LessorError::LeaseNotFound);
+        // A lease granted since the last `sync` has no clock yet; it starts now.
+        if let Some(clock) = self.clocks.get(&id) {
+            if clock.expiry <= now {
+                // Expired: its revocation is on the way (etcd answers the same).
+                return Err(LessorError::LeaseNotFound);
+            }
         }
-        let ttl = clock.ttl;
+        let ttl = lease.ttl;
         self.start(id, ttl, now + seconds(ttl), now);
         Ok(Renewal {
             ttl,

@@ -106,7 +106,7 @@ impl KeyHistory {
                 return None;
             }
             let i = generation.versions.partition_point(|v| v.rev.main <= at);
-            return Some((generation, &generation.versions[i - 1]));
+            return Some((generation, generation.versions.get(i.checked_sub(1)?)?));
         }
         None
     }
@@ -626,6 +626,14 @@ impl MvccStateMachine {
             lease,
         };
         self.db_size += version_size(key_len, &version);
+        let kv = KeyValue {
+            key: req.key.clone(),
+            create_revision: prev.as_ref().map_or(rev.main, |p| p.create_revision),
+            mod_revision: rev.main,
+            version: version.version,
+            value: version.value.clone(),
+            lease: version.lease.0,
+        };
         match history.generations.last_mut() {
             Some(g) if g.tombstone.is_none() => g.versions.push(version),
             _ => history.generations.push(Generation {
@@ -634,11 +642,6 @@ impl MvccStateMachine {
                 tombstone: None,
             }),
         }
-        let (generation, version) = match history.live() {
-            Some(g) => (g, &g.versions[g.versions.len() - 1]),
-            None => unreachable!("a put leaves its key live"),
-        };
-        let kv = key_value(&req.key, generation, version);
         let old_lease = prev.as_ref().map_or(LeaseId::NONE, |p| LeaseId(p.lease));
         if old_lease != lease {
             self.detach(old_lease, &req.key);
@@ -1033,9 +1036,14 @@ impl MvccStateMachine {
         }
         let mut changes = BTreeMap::new();
         for (key, history) in &data.keys {
-            for generation in &history.generations {
+            let mut last: Option<Rev> = None;
+            for (i, generation) in history.generations.iter().enumerate() {
                 if generation.versions.is_empty() {
                     return Err("mvcc snapshot: a generation without versions".into());
+                }
+                let open = generation.tombstone.is_none();
+                if open && i + 1 != history.generations.len() {
+                    return Err("mvcc snapshot: a live generation before another".into());
                 }
                 let revs = generation
                     .versions
@@ -1043,6 +1051,12 @@ impl MvccStateMachine {
                     .map(|v| v.rev)
                     .chain(generation.tombstone);
                 for rev in revs {
+                    if last.is_some_and(|l| l >= rev) {
+                        return Err(format!(
+                            "mvcc snapshot: key {key:?} has revisions out of order"
+                        ));
+                    }
+                    last = Some(rev);
                     if rev.main > data.current {
                         return Err(format!(
                             "mvcc snapshot: a change at {} beyond revision {}",

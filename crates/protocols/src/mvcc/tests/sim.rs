@@ -20,11 +20,11 @@ fn raft_mvcc_is_linearizable_and_replicas_agree_under_swarm_faults() {
 }
 
 #[test]
-#[ignore = "long: 1000 seeds of 8 simulated seconds"]
+#[ignore = "long: 1000 seeds of 4 simulated seconds"]
 fn long_swarm() {
     assert_seeds(
         0..1000,
-        |seed| swarm_scenario(seed, 8).map(|_| ()),
+        |seed| swarm_scenario(seed, 4).map(|_| ()),
         replay("long_swarm"),
     );
 }
