@@ -487,16 +487,29 @@ pub fn check_history(sim: &Sim<MvccRaft>) -> Result<usize, String> {
 /// clients for `seconds` of simulated time, compactions. Checks linearizability and
 /// replica agreement. Returns how many operations the history holds.
 pub fn swarm_scenario(seed: u64, seconds: u64) -> Result<usize, String> {
-    scenario(seed, seconds, false)
+    scenario(seed, seconds, None)
+}
+
+/// The deliberate bugs the checks must catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bug {
+    StaleReads,
+    WatchGap,
+}
+
+/// [`swarm_scenario`] with live watch delivery that skips a revision when several are
+/// pending, a bug the watch check must catch.
+pub fn watch_gap_scenario(seed: u64, seconds: u64) -> Result<usize, String> {
+    scenario(seed, seconds, Some(Bug::WatchGap))
 }
 
 /// [`swarm_scenario`] with replicas that answer reads at the previous revision, a bug
 /// the linearizability check must catch.
 pub fn stale_read_scenario(seed: u64, seconds: u64) -> Result<usize, String> {
-    scenario(seed, seconds, true)
+    scenario(seed, seconds, Some(Bug::StaleReads))
 }
 
-fn scenario(seed: u64, seconds: u64, stale_reads: bool) -> Result<usize, String> {
+fn scenario(seed: u64, seconds: u64, bug: Option<Bug>) -> Result<usize, String> {
     let nodes = match seed % 2 {
         0 => 3,
         _ => 5,
@@ -511,8 +524,10 @@ fn scenario(seed: u64, seconds: u64, stale_reads: bool) -> Result<usize, String>
     let snapshots = (seed / 2) % 2 == 1;
     let mut sim = Sim::new(cfg, move |_me: NodeId| {
         let mut sm = MvccStateMachine::new(MvccConfig::default());
-        if stale_reads {
-            sm = sm.with_stale_reads();
+        match bug {
+            Some(Bug::StaleReads) => sm = sm.with_stale_reads(),
+            Some(Bug::WatchGap) => sm = sm.with_watch_gap(),
+            None => {}
         }
         Raft::new(raft_config(nodes, snapshots), sm)
     });

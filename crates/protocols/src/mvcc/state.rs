@@ -278,6 +278,10 @@ pub struct MvccStateMachine {
     /// at the revision before the current one.
     #[cfg(any(test, feature = "harness"))]
     stale_reads: bool,
+    /// A deliberate bug for the harness to catch: `events_after` drops the first of
+    /// several pending revisions.
+    #[cfg(any(test, feature = "harness"))]
+    watch_gap: bool,
 }
 
 /// The replicated part of the state, as a snapshot stores it.
@@ -330,7 +334,17 @@ impl MvccStateMachine {
             journal_floor: 1,
             #[cfg(any(test, feature = "harness"))]
             stale_reads: false,
+            #[cfg(any(test, feature = "harness"))]
+            watch_gap: false,
         }
+    }
+
+    /// The deliberately broken variant the watch check must catch: live watchers miss
+    /// the first revision whenever more than one is pending.
+    #[cfg(any(test, feature = "harness"))]
+    pub fn with_watch_gap(mut self) -> Self {
+        self.watch_gap = true;
+        self
     }
 
     /// The deliberately broken variant the simulation tests must catch: Range on the
@@ -986,6 +1000,12 @@ impl MvccStateMachine {
         key: &[u8],
         range_end: &[u8],
     ) -> Result<(Vec<Event>, EventSource), MvccError> {
+        #[cfg(any(test, feature = "harness"))]
+        let after = if self.watch_gap && self.current > after.0 + 1 {
+            Revision(after.0 + 1)
+        } else {
+            after
+        };
         if after.0 >= self.compacted {
             let events = self.events_between(
                 Revision(after.0 + 1),
