@@ -16,6 +16,7 @@ mod sim;
 mod sim_clock_sync;
 mod sim_raft;
 mod sim_twopc;
+mod sim_mvcc;
 
 use clap::{Parser, Subcommand};
 

@@ -39,6 +39,9 @@ enum Protocol {
     /// Two-phase commit with presumed abort, recovery and cooperative termination: every
     /// fault mix, the blocking case, a crash-point sweep, and costs beside the textbook.
     Twopc(crate::sim_twopc::TwoPcArgs),
+    /// etcd's MVCC store and leases replicated by Raft under random faults: checks
+    /// linearizability, replica agreement and gap-free watch delivery over many seeds.
+    Mvcc(crate::sim_mvcc::MvccArgs),
 }
 
 /// Flags every single-run simulation takes.
@@ -115,6 +118,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::Raft(a) => crate::sim_raft::run(a),
         Protocol::RaftElection(a) => crate::sim_raft::election(a),
         Protocol::Twopc(a) => crate::sim_twopc::run(a),
+        Protocol::Mvcc(a) => crate::sim_mvcc::run(a),
     }
 }
 

@@ -34,5 +34,6 @@ pub mod beacon;
 pub mod clocks;
 pub mod election;
 pub mod mutex;
+pub mod mvcc;
 pub mod raft;
 pub mod twopc;
