@@ -35,3 +35,4 @@ pub mod clocks;
 pub mod election;
 pub mod mutex;
 pub mod raft;
+pub mod swim;
