@@ -30,6 +30,8 @@ enum Protocol {
     /// The simulator's own group-commit promise, over many seeds with crashes: no peer
     /// ever hears a value its sender could lose in a crash.
     Durability(DurabilityArgs),
+    /// SWIM membership with Lifeguard: detection time, message load, dissemination and false positives, each beside the paper's figure.
+    Swim(crate::sim_swim::SwimArgs),
 }
 
 /// Flags every single-run simulation takes.
@@ -103,6 +105,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::Clocks(a) => clocks(a),
         Protocol::ClockSync(a) => crate::sim_clock_sync::run(a),
         Protocol::Durability(a) => durability(a),
+        Protocol::Swim(a) => crate::sim_swim::run(a),
     }
 }
 

@@ -123,10 +123,24 @@ pub fn measure_detection(seed: u64, nodes: u32, variant: Variant) -> Option<Dete
     let step = period / 100;
     let (mut first_probe, mut first_suspicion) = (None, None);
     let crashed = BTreeSet::from([victim]);
+    // Probes of the victim already under way at the crash were answered before it.
+    let mut stale: BTreeSet<NodeId> = sim
+        .actors()
+        .filter(|(_, a)| a.probe_target() == Some(victim))
+        .map(|(n, _)| n)
+        .collect();
     for _ in 0..100 * 100 {
         sim.run_for(step).ok()?;
         let since = sim.now() - crashed_at;
-        if first_probe.is_none() && sim.actors().any(|(_, a)| a.probe_target() == Some(victim)) {
+        stale.retain(|&n| {
+            sim.actor(n)
+                .is_some_and(|a| a.probe_target() == Some(victim))
+        });
+        if first_probe.is_none()
+            && sim
+                .actors()
+                .any(|(n, a)| a.probe_target() == Some(victim) && !stale.contains(&n))
+        {
             // The probe started within the last step; charge it to that step's start.
             first_probe = Some(since.saturating_sub(step / 2));
         }
@@ -216,9 +230,10 @@ pub fn measure_dissemination(seed: u64, nodes: u32) -> Option<f64> {
 pub enum Slowness {
     /// Nobody.
     None,
-    /// Now and then a random member is paused (a GC pause, a stalled VM) for 1–4 s.
+    /// About every ten periods one of a few slow-prone members (one in sixteen) is paused
+    /// (a GC pause, a stalled VM) for 1–4 s.
     Paused,
-    /// Now and then a random member's incoming messages are delayed 1–4 s while its own
+    /// Likewise, but the slow member's incoming messages are delayed 1–4 s while its own
     /// timers keep firing: Lifeguard's "slow message processing" (§III).
     SlowInbound,
 }
@@ -252,6 +267,13 @@ pub fn measure_false_positives(
     let mut rng = stream_rng(seed, 0xfa15);
     let mut slowed = BTreeSet::new();
     let all: Vec<NodeId> = (0..nodes).map(NodeId).collect();
+    // A few slow-prone members (one in sixteen), as in Lifeguard's experiments; the rest
+    // are healthy throughout.
+    let prone: Vec<NodeId> = all
+        .iter()
+        .copied()
+        .take((nodes as usize / 16).max(1))
+        .collect();
     let end = period * periods;
     while sim.now() < end {
         // A new slow member about every ten periods.
@@ -261,7 +283,7 @@ pub fn measure_false_positives(
         if sim.now() >= end || slowness == Slowness::None {
             continue;
         }
-        let Some(&victim) = all.choose(&mut rng) else {
+        let Some(&victim) = prone.choose(&mut rng) else {
             break;
         };
         let length = Duration::from_secs_f64(rng.gen_range(1.0..4.0));
