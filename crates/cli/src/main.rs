@@ -11,9 +11,11 @@ mod bench_net;
 mod check;
 mod cluster;
 mod compare;
+mod kv;
 mod sim;
 mod sim_clock_sync;
 mod sim_swim;
+mod sim_raft;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +50,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Check a recorded history (JSONL) for linearizability.
     Check(check::CheckCommand),
+    /// Read and write the cluster's replicated (Raft) KV store.
+    Kv(kv::KvCommand),
     /// Compare algorithms of one family: measured costs beside the textbook figures.
     Compare(compare::CompareCommand),
 }
@@ -71,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Check(cmd) => check::run(cmd),
         Command::Compare(cmd) => compare::run(cmd),
+        Command::Kv(cmd) => kv::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -32,6 +32,12 @@ enum Protocol {
     Durability(DurabilityArgs),
     /// SWIM membership with Lifeguard: detection time, message load, dissemination and false positives, each beside the paper's figure.
     Swim(crate::sim_swim::SwimArgs),
+    /// Raft over a KV state machine under random fault mixes: the Figure 3 invariants
+    /// after every event and linearizability of the client history, on many seeds.
+    Raft(crate::sim_raft::RaftArgs),
+    /// Raft leader-election downtime after a leader crash, per timeout range, beside
+    /// Figure 16 of the paper.
+    RaftElection(crate::sim_raft::ElectionArgs),
 }
 
 /// Flags every single-run simulation takes.
@@ -106,6 +112,8 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::ClockSync(a) => crate::sim_clock_sync::run(a),
         Protocol::Durability(a) => durability(a),
         Protocol::Swim(a) => crate::sim_swim::run(a),
+        Protocol::Raft(a) => crate::sim_raft::run(a),
+        Protocol::RaftElection(a) => crate::sim_raft::election(a),
     }
 }
 
