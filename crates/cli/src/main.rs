@@ -12,11 +12,13 @@ mod check;
 mod cluster;
 mod compare;
 mod kv;
+mod members;
 mod sim;
 mod sim_clock_sync;
 mod sim_raft;
 mod sim_twopc;
 mod sim_mvcc;
+mod sim_swim;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +47,8 @@ enum Command {
     Node(cluster::NodeCommand),
     /// Create the cluster CA and node certificates for mutual TLS.
     Certs(cluster::CertsCommand),
+    /// Show each node's SWIM membership view: every member's status and incarnation.
+    Members(members::MembersCommand),
     /// Run a protocol in the deterministic simulator.
     Sim(sim::SimCommand),
     /// Measure performance (results belong in BENCHMARKS.md).
@@ -72,6 +76,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(cmd) => cluster::status(cmd),
         Command::Node(cmd) => cluster::node(cmd),
         Command::Certs(cmd) => cluster::certs(cmd),
+        Command::Members(cmd) => members::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Check(cmd) => check::run(cmd),

@@ -30,6 +30,8 @@ enum Protocol {
     /// The simulator's own group-commit promise, over many seeds with crashes: no peer
     /// ever hears a value its sender could lose in a crash.
     Durability(DurabilityArgs),
+    /// SWIM membership with Lifeguard: detection time, message load, dissemination and false positives, each beside the paper's figure.
+    Swim(crate::sim_swim::SwimArgs),
     /// Raft over a KV state machine under random fault mixes: the Figure 3 invariants
     /// after every event and linearizability of the client history, on many seeds.
     Raft(crate::sim_raft::RaftArgs),
@@ -115,6 +117,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::Clocks(a) => clocks(a),
         Protocol::ClockSync(a) => crate::sim_clock_sync::run(a),
         Protocol::Durability(a) => durability(a),
+        Protocol::Swim(a) => crate::sim_swim::run(a),
         Protocol::Raft(a) => crate::sim_raft::run(a),
         Protocol::RaftElection(a) => crate::sim_raft::election(a),
         Protocol::Twopc(a) => crate::sim_twopc::run(a),

@@ -36,4 +36,5 @@ pub mod election;
 pub mod mutex;
 pub mod mvcc;
 pub mod raft;
+pub mod swim;
 pub mod twopc;

@@ -43,6 +43,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<NodeState>) {
     let app = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/v1/members", get(members))
         .route(
             "/v1/kv/{key}",
             get(kv_get).put(kv_put).delete(kv_delete).post(kv_cas),
@@ -55,6 +56,20 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<NodeState>) {
 
 async fn status(State(state): State<Arc<NodeState>>) -> Json<Value> {
     Json(status_json(&state).await)
+}
+
+/// `GET /v1/members`: this node's SWIM view, every member with status and incarnation.
+async fn members(State(state): State<Arc<NodeState>>) -> (StatusCode, Json<Value>) {
+    match state.swim.inspect(|swim| swim.members()).await {
+        Ok(members) => (
+            StatusCode::OK,
+            Json(json!({ "node": state.me.0, "members": members })),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": e.to_string() })),
+        ),
+    }
 }
 
 /// A KV API answer: a status code and a JSON body.

@@ -11,6 +11,7 @@ use synod_core::{MemStorage, NodeId};
 use synod_protocols::beacon::Beacon;
 use synod_protocols::clocks::{ClockSync, ClockSyncConfig};
 use synod_protocols::raft::{KvStateMachine, Raft, RaftConfig};
+use synod_protocols::swim::{Swim, SwimConfig};
 use synod_runtime::driver::{
     deliver_encoded, spawn_actor, ActorHandle, ActorPlacement, ActorStats, DriverConfig,
     DriverError, Outbox,
@@ -30,6 +31,8 @@ pub mod service {
     pub const CLOCK_SYNC: u16 = 2;
     /// The Raft group that holds the replicated KV store.
     pub const RAFT: u16 = 3;
+    /// [`synod_protocols::swim::Swim`]: membership and failure detection.
+    pub const SWIM: u16 = 5;
     /// Client requests forwarded from a follower to the Raft leader
     /// ([`crate::gateway::Gateway`]).
     pub const RAFT_GATEWAY: u16 = 6;
@@ -103,6 +106,8 @@ pub struct NodeState {
     pub raft: ActorHandle<KvRaft>,
     /// Client requests into the KV group (forwarded to the leader when needed).
     pub kv: Arc<Gateway<KvStateMachine>>,
+    /// The SWIM member: the membership view.
+    pub swim: ActorHandle<Swim>,
     /// Per-actor driver counters, by service name.
     pub actor_stats: Vec<(&'static str, Arc<ActorStats>)>,
     /// When the process started.
@@ -189,6 +194,21 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         outbox.clone(),
     );
 
+    // SWIM keeps no durable state: a restarted member refutes its way back in.
+    let swim = services.spawn(
+        "swim",
+        placement(service::SWIM),
+        Swim::new(
+            me,
+            SwimConfig {
+                known: config.node_ids(),
+                ..SwimConfig::default()
+            },
+        ),
+        Box::new(MemStorage::new()),
+        outbox.clone(),
+    );
+
     let mut raft_cfg = RaftConfig::new(config.node_ids());
     raft_cfg.election_timeout = Duration::from_millis(config.tuning.election_ms);
     raft_cfg.election_timeout_spread = Duration::from_millis(config.tuning.election_ms);
@@ -247,6 +267,7 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         clock_sync,
         raft,
         kv,
+        swim,
         actor_stats: services.stats.clone(),
         started: std::time::Instant::now(),
     });
