@@ -1,0 +1,14 @@
+//! # synod-mesh: a service mesh's data plane
+//!
+//! The pure pieces take the time as an argument and randomness from a caller-supplied RNG,
+//! so they are tested without a wall clock:
+//!
+//! - [`detect`]: the φ accrual failure detector and RFC 6298 adaptive timeouts.
+//! - [`lb`]: round robin, random, least connections, power of two choices with peak EWMA,
+//!   smooth weighted round robin, ring hash and Maglev.
+//!
+//! See `docs/mesh.md` for the design, defaults and measurements.
+#![warn(missing_docs)]
+
+pub mod detect;
+pub mod lb;
