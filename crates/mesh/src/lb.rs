@@ -587,7 +587,7 @@ mod tests {
             counts[i] += 1;
             let latency = if i == 0 { ms(100) } else { ms(5) };
             lb.on_start(i);
-            now = now + latency;
+            now += latency;
             lb.on_finish(i, now, latency);
         }
         // With two random choices, the slow instance wins only when it is drawn against

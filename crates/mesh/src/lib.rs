@@ -6,9 +6,12 @@
 //! - [`detect`]: the φ accrual failure detector and RFC 6298 adaptive timeouts.
 //! - [`lb`]: round robin, random, least connections, power of two choices with peak EWMA,
 //!   smooth weighted round robin, ring hash and Maglev.
+//! - [`resilience`]: circuit breaker, outlier ejection, backoff with full jitter, a retry
+//!   budget, deadline propagation and hedging.
 //!
 //! See `docs/mesh.md` for the design, defaults and measurements.
 #![warn(missing_docs)]
 
 pub mod detect;
 pub mod lb;
+pub mod resilience;
