@@ -9,9 +9,20 @@
 //! - [`resilience`]: circuit breaker, outlier ejection, backoff with full jitter, a retry
 //!   budget, deadline propagation and hedging.
 //!
+//! Around them, the driver:
+//!
+//! - [`config`]: the proxy's TOML file.
+//! - [`upstream`]: where instances come from ([`upstream::UpstreamSource`]).
+//! - [`proxy`]: the HTTP/1.1, h2c and TCP sidecar proxy with Prometheus metrics.
+//! - [`backend`]: a test backend with injected latency and failures.
+//!
 //! See `docs/mesh.md` for the design, defaults and measurements.
 #![warn(missing_docs)]
 
+pub mod backend;
+pub mod config;
 pub mod detect;
 pub mod lb;
+pub mod proxy;
 pub mod resilience;
+pub mod upstream;
