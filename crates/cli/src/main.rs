@@ -11,6 +11,7 @@ mod bench_net;
 mod check;
 mod cluster;
 mod compare;
+mod mesh;
 mod sim;
 mod sim_clock_sync;
 
@@ -49,6 +50,8 @@ enum Command {
     Check(check::CheckCommand),
     /// Compare algorithms of one family: measured costs beside the textbook figures.
     Compare(compare::CompareCommand),
+    /// Service mesh: the sidecar proxy, a test backend, and the load-balancing demo.
+    Mesh(mesh::MeshCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Check(cmd) => check::run(cmd),
         Command::Compare(cmd) => compare::run(cmd),
+        Command::Mesh(cmd) => mesh::run(cmd),
     };
     match result {
         Ok(code) => code,

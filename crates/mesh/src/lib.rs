@@ -15,12 +15,14 @@
 //! - [`upstream`]: where instances come from ([`upstream::UpstreamSource`]).
 //! - [`proxy`]: the HTTP/1.1, h2c and TCP sidecar proxy with Prometheus metrics.
 //! - [`backend`]: a test backend with injected latency and failures.
+//! - [`demo`]: strategies and resilience compared under a slow and a flaky instance.
 //!
 //! See `docs/mesh.md` for the design, defaults and measurements.
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod config;
+pub mod demo;
 pub mod detect;
 pub mod lb;
 pub mod proxy;
