@@ -318,7 +318,9 @@ impl Service {
                     phi: PhiAccrual::new(PhiConfig {
                         window: 100,
                         min_std_deviation: interval / 10,
-                        acceptable_pause: Duration::ZERO,
+                        // Checks run on a timer whose ticks slip under load; half an
+                        // interval of lateness is not evidence.
+                        acceptable_pause: interval / 2,
                         first_interval_estimate: interval,
                     }),
                     rto: RtoEstimator::new(RtoConfig {
@@ -877,6 +879,7 @@ impl Service {
             }
         };
         let key = match &self.config.hash_header {
+            _ if !self.strategy.uses_key() => 0,
             Some(name) => parts
                 .headers
                 .get(name.as_str())

@@ -202,3 +202,54 @@ async fn the_tcp_proxy_carries_bytes_both_ways() {
     stream.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ping through the mesh");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_to_another_instance_cuts_the_slow_ones_latency() {
+    let slow = spawn_backend("slow", 400, 0.0).await;
+    let fast = spawn_backend("fast", 0, 0.0).await;
+    let extra = "[service.hedge]\ndelay_ms = 20\n";
+    let proxy = start(config(
+        "round-robin",
+        &[("slow", slow), ("fast", fast)],
+        extra,
+    ))
+    .await;
+    let address = proxy.address("web").unwrap();
+    let client = client(false);
+    for _ in 0..6 {
+        let started = tokio::time::Instant::now();
+        let (status, body, _) = get(&client, address, &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        // Every request either went to the fast instance or was hedged to it after 20 ms.
+        assert_eq!(body, "fast");
+        assert!(started.elapsed() < Duration::from_millis(300));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_added_by_the_upstream_source_join_rotation() {
+    let a = spawn_backend("a", 0, 0.0).await;
+    let b = spawn_backend("b", 0, 0.0).await;
+    let config = config("round-robin", &[("a", a)], "");
+    let source = Arc::new(StaticSource::from_config(&config));
+    let proxy = proxy::start(config, source.clone()).await.unwrap();
+    let address = proxy.address("web").unwrap();
+    let client = client(false);
+    assert_eq!(get(&client, address, &[]).await.1, "a");
+    let instance = |id: &str, address| synod_mesh::upstream::Instance {
+        id: id.into(),
+        address,
+        weight: 1,
+    };
+    assert!(source.update("web", vec![instance("a", a), instance("b", b)]));
+    // The watch task applies the change asynchronously.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        seen.insert(get(&client, address, &[]).await.1);
+        if seen.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
