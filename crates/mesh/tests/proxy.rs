@@ -253,3 +253,15 @@ async fn instances_added_by_the_upstream_source_join_rotation() {
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_can_be_spoken_to_over_h2c() {
+    let a = spawn_backend("a", 0, 0.0).await;
+    let proxy = start(config("round-robin", &[("a", a)], "upstream_http2 = true")).await;
+    let address = proxy.address("web").unwrap();
+    for http2 in [false, true] {
+        let (status, body, headers) = get(&client(http2), address, &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
+        assert_eq!(headers["x-synod-attempts"], "1");
+    }
+}
