@@ -152,6 +152,76 @@ fn a_killed_backend_leaves_rotation_within_the_check_bound_and_no_request_fails(
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Three backend processes behind a proxy process with 100 ms HTTP checks; returns them
+/// and the proxy's address.
+fn cluster(name: &str, extra: &str) -> (Vec<Process>, Process, SocketAddr, std::path::PathBuf) {
+    let mut processes = Vec::new();
+    let mut instances = Vec::new();
+    for id in ["b1", "b2", "b3"] {
+        let (process, found) = start(&["mesh", "backend", "--id", id], 1);
+        processes.push(process);
+        instances.push(format!("{{ id = \"{id}\", address = \"{}\" }}", found[0].1));
+    }
+    let dir = common::scratch("mesh", name);
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
+             lb = \"round-robin\"\ninstances = [{}]\n\
+             [service.health]\nkind = \"http\"\ninterval_ms = 100\nunhealthy_threshold = 2\n{extra}",
+            instances.join(", ")
+        ),
+    )
+    .unwrap();
+    let (proxy, found) = start(&["mesh", "proxy", "--config", config.to_str().unwrap()], 1);
+    (processes, proxy, found[0].1, dir)
+}
+
+#[test]
+fn a_hung_backend_is_detected_and_per_try_timeouts_hide_it() {
+    // SIGSTOP: the kernel still accepts connections, but nothing answers. Health checks
+    // time out (their timeout is the RFC 6298 RTO of earlier checks) and φ rises; the
+    // requests caught on it time out after 300 ms and are retried elsewhere.
+    let (backends, _proxy, proxy, dir) = cluster(
+        "hang",
+        "[service.retry]\nmax_retries = 2\nper_try_timeout_ms = 300\n",
+    );
+    for _ in 0..9 {
+        assert_eq!(get(proxy, "/work").0, 200);
+    }
+    let pid = backends[0].0.id() as i32;
+    // SAFETY: signalling a child process this test started and still owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let stopped_at = Instant::now();
+    let mut failures = Vec::new();
+    let mut slow_after_bound = 0;
+    let mut served_after_bound = 0;
+    while stopped_at.elapsed() < Duration::from_millis(2000) {
+        let started = stopped_at.elapsed();
+        let t = Instant::now();
+        let (status, response) = get(proxy, "/work");
+        if status != 200 {
+            failures.push(response.clone());
+        }
+        if started > Duration::from_millis(1000) {
+            served_after_bound += 1;
+            if t.elapsed() > Duration::from_millis(250) {
+                slow_after_bound += 1;
+            }
+        }
+    }
+    // SAFETY: as above; SIGCONT lets the Drop's SIGKILL and wait finish promptly.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(served_after_bound > 10);
+    assert_eq!(
+        slow_after_bound, 0,
+        "of {served_after_bound}: b1 still in rotation"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn mesh_demo_prints_a_row_per_strategy_and_setting() {
     let (code, out, err) = synod(&[

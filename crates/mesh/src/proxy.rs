@@ -317,16 +317,19 @@ impl Service {
                     streak: 0,
                     phi: PhiAccrual::new(PhiConfig {
                         window: 100,
-                        min_std_deviation: interval / 10,
+                        min_std_deviation: interval / 4,
                         // Checks run on a timer whose ticks slip under load; half an
                         // interval of lateness is not evidence.
                         acceptable_pause: interval / 2,
                         first_interval_estimate: interval,
                     }),
+                    // RFC 6298's one-second floor suits the Internet, not a data centre; a
+                    // floor of half an interval keeps a loaded machine's scheduling delays
+                    // from failing checks.
                     rto: RtoEstimator::new(RtoConfig {
-                        initial: interval.min(Duration::from_secs(1)),
-                        min: Duration::from_millis(10),
-                        max: interval.max(Duration::from_millis(10)),
+                        initial: interval,
+                        min: interval / 2,
+                        max: interval * 2,
                         ..RtoConfig::default()
                     }),
                     metrics: InstanceMetrics::new(&self.config.name, &instance.id),
@@ -398,8 +401,16 @@ impl Service {
                 }
             }
         }
-        for i in 0..state.instances.len() {
-            let available = self.why(state, i, now) == Availability::Available;
+        let reasons: Vec<Availability> = (0..state.instances.len())
+            .map(|i| self.why(state, i, now))
+            .collect();
+        // Panic routing, as Envoy does: if the checks leave nobody in rotation, they are
+        // more likely wrong (an overloaded proxy, a broken check path) than every instance
+        // is down, so route by the passive signals alone.
+        let panic = !reasons.contains(&Availability::Available);
+        for (i, reason) in reasons.into_iter().enumerate() {
+            let available = reason == Availability::Available
+                || (panic && matches!(reason, Availability::Unhealthy | Availability::Suspected));
             state.balancer.set_available(i, available);
             let r = &state.instances[i];
             r.metrics.available.set(if available { 1.0 } else { 0.0 });
