@@ -647,6 +647,11 @@ mod tests {
             }
         }
 
+    }
+
+    proptest! {
+        // Two tables of 65 537 entries per case: fewer cases keep the suite fast.
+        #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
         fn maglev_removal_disturbs_few_other_entries(n in 5usize..40, removed in 0usize..40) {
             // §3.4 and §5.3: entries owned by a removed backend must move; the table should
@@ -710,6 +715,43 @@ mod tests {
                 let retry = lb.pick_excluding(&mut r, k, &[first]).unwrap();
                 prop_assert_ne!(retry, first);
             }
+        }
+    }
+
+    /// Prints the share of surviving entries that move when one backend of N is removed
+    /// (the figure in docs/mesh.md): `cargo test -p synod-mesh maglev_disruption -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn maglev_disruption_figures() {
+        for n in [10usize, 100, 1000] {
+            let backends: Vec<String> = (0..n).map(|i| format!("backend-{i}")).collect();
+            let all: Vec<&str> = backends.iter().map(String::as_str).collect();
+            let before = maglev_table(&all, 65_537);
+            let mut total = 0.0;
+            let removals = 10;
+            for removed in 0..removals {
+                let rest: Vec<&str> = all
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != removed)
+                    .map(|(_, s)| *s)
+                    .collect();
+                let after = maglev_table(&rest, 65_537);
+                let (mut kept, mut moved) = (0u64, 0u64);
+                for (b, a) in before.iter().zip(&after) {
+                    if *b != removed {
+                        kept += 1;
+                        if all[*b] != rest[*a] {
+                            moved += 1;
+                        }
+                    }
+                }
+                total += moved as f64 / kept as f64;
+            }
+            println!(
+                "N = {n}: {:.2}% of surviving entries move on one removal",
+                100.0 * total / removals as f64
+            );
         }
     }
 
