@@ -875,11 +875,17 @@ impl Service {
             incoming_timeout,
             Duration::from_millis(self.config.timeout_ms),
         );
-        let body = match Limited::new(body, self.config.max_body_bytes)
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
+        let body = if hyper::body::Body::is_end_stream(&body) {
+            // Most GETs: nothing to buffer.
+            Ok(Bytes::new())
+        } else {
+            Limited::new(body, self.config.max_body_bytes)
+                .collect()
+                .await
+                .map(|collected| collected.to_bytes())
+        };
+        let body = match body {
+            Ok(bytes) => bytes,
             Err(e) => {
                 let status = if e.is::<http_body_util::LengthLimitError>() {
                     StatusCode::PAYLOAD_TOO_LARGE
@@ -1122,9 +1128,19 @@ pub async fn start(
     source: Arc<dyn UpstreamSource>,
 ) -> Result<RunningProxy, ProxyError> {
     config.validate()?;
-    let _ = recorder();
     let clock = Clock::new();
     let mut tasks = JoinSet::new();
+    if let Some(handle) = recorder() {
+        // The exporter keeps histogram samples until upkeep folds them into buckets;
+        // without it a busy proxy's memory grows with every request.
+        tasks.spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                ticker.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     let mut listeners = Vec::new();
     let mut services = Vec::new();
     for service_config in config.services.clone() {
