@@ -6,6 +6,9 @@
 #
 #   bench/proxy-compare.sh [rounds] [seconds] [connections]
 #
+# SYNOD_WORKERS=N sets the proxy's `workers` (per-thread event loops, SO_REUSEPORT);
+# the default, 0, runs it on one multi-threaded tokio runtime.
+#
 # Needs nginx, haproxy and wrk (Debian: apt-get install -y nginx haproxy wrk). A proxy
 # whose binary is missing is skipped. Every proxy gets two worker threads; keep-alive is on
 # both to the client and to the upstreams.
@@ -18,8 +21,13 @@ BASE="${BASE_PORT:-19100}"
 THREADS=2
 
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install -y wrk)" >&2; exit 1; }
-cargo build --release -q -p synod
-SYNOD=./target/release/synod
+# SYNOD_BIN=path skips the build and benchmarks that binary instead.
+if [ -n "${SYNOD_BIN:-}" ]; then
+  SYNOD="$SYNOD_BIN"
+else
+  cargo build --release -q -p synod
+  SYNOD=./target/release/synod
+fi
 WORK="$(mktemp -d /tmp/synod-proxy-compare.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -49,6 +57,7 @@ wait_port() {
 # --- synod mesh proxy ---------------------------------------------------------------
 SYNOD_PORT=$((BASE + 10))
 {
+  [ "${SYNOD_WORKERS:-0}" != 0 ] && echo "workers = $SYNOD_WORKERS"
   echo "[[service]]"
   echo "name = \"bench\""
   echo "listen = \"127.0.0.1:$SYNOD_PORT\""

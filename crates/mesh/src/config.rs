@@ -65,6 +65,11 @@ pub struct ProxyConfig {
     /// Where to serve `/metrics` and `/status`.
     #[serde(default)]
     pub admin: Option<SocketAddr>,
+    /// Worker threads, each a single-threaded event loop with its own SO_REUSEPORT
+    /// listener per service and its own upstream connection pool (nginx's model). Zero, the
+    /// default, serves everything on the runtime that started the proxy.
+    #[serde(default)]
+    pub workers: usize,
     /// The proxied services.
     #[serde(rename = "service", default)]
     pub services: Vec<ServiceConfig>,

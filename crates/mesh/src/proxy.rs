@@ -203,9 +203,20 @@ pub struct Service {
     strategy: Strategy,
     clock: Clock,
     state: Mutex<ServiceState>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    id: usize,
     metrics: ServiceMetrics,
     backoff: Backoff,
+}
+
+fn new_client(config: &ServiceConfig) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms.min(2000))));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(usize::MAX)
+        .http2_only(config.upstream_http2)
+        .build(connector)
 }
 
 /// An attempt in progress on one instance.
@@ -243,15 +254,8 @@ pub enum Availability {
 
 impl Service {
     fn new(config: ServiceConfig, clock: Clock, instances: &[Instance]) -> Result<Self, String> {
+        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let strategy = config.strategy()?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms.min(2000))));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(usize::MAX)
-            .http2_only(config.upstream_http2)
-            .build(connector);
         let metrics = ServiceMetrics::new(&config.name);
         let backoff = config.backoff();
         let state = ServiceState {
@@ -272,11 +276,11 @@ impl Service {
             rng: ChaCha8Rng::from_entropy(),
         };
         let service = Service {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             config,
             strategy,
             clock,
             state: Mutex::new(state),
-            client,
             metrics,
             backoff,
         };
@@ -287,6 +291,25 @@ impl Service {
     /// The service's configuration.
     pub fn config(&self) -> &ServiceConfig {
         &self.config
+    }
+
+    /// This thread's HTTP client for the upstreams. Each thread keeps its own pool, so
+    /// with per-thread runtimes (`workers`) a request and its upstream connection stay on
+    /// one thread.
+    fn http_client(&self) -> Client<HttpConnector, Full<Bytes>> {
+        thread_local! {
+            static CLIENTS: std::cell::RefCell<Vec<(usize, Client<HttpConnector, Full<Bytes>>)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            if let Some((_, client)) = clients.iter().find(|(id, _)| *id == self.id) {
+                return client.clone();
+            }
+            let client = new_client(&self.config);
+            clients.push((self.id, client.clone()));
+            client
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, ServiceState> {
@@ -760,7 +783,7 @@ impl Service {
             .per_try_timeout_ms
             .map_or(remaining, |ms| Duration::from_millis(ms).min(remaining));
         let request = self.upstream_request(prepared, attempt.address, remaining);
-        let result = tokio::time::timeout(per_try, self.client.request(request)).await;
+        let result = tokio::time::timeout(per_try, self.http_client().request(request)).await;
         match result {
             Ok(Ok(response)) if response.status().is_server_error() => {
                 self.finish(attempt, Outcome::Failure, first);
@@ -1104,6 +1127,8 @@ pub struct RunningProxy {
     /// The services, for inspection.
     pub services: Vec<Arc<Service>>,
     tasks: JoinSet<()>,
+    // Dropping it stops the worker threads.
+    _shutdown: tokio::sync::watch::Sender<()>,
 }
 
 impl RunningProxy {
@@ -1130,6 +1155,7 @@ pub async fn start(
     config.validate()?;
     let clock = Clock::new();
     let mut tasks = JoinSet::new();
+    let (shutdown, _) = tokio::sync::watch::channel(());
     if let Some(handle) = recorder() {
         // The exporter keeps histogram samples until upkeep folds them into buckets;
         // without it a busy proxy's memory grows with every request.
@@ -1157,22 +1183,41 @@ pub async fn start(
                 problem,
             },
         )?);
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                address: listen,
-                what: format!("service {name}"),
-                source,
-            })?;
+        let bound = if config.workers == 0 {
+            TcpListener::bind(listen).await
+        } else {
+            reuseport_listener(listen).and_then(TcpListener::from_std)
+        };
+        let listener = bound.map_err(|source| ProxyError::Bind {
+            address: listen,
+            what: format!("service {name}"),
+            source,
+        })?;
         let local = listener.local_addr().map_err(|source| ProxyError::Bind {
             address: listen,
             what: format!("service {name}"),
             source,
         })?;
-        listeners.push((name, local));
+        listeners.push((name.clone(), local));
         tasks.spawn(health_loop(service.clone()));
         tasks.spawn(watch_loop(service.clone(), updates));
-        tasks.spawn(accept_loop(service.clone(), listener, protocol));
+        if config.workers == 0 {
+            tasks.spawn(accept_loop(service.clone(), listener, protocol));
+        } else {
+            // nginx's model: one single-threaded event loop per worker, each accepting on
+            // its own SO_REUSEPORT socket, so a request never changes threads.
+            drop(listener);
+            for worker in 0..config.workers {
+                let bind_error = |source| ProxyError::Bind {
+                    address: local,
+                    what: format!("service {name}, worker {worker}"),
+                    source,
+                };
+                let listener = reuseport_listener(local).map_err(bind_error)?;
+                spawn_worker(service.clone(), listener, protocol, shutdown.subscribe())
+                    .map_err(bind_error)?;
+            }
+        }
         services.push(service);
     }
     let mut admin = None;
@@ -1192,7 +1237,64 @@ pub async fn start(
         admin,
         services,
         tasks,
+        _shutdown: shutdown,
     })
+}
+
+/// A listening socket with SO_REUSEPORT, so several workers can accept on one port.
+fn reuseport_listener(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: into_raw_fd hands over sole ownership of a valid socket descriptor.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
+    listen(&listener)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn listen(listener: &std::net::TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is a valid, bound socket owned by `listener` for the call.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), 1024) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// One worker: a thread with a single-threaded runtime serving `listener` until
+/// `shutdown`'s sender is dropped.
+fn spawn_worker(
+    service: Arc<Service>,
+    listener: std::net::TcpListener,
+    protocol: Protocol,
+    mut shutdown: tokio::sync::watch::Receiver<()>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("mesh-{}", service.config.name))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = accept_loop(service, listener, protocol) => {}
+                    _ = shutdown.changed() => {}
+                }
+            });
+        })?;
+    Ok(())
 }
 
 async fn accept_loop(service: Arc<Service>, listener: TcpListener, protocol: Protocol) {

@@ -265,3 +265,27 @@ async fn upstreams_can_be_spoken_to_over_h2c() {
         assert_eq!(headers["x-synod-attempts"], "1");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_share_one_port_and_stop_with_the_proxy() {
+    let a = spawn_backend("a", 0, 0.0).await;
+    let b = spawn_backend("b", 0, 0.0).await;
+    let mut config = config("round-robin", &[("a", a), ("b", b)], "");
+    config.workers = 2;
+    let proxy = start(config).await;
+    let address = proxy.address("web").unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        // A fresh client per request spreads connections over both workers' sockets.
+        let (status, body, _) = get(&client(false), address, &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        seen.insert(body);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    drop(proxy);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        tokio::net::TcpStream::connect(address).await.is_err(),
+        "workers stop listening when the proxy is dropped"
+    );
+}
