@@ -40,6 +40,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+/// A pooled HTTP client to a service's upstreams.
+type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
 /// The body type the proxy returns.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -208,7 +211,7 @@ pub struct Service {
     backoff: Backoff,
 }
 
-fn new_client(config: &ServiceConfig) -> Client<HttpConnector, Full<Bytes>> {
+fn new_client(config: &ServiceConfig) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms.min(2000))));
@@ -296,9 +299,9 @@ impl Service {
     /// This thread's HTTP client for the upstreams. Each thread keeps its own pool, so
     /// with per-thread runtimes (`workers`) a request and its upstream connection stay on
     /// one thread.
-    fn http_client(&self) -> Client<HttpConnector, Full<Bytes>> {
+    fn http_client(&self) -> UpstreamClient {
         thread_local! {
-            static CLIENTS: std::cell::RefCell<Vec<(usize, Client<HttpConnector, Full<Bytes>>)>> =
+            static CLIENTS: std::cell::RefCell<Vec<(usize, UpstreamClient)>> =
                 const { std::cell::RefCell::new(Vec::new()) };
         }
         CLIENTS.with(|clients| {
