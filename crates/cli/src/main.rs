@@ -13,6 +13,7 @@ mod cluster;
 mod compare;
 mod kv;
 mod members;
+mod mesh;
 mod sim;
 mod sim_clock_sync;
 mod sim_raft;
@@ -59,6 +60,8 @@ enum Command {
     Kv(kv::KvCommand),
     /// Compare algorithms of one family: measured costs beside the textbook figures.
     Compare(compare::CompareCommand),
+    /// Service mesh: the sidecar proxy, a test backend, and the load-balancing demo.
+    Mesh(mesh::MeshCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -82,6 +85,7 @@ fn main() -> std::process::ExitCode {
         Command::Check(cmd) => check::run(cmd),
         Command::Compare(cmd) => compare::run(cmd),
         Command::Kv(cmd) => kv::run(cmd),
+        Command::Mesh(cmd) => mesh::run(cmd),
     };
     match result {
         Ok(code) => code,

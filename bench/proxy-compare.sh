@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# The synod mesh proxy against nginx and HAProxy, round-robin over the same three
+# `synod mesh backend` upstreams on this machine, with the same load generator (wrk), in
+# one run. Each round runs every proxy once, in turn; the table reports medians over the
+# rounds and ratios to nginx.
+#
+#   bench/proxy-compare.sh [rounds] [seconds] [connections]
+#
+# SYNOD_WORKERS=N sets the proxy's `workers` (per-thread event loops, SO_REUSEPORT);
+# the default, 0, runs it on one multi-threaded tokio runtime.
+#
+# Needs nginx, haproxy and wrk (Debian: apt-get install -y nginx haproxy wrk). A proxy
+# whose binary is missing is skipped. Every proxy gets two worker threads; keep-alive is on
+# both to the client and to the upstreams.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS="${1:-3}"
+SECONDS_PER_RUN="${2:-5}"
+CONNECTIONS="${3:-50}"
+BASE="${BASE_PORT:-19100}"
+THREADS=2
+
+command -v wrk >/dev/null || { echo "wrk not found (apt-get install -y wrk)" >&2; exit 1; }
+# SYNOD_BIN=path skips the build and benchmarks that binary instead.
+if [ -n "${SYNOD_BIN:-}" ]; then
+  SYNOD="$SYNOD_BIN"
+else
+  cargo build --release -q -p synod
+  SYNOD=./target/release/synod
+fi
+WORK="$(mktemp -d /tmp/synod-proxy-compare.XXXXXX)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+UPSTREAMS=()
+for i in 1 2 3; do
+  port=$((BASE + i))
+  "$SYNOD" --log error mesh backend --listen "127.0.0.1:$port" --id "b$i" >/dev/null &
+  PIDS+=($!)
+  UPSTREAMS+=("127.0.0.1:$port")
+done
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+# --- synod mesh proxy ---------------------------------------------------------------
+SYNOD_PORT=$((BASE + 10))
+{
+  [ "${SYNOD_WORKERS:-0}" != 0 ] && echo "workers = $SYNOD_WORKERS"
+  echo "[[service]]"
+  echo "name = \"bench\""
+  echo "listen = \"127.0.0.1:$SYNOD_PORT\""
+  echo "lb = \"round-robin\""
+  printf 'instances = ['
+  sep=""
+  for u in "${UPSTREAMS[@]}"; do printf '%s{ address = "%s" }' "$sep" "$u"; sep=", "; done
+  echo "]"
+} > "$WORK/synod.toml"
+TOKIO_WORKER_THREADS=$THREADS "$SYNOD" --log error mesh proxy --config "$WORK/synod.toml" >/dev/null &
+PIDS+=($!)
+PROXIES=("synod:$SYNOD_PORT")
+
+# --- nginx --------------------------------------------------------------------------
+if command -v nginx >/dev/null; then
+  NGINX_PORT=$((BASE + 11))
+  mkdir -p "$WORK/nginx"
+  {
+    [ "$(id -u)" = 0 ] && echo "user root;"
+    echo "worker_processes $THREADS;"
+    echo "pid $WORK/nginx/nginx.pid;"
+    echo "error_log $WORK/nginx/error.log error;"
+    echo "events { worker_connections 4096; }"
+    echo "http {"
+    echo "  access_log off;"
+    echo "  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;"
+    echo "  fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;"
+    echo "  upstream backends {"
+    for u in "${UPSTREAMS[@]}"; do echo "    server $u;"; done
+    echo "    keepalive 128;"
+    echo "  }"
+    echo "  server {"
+    echo "    listen 127.0.0.1:$NGINX_PORT;"
+    echo "    location / {"
+    echo "      proxy_pass http://backends;"
+    echo "      proxy_http_version 1.1;"
+    echo "      proxy_set_header Connection \"\";"
+    echo "    }"
+    echo "  }"
+    echo "}"
+  } > "$WORK/nginx.conf"
+  nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" -g 'daemon off;' &
+  PIDS+=($!)
+  PROXIES+=("nginx:$NGINX_PORT")
+else
+  echo "nginx not found: skipped" >&2
+fi
+
+# --- HAProxy ------------------------------------------------------------------------
+if command -v haproxy >/dev/null; then
+  HAPROXY_PORT=$((BASE + 12))
+  {
+    echo "global"
+    echo "  nbthread $THREADS"
+    echo "  maxconn 4096"
+    echo "defaults"
+    echo "  mode http"
+    echo "  timeout connect 5s"
+    echo "  timeout client 30s"
+    echo "  timeout server 30s"
+    echo "  option http-keep-alive"
+    echo "  http-reuse always"
+    echo "frontend bench"
+    echo "  bind 127.0.0.1:$HAPROXY_PORT"
+    echo "  default_backend backends"
+    echo "backend backends"
+    echo "  balance roundrobin"
+    n=1
+    for u in "${UPSTREAMS[@]}"; do echo "  server b$n $u"; n=$((n + 1)); done
+  } > "$WORK/haproxy.cfg"
+  haproxy -f "$WORK/haproxy.cfg" -db &
+  PIDS+=($!)
+  PROXIES+=("haproxy:$HAPROXY_PORT")
+else
+  echo "haproxy not found: skipped" >&2
+fi
+
+for u in "${UPSTREAMS[@]}"; do wait_port "${u##*:}"; done
+for p in "${PROXIES[@]}"; do wait_port "${p##*:}"; done
+
+# wrk's latency in milliseconds from "99%  1.23ms".
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
+    printf "%.3f", n }'
+}
+
+echo "rounds=$ROUNDS seconds=$SECONDS_PER_RUN connections=$CONNECTIONS wrk_threads=$THREADS cores=$(nproc)"
+: > "$WORK/results"
+for round in $(seq 1 "$ROUNDS"); do
+  for p in "${PROXIES[@]}"; do
+    name="${p%%:*}"; port="${p##*:}"
+    # A short warm-up fills the connection pools.
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d1s "http://127.0.0.1:$port/" >/dev/null
+    out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency "http://127.0.0.1:$port/")"
+    rps="$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')"
+    p50="$(to_ms "$(echo "$out" | awk '$1 == "50%" { print $2 }')")"
+    p99="$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")"
+    errors="$(echo "$out" | awk '/Non-2xx|Socket errors/ { s = s $0 "; " } END { print s }')"
+    echo "round $round $name: $rps req/s, p50 ${p50} ms, p99 ${p99} ms ${errors}"
+    echo "$name $rps $p50 $p99" >> "$WORK/results"
+  done
+done
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+echo
+printf "%-8s %12s %10s %10s %14s %12s\n" proxy "req/s" "p50 ms" "p99 ms" "req/s vs nginx" "p99 vs nginx"
+base_rps=""; base_p99=""
+if grep -q '^nginx ' "$WORK/results"; then
+  base_rps="$(awk '$1 == "nginx" { print $2 }' "$WORK/results" | median)"
+  base_p99="$(awk '$1 == "nginx" { print $4 }' "$WORK/results" | median)"
+fi
+for p in "${PROXIES[@]}"; do
+  name="${p%%:*}"
+  rps="$(awk -v n="$name" '$1 == n { print $2 }' "$WORK/results" | median)"
+  p50="$(awk -v n="$name" '$1 == n { print $3 }' "$WORK/results" | median)"
+  p99="$(awk -v n="$name" '$1 == n { print $4 }' "$WORK/results" | median)"
+  if [ -n "$base_rps" ]; then
+    r1="$(awk -v a="$rps" -v b="$base_rps" 'BEGIN { printf "%.2fx", a / b }')"
+    r2="$(awk -v a="$p99" -v b="$base_p99" 'BEGIN { printf "%.2fx", a / b }')"
+  else
+    r1="-"; r2="-"
+  fi
+  printf "%-8s %12.0f %10.3f %10.3f %14s %12s\n" "$name" "$rps" "$p50" "$p99" "$r1" "$r2"
+done

@@ -1,0 +1,1377 @@
+//! The sidecar proxy: HTTP/1.1 + HTTP/2 (h2c) and TCP, applying load balancing, active
+//! and passive health checking, circuit breakers, outlier ejection, retries with backoff
+//! under a budget, deadlines and hedging to each service's upstream instances.
+//!
+//! Per service, one mutex guards the pure state machines ([`Balancer`],
+//! [`CircuitBreaker`] per instance, [`OutlierDetector`], [`RetryBudget`], [`PhiAccrual`] and
+//! [`RtoEstimator`] per instance). Critical sections do no I/O; the clock is tokio's, read
+//! once per event and handed to the state machines as a [`synod_core::Instant`].
+//!
+//! An instance is in rotation when its active checks pass, φ of its check heartbeats is
+//! under the threshold, it is not ejected, and its breaker is not open.
+
+use crate::config::{CheckKind, Protocol, ProxyConfig, ServiceConfig};
+use crate::detect::{PhiAccrual, PhiConfig, RtoConfig, RtoEstimator};
+use crate::lb::{hash_str, Balancer, BalancerConfig, Strategy};
+use crate::resilience::{
+    format_grpc_timeout, parse_grpc_timeout, parse_timeout_millis, Backoff, BreakerState,
+    CircuitBreaker, Deadline, HedgeDelay, HedgePolicy, OutlierDetector, OutlierEvent, Permit,
+    RetryBudget, GRPC_TIMEOUT_HEADER, TIMEOUT_HEADER,
+};
+use crate::upstream::{Instance, InstanceList, UpstreamSource};
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics::{Counter, Gauge, Histogram};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+use synod_core::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// A pooled HTTP client to a service's upstreams.
+type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The body type the proxy returns.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listener could not bind.
+    #[error("cannot listen on {address} for {what}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Which listener.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The upstream source does not know a configured service.
+    #[error("the upstream source has no service {0:?}")]
+    UnknownService(String),
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Reads tokio's clock as nanoseconds since the proxy started.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    origin: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        Clock {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The time since the clock started.
+    pub fn now(&self) -> Instant {
+        Instant(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// The process-wide Prometheus recorder for the proxy's metrics.
+pub fn recorder() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ];
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                    &seconds,
+                )
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+#[derive(Debug, Clone)]
+struct InstanceMetrics {
+    success: Counter,
+    failure: Counter,
+    duration: Histogram,
+    available: Gauge,
+    in_flight: Gauge,
+    breaker_open: Gauge,
+    ejections: Counter,
+    check_failures: Counter,
+}
+
+impl InstanceMetrics {
+    fn new(service: &str, instance: &str) -> Self {
+        let labels = [
+            ("service", service.to_string()),
+            ("upstream", instance.to_string()),
+        ];
+        let with = |outcome: &'static str| {
+            let mut l = labels.to_vec();
+            l.push(("outcome", outcome.to_string()));
+            l
+        };
+        InstanceMetrics {
+            success: metrics::counter!("synod_mesh_upstream_requests_total", &with("success")),
+            failure: metrics::counter!("synod_mesh_upstream_requests_total", &with("failure")),
+            duration: metrics::histogram!("synod_mesh_upstream_request_duration_seconds", &labels),
+            available: metrics::gauge!("synod_mesh_upstream_available", &labels),
+            in_flight: metrics::gauge!("synod_mesh_upstream_in_flight", &labels),
+            breaker_open: metrics::gauge!("synod_mesh_upstream_breaker_open", &labels),
+            ejections: metrics::counter!("synod_mesh_upstream_ejections_total", &labels),
+            check_failures: metrics::counter!(
+                "synod_mesh_upstream_health_check_failures_total",
+                &labels
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ServiceMetrics {
+    requests: Counter,
+    failed: Counter,
+    retries: Counter,
+    budget_exhausted: Counter,
+    hedges: Counter,
+    no_upstream: Counter,
+}
+
+impl ServiceMetrics {
+    fn new(service: &str) -> Self {
+        let labels = [("service", service.to_string())];
+        ServiceMetrics {
+            requests: metrics::counter!("synod_mesh_requests_total", &labels),
+            failed: metrics::counter!("synod_mesh_requests_failed_total", &labels),
+            retries: metrics::counter!("synod_mesh_retries_total", &labels),
+            budget_exhausted: metrics::counter!("synod_mesh_retry_budget_exhausted_total", &labels),
+            hedges: metrics::counter!("synod_mesh_hedges_total", &labels),
+            no_upstream: metrics::counter!("synod_mesh_no_upstream_total", &labels),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct InstanceRuntime {
+    instance: Instance,
+    breaker: Option<CircuitBreaker>,
+    healthy: bool,
+    streak: i64,
+    phi: PhiAccrual,
+    rto: RtoEstimator,
+    metrics: InstanceMetrics,
+}
+
+#[derive(Debug)]
+struct ServiceState {
+    generation: u64,
+    balancer: Balancer,
+    instances: Vec<InstanceRuntime>,
+    outlier: Option<OutlierDetector>,
+    budget: RetryBudget,
+    hedge: Option<HedgePolicy>,
+    rng: ChaCha8Rng,
+}
+
+/// One proxied service at run time.
+#[derive(Debug)]
+pub struct Service {
+    config: ServiceConfig,
+    strategy: Strategy,
+    clock: Clock,
+    state: Mutex<ServiceState>,
+    id: usize,
+    metrics: ServiceMetrics,
+    backoff: Backoff,
+}
+
+fn new_client(config: &ServiceConfig) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms.min(2000))));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(usize::MAX)
+        .http2_only(config.upstream_http2)
+        .build(connector)
+}
+
+/// An attempt in progress on one instance.
+#[derive(Debug, Clone)]
+struct Attempt {
+    generation: u64,
+    index: usize,
+    id: String,
+    address: SocketAddr,
+    permit: Option<Permit>,
+    started: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Success,
+    Failure,
+    Abandoned,
+}
+
+/// What the instance's state says about being picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// In rotation.
+    Available,
+    /// Failing its active checks.
+    Unhealthy,
+    /// Its check heartbeats went silent: φ over the threshold.
+    Suspected,
+    /// Ejected by outlier detection.
+    Ejected,
+    /// Its circuit breaker is open.
+    BreakerOpen,
+}
+
+impl Service {
+    fn new(config: ServiceConfig, clock: Clock, instances: &[Instance]) -> Result<Self, String> {
+        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let strategy = config.strategy()?;
+        let metrics = ServiceMetrics::new(&config.name);
+        let backoff = config.backoff();
+        let state = ServiceState {
+            generation: 0,
+            balancer: Balancer::new(strategy, BalancerConfig::default(), &[]),
+            instances: Vec::new(),
+            outlier: None,
+            budget: RetryBudget::new(config.budget_config()),
+            hedge: config.hedge.as_ref().map(|h| {
+                HedgePolicy::new(match h.delay_ms {
+                    Some(ms) => HedgeDelay::Fixed(Duration::from_millis(ms)),
+                    None => HedgeDelay::Quantile {
+                        quantile: h.quantile.unwrap_or(0.95),
+                        fallback: Duration::from_millis(50),
+                    },
+                })
+            }),
+            rng: ChaCha8Rng::from_entropy(),
+        };
+        let service = Service {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            config,
+            strategy,
+            clock,
+            state: Mutex::new(state),
+            metrics,
+            backoff,
+        };
+        service.set_instances(instances);
+        Ok(service)
+    }
+
+    /// The service's configuration.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// This thread's HTTP client for the upstreams. Each thread keeps its own pool, so
+    /// with per-thread runtimes (`workers`) a request and its upstream connection stay on
+    /// one thread.
+    fn http_client(&self) -> UpstreamClient {
+        thread_local! {
+            static CLIENTS: std::cell::RefCell<Vec<(usize, UpstreamClient)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            if let Some((_, client)) = clients.iter().find(|(id, _)| *id == self.id) {
+                return client.clone();
+            }
+            let client = new_client(&self.config);
+            clients.push((self.id, client.clone()));
+            client
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ServiceState> {
+        // A panic while holding the lock cannot leave the pure state half-updated in a way
+        // that matters more than losing the proxy, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replace the instance list, keeping the state of instances whose id stays.
+    pub fn set_instances(&self, instances: &[Instance]) {
+        let interval = Duration::from_millis(self.config.health.interval_ms);
+        let mut state = self.lock();
+        let mut old: Vec<InstanceRuntime> = std::mem::take(&mut state.instances);
+        let runtimes: Vec<InstanceRuntime> = instances
+            .iter()
+            .map(|instance| {
+                if let Some(pos) = old.iter().position(|r| {
+                    r.instance.id == instance.id && r.instance.address == instance.address
+                }) {
+                    let mut kept = old.swap_remove(pos);
+                    kept.instance = instance.clone();
+                    return kept;
+                }
+                InstanceRuntime {
+                    instance: instance.clone(),
+                    breaker: self.config.breaker_config().map(CircuitBreaker::new),
+                    healthy: true,
+                    streak: 0,
+                    phi: PhiAccrual::new(PhiConfig {
+                        window: 100,
+                        min_std_deviation: interval / 4,
+                        // Checks run on a timer whose ticks slip under load; half an
+                        // interval of lateness is not evidence.
+                        acceptable_pause: interval / 2,
+                        first_interval_estimate: interval,
+                    }),
+                    // RFC 6298's one-second floor suits the Internet, not a data centre; a
+                    // floor of half an interval keeps a loaded machine's scheduling delays
+                    // from failing checks.
+                    rto: RtoEstimator::new(RtoConfig {
+                        initial: interval,
+                        min: interval / 2,
+                        max: interval * 2,
+                        ..RtoConfig::default()
+                    }),
+                    metrics: InstanceMetrics::new(&self.config.name, &instance.id),
+                }
+            })
+            .collect();
+        for gone in old {
+            gone.metrics.available.set(0.0);
+        }
+        let names: Vec<(String, u32)> = runtimes
+            .iter()
+            .map(|r| (r.instance.id.clone(), r.instance.weight))
+            .collect();
+        state.balancer = Balancer::new(self.strategy, BalancerConfig::default(), &names);
+        state.outlier = self
+            .config
+            .outlier_config()
+            .map(|c| OutlierDetector::new(c, runtimes.len()));
+        state.instances = runtimes;
+        state.generation += 1;
+        let now = self.clock.now();
+        self.refresh(&mut state, now);
+    }
+
+    /// Each instance's id and why it is or is not in rotation.
+    pub fn availability(&self) -> Vec<(String, Availability)> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        self.refresh(&mut state, now);
+        let state = &*state;
+        (0..state.instances.len())
+            .map(|i| {
+                (
+                    state.instances[i].instance.id.clone(),
+                    self.why(state, i, now),
+                )
+            })
+            .collect()
+    }
+
+    fn why(&self, state: &ServiceState, index: usize, now: Instant) -> Availability {
+        let r = &state.instances[index];
+        let phi_threshold = self.config.health.phi_threshold;
+        if self.config.health.kind != CheckKind::None && !r.healthy {
+            Availability::Unhealthy
+        } else if self.config.health.kind != CheckKind::None
+            && phi_threshold > 0.0
+            && r.phi.is_suspected(now, phi_threshold)
+        {
+            Availability::Suspected
+        } else if state.outlier.as_ref().is_some_and(|o| o.is_ejected(index)) {
+            Availability::Ejected
+        } else if r
+            .breaker
+            .as_ref()
+            .is_some_and(|b| matches!(b.state(now), BreakerState::Open { .. }))
+        {
+            Availability::BreakerOpen
+        } else {
+            Availability::Available
+        }
+    }
+
+    fn refresh(&self, state: &mut ServiceState, now: Instant) {
+        if let Some(outlier) = state.outlier.as_mut() {
+            for event in outlier.on_tick(now) {
+                if let OutlierEvent::Returned(i) = event {
+                    tracing::info!(service = %self.config.name, upstream = %state.instances[i].instance.id, "outlier ejection over");
+                }
+            }
+        }
+        let reasons: Vec<Availability> = (0..state.instances.len())
+            .map(|i| self.why(state, i, now))
+            .collect();
+        // Panic routing, as Envoy does: if the checks leave nobody in rotation, they are
+        // more likely wrong (an overloaded proxy, a broken check path) than every instance
+        // is down, so route by the passive signals alone.
+        let panic = !reasons.contains(&Availability::Available);
+        for (i, reason) in reasons.into_iter().enumerate() {
+            let available = reason == Availability::Available
+                || (panic && matches!(reason, Availability::Unhealthy | Availability::Suspected));
+            state.balancer.set_available(i, available);
+            let r = &state.instances[i];
+            r.metrics.available.set(if available { 1.0 } else { 0.0 });
+            let open = r
+                .breaker
+                .as_ref()
+                .is_some_and(|b| matches!(b.state(now), BreakerState::Open { .. }));
+            r.metrics.breaker_open.set(if open { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// Pick an instance, avoiding `tried`, and start an attempt on it.
+    fn acquire(&self, key: u64, tried: &[usize]) -> Option<Attempt> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        self.refresh(&mut state, now);
+        let mut exclude = tried.to_vec();
+        let mut refused = Vec::new();
+        let state = &mut *state;
+        loop {
+            let index = state
+                .balancer
+                .pick_excluding(&mut state.rng, key, &exclude)?;
+            if refused.contains(&index) {
+                return None;
+            }
+            let runtime = &mut state.instances[index];
+            let permit = match runtime.breaker.as_mut() {
+                Some(breaker) => match breaker.try_acquire(now) {
+                    Some(permit) => Some(permit),
+                    None => {
+                        // Half-open with its probes out: try someone else.
+                        refused.push(index);
+                        exclude.push(index);
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            state.balancer.on_start(index);
+            runtime.metrics.in_flight.increment(1.0);
+            return Some(Attempt {
+                generation: state.generation,
+                index,
+                id: runtime.instance.id.clone(),
+                address: runtime.instance.address,
+                permit,
+                started: now,
+            });
+        }
+    }
+
+    fn finish(&self, attempt: &Attempt, outcome: Outcome, first_attempt: bool) {
+        let now = self.clock.now();
+        let latency = now.saturating_duration_since(attempt.started);
+        let mut state = self.lock();
+        if state.generation != attempt.generation {
+            return;
+        }
+        let state = &mut *state;
+        state.balancer.on_finish(attempt.index, now, latency);
+        let runtime = &mut state.instances[attempt.index];
+        runtime.metrics.in_flight.decrement(1.0);
+        if let (Some(breaker), Some(permit)) = (runtime.breaker.as_mut(), attempt.permit) {
+            match outcome {
+                Outcome::Success => breaker.on_success(now, permit),
+                Outcome::Failure => breaker.on_failure(now, permit),
+                Outcome::Abandoned => breaker.on_abandoned(permit),
+            }
+        }
+        match outcome {
+            Outcome::Success => runtime.metrics.success.increment(1),
+            Outcome::Failure => runtime.metrics.failure.increment(1),
+            Outcome::Abandoned => {}
+        }
+        runtime.metrics.duration.record(latency.as_secs_f64());
+        if outcome != Outcome::Abandoned {
+            if let Some(outlier) = state.outlier.as_mut() {
+                if let Some(event) =
+                    outlier.on_result(attempt.index, now, outcome == Outcome::Success)
+                {
+                    runtime.metrics.ejections.increment(1);
+                    tracing::info!(service = %self.config.name, upstream = %attempt.id, ?event, "ejected");
+                }
+            }
+        }
+        if first_attempt && outcome == Outcome::Success {
+            if let Some(hedge) = state.hedge.as_mut() {
+                hedge.on_latency(latency);
+            }
+        }
+        if outcome == Outcome::Failure {
+            self.refresh(state, now);
+        }
+    }
+
+    fn on_request(&self) {
+        let now = self.clock.now();
+        self.lock().budget.on_request(now);
+        self.metrics.requests.increment(1);
+    }
+
+    fn may_retry(&self) -> bool {
+        let now = self.clock.now();
+        let ok = self.lock().budget.try_withdraw(now);
+        if !ok {
+            self.metrics.budget_exhausted.increment(1);
+        }
+        ok
+    }
+
+    fn backoff_delay(&self, retry: u32) -> Duration {
+        let mut state = self.lock();
+        self.backoff.delay(retry, &mut state.rng)
+    }
+
+    fn hedge_delay(&self) -> Option<Duration> {
+        self.lock().hedge.as_ref().map(HedgePolicy::delay)
+    }
+
+    /// Health-check targets: (generation, index, address, timeout).
+    fn check_targets(&self) -> Vec<(u64, usize, SocketAddr, Duration)> {
+        let state = self.lock();
+        let fixed = self.config.health.timeout_ms.map(Duration::from_millis);
+        state
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    state.generation,
+                    i,
+                    r.instance.address,
+                    fixed.unwrap_or_else(|| r.rto.rto()),
+                )
+            })
+            .collect()
+    }
+
+    fn on_check(&self, generation: u64, index: usize, result: CheckResult, rtt: Duration) {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        if state.generation != generation {
+            return;
+        }
+        let health = &self.config.health;
+        let runtime = &mut state.instances[index];
+        match result {
+            CheckResult::Pass => {
+                runtime.phi.on_heartbeat(now);
+                runtime.rto.on_sample(rtt);
+                runtime.streak = runtime.streak.max(0) + 1;
+                if !runtime.healthy && runtime.streak >= i64::from(health.healthy_threshold.max(1))
+                {
+                    runtime.healthy = true;
+                    tracing::info!(service = %self.config.name, upstream = %runtime.instance.id, "passing health checks");
+                }
+            }
+            CheckResult::Fail | CheckResult::Timeout => {
+                if result == CheckResult::Timeout {
+                    runtime.rto.on_timeout();
+                }
+                runtime.metrics.check_failures.increment(1);
+                runtime.streak = runtime.streak.min(0) - 1;
+                if runtime.healthy
+                    && -runtime.streak >= i64::from(health.unhealthy_threshold.max(1))
+                {
+                    runtime.healthy = false;
+                    tracing::info!(service = %self.config.name, upstream = %runtime.instance.id, "failing health checks");
+                }
+            }
+        }
+        self.refresh(&mut state, now);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckResult {
+    Pass,
+    Fail,
+    Timeout,
+}
+
+async fn run_check(
+    kind: CheckKind,
+    path: &str,
+    address: SocketAddr,
+    timeout: Duration,
+) -> CheckResult {
+    let check = async {
+        let mut stream = TcpStream::connect(address).await.ok()?;
+        if kind == CheckKind::Tcp {
+            return Some(true);
+        }
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: synod-mesh-check\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        // "HTTP/1.1 2xx"
+        Some(head.starts_with(b"HTTP/1.") && head[9] == b'2')
+    };
+    match tokio::time::timeout(timeout, check).await {
+        Ok(Some(true)) => CheckResult::Pass,
+        Ok(_) => CheckResult::Fail,
+        Err(_) => CheckResult::Timeout,
+    }
+}
+
+async fn health_loop(service: Arc<Service>) {
+    let health = service.config.health.clone();
+    if health.kind == CheckKind::None {
+        return;
+    }
+    let mut ticker = tokio::time::interval(Duration::from_millis(health.interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for (generation, index, address, timeout) in service.check_targets() {
+            let service = service.clone();
+            let path = health.path.clone();
+            tokio::spawn(async move {
+                let start = tokio::time::Instant::now();
+                let result = run_check(health.kind, &path, address, timeout).await;
+                service.on_check(generation, index, result, start.elapsed());
+            });
+        }
+    }
+}
+
+async fn watch_loop(
+    service: Arc<Service>,
+    mut updates: tokio::sync::watch::Receiver<InstanceList>,
+) {
+    while updates.changed().await.is_ok() {
+        let list = updates.borrow_and_update().clone();
+        service.set_instances(&list);
+    }
+}
+
+fn text_response(status: StatusCode, text: String) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// What one attempt produced.
+enum AttemptResult {
+    /// A response that should go back to the client.
+    Done(Response<Incoming>),
+    /// A failure that may be retried; the response, if any, is kept in case it is the last.
+    Retriable(Option<Response<Incoming>>, String),
+    /// A failure that must not be retried.
+    Fatal(StatusCode, String),
+}
+
+struct Prepared {
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+    grpc: bool,
+    idempotent: bool,
+}
+
+impl Service {
+    fn upstream_request(
+        &self,
+        prepared: &Prepared,
+        address: SocketAddr,
+        remaining: Duration,
+    ) -> Request<Full<Bytes>> {
+        let path = prepared
+            .parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        let uri: Uri = format!("http://{address}{path}")
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        let mut request = Request::new(Full::new(prepared.body.clone()));
+        *request.method_mut() = prepared.parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = if self.config.upstream_http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let headers = request.headers_mut();
+        for (name, value) in &prepared.parts.headers {
+            if !HOP_BY_HOP.contains(&name.as_str())
+                && name != "transfer-encoding"
+                && name != "content-length"
+            {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if self.config.upstream_http2 {
+            headers.remove(hyper::header::HOST);
+        }
+        let millis = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
+        headers.insert(
+            HeaderName::from_static(TIMEOUT_HEADER),
+            HeaderValue::from(millis),
+        );
+        if prepared.grpc {
+            if let Ok(value) = HeaderValue::from_str(&format_grpc_timeout(remaining)) {
+                headers.insert(HeaderName::from_static(GRPC_TIMEOUT_HEADER), value);
+            }
+        }
+        request
+    }
+
+    async fn try_once(
+        &self,
+        attempt: &Attempt,
+        prepared: &Prepared,
+        deadline: Deadline,
+        first: bool,
+    ) -> AttemptResult {
+        let now = self.clock.now();
+        let remaining = deadline.remaining(now);
+        let per_try = self
+            .config
+            .retry
+            .per_try_timeout_ms
+            .map_or(remaining, |ms| Duration::from_millis(ms).min(remaining));
+        let request = self.upstream_request(prepared, attempt.address, remaining);
+        let result = tokio::time::timeout(per_try, self.http_client().request(request)).await;
+        match result {
+            Ok(Ok(response)) if response.status().is_server_error() => {
+                self.finish(attempt, Outcome::Failure, first);
+                let why = format!("{} answered {}", attempt.id, response.status());
+                if prepared.idempotent {
+                    AttemptResult::Retriable(Some(response), why)
+                } else {
+                    AttemptResult::Done(response)
+                }
+            }
+            Ok(Ok(response)) => {
+                self.finish(attempt, Outcome::Success, first);
+                AttemptResult::Done(response)
+            }
+            Ok(Err(e)) => {
+                self.finish(attempt, Outcome::Failure, first);
+                let why = format!("{}: {e}", attempt.id);
+                // A failed connect never sent the request, so any method may be retried.
+                if e.is_connect() || prepared.idempotent {
+                    AttemptResult::Retriable(None, why)
+                } else {
+                    AttemptResult::Fatal(StatusCode::BAD_GATEWAY, why)
+                }
+            }
+            Err(_) => {
+                self.finish(attempt, Outcome::Failure, first);
+                let why = format!("{} did not answer within {per_try:?}", attempt.id);
+                if per_try < remaining && prepared.idempotent {
+                    AttemptResult::Retriable(None, why)
+                } else {
+                    AttemptResult::Fatal(StatusCode::GATEWAY_TIMEOUT, why)
+                }
+            }
+        }
+    }
+
+    /// The first attempt, with a hedge to another instance if it is slow.
+    async fn first_attempt(
+        &self,
+        attempt: Attempt,
+        prepared: &Prepared,
+        deadline: Deadline,
+        key: u64,
+        tried: &mut Vec<usize>,
+    ) -> AttemptResult {
+        let hedge_delay = if prepared.idempotent {
+            self.hedge_delay()
+        } else {
+            None
+        };
+        let Some(delay) = hedge_delay else {
+            return self.try_once(&attempt, prepared, deadline, true).await;
+        };
+        let primary = self.try_once(&attempt, prepared, deadline, true);
+        tokio::pin!(primary);
+        tokio::select! {
+            result = &mut primary => return result,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let hedge = if self.may_retry() {
+            self.acquire(key, tried)
+        } else {
+            None
+        };
+        let Some(hedge) = hedge else {
+            return primary.await;
+        };
+        tried.push(hedge.index);
+        self.metrics.hedges.increment(1);
+        let secondary = self.try_once(&hedge, prepared, deadline, false);
+        tokio::pin!(secondary);
+        // Take the first answer that is not a failure; if one fails, wait for the other.
+        tokio::select! {
+            result = &mut primary => match result {
+                AttemptResult::Done(r) => { self.finish(&hedge, Outcome::Abandoned, false); AttemptResult::Done(r) }
+                _ => secondary.await,
+            },
+            result = &mut secondary => match result {
+                AttemptResult::Done(r) => { self.finish(&attempt, Outcome::Abandoned, true); AttemptResult::Done(r) }
+                _ => primary.await,
+            },
+        }
+    }
+
+    /// Handle one HTTP request from a client.
+    pub async fn handle(
+        self: Arc<Self>,
+        client: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        self.on_request();
+        let response = self.handle_inner(client, request).await;
+        if response.status().is_server_error() {
+            self.metrics.failed.increment(1);
+        }
+        response
+    }
+
+    async fn handle_inner(
+        &self,
+        client: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let received = self.clock.now();
+        let (parts, body) = request.into_parts();
+        let incoming_timeout = match incoming_timeout(&parts.headers) {
+            Ok(t) => t,
+            Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        let deadline = Deadline::on_receive(
+            received,
+            incoming_timeout,
+            Duration::from_millis(self.config.timeout_ms),
+        );
+        let body = if hyper::body::Body::is_end_stream(&body) {
+            // Most GETs: nothing to buffer.
+            Ok(Bytes::new())
+        } else {
+            Limited::new(body, self.config.max_body_bytes)
+                .collect()
+                .await
+                .map(|collected| collected.to_bytes())
+        };
+        let body = match body {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let status = if e.is::<http_body_util::LengthLimitError>() {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return text_response(status, format!("cannot read the request body: {e}\n"));
+            }
+        };
+        let key = match &self.config.hash_header {
+            _ if !self.strategy.uses_key() => 0,
+            Some(name) => parts
+                .headers
+                .get(name.as_str())
+                .map_or(0, |v| hash_bytes(v.as_bytes())),
+            None => hash_str(&client.ip().to_string(), 0),
+        };
+        let prepared = Prepared {
+            grpc: parts.headers.contains_key(GRPC_TIMEOUT_HEADER)
+                || parts
+                    .headers
+                    .get(hyper::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+            idempotent: is_idempotent(&parts.method),
+            parts,
+            body,
+        };
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_failure: Option<Response<Incoming>> = None;
+        let mut last_reason = String::from("no attempt was made");
+        let max_retries = self.config.retry.max_retries;
+        for retry in 0..=max_retries {
+            if retry > 0 {
+                if !self.may_retry() {
+                    break;
+                }
+                self.metrics.retries.increment(1);
+                let pause = self.backoff_delay(retry - 1);
+                if deadline.remaining(self.clock.now()) <= pause {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            if deadline.expired(self.clock.now()) {
+                return text_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("deadline passed; last: {last_reason}\n"),
+                );
+            }
+            let Some(attempt) = self.acquire(key, &tried) else {
+                if retry == 0 {
+                    self.metrics.no_upstream.increment(1);
+                    return text_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("no healthy upstream for {}\n", self.config.name),
+                    );
+                }
+                break;
+            };
+            tried.push(attempt.index);
+            let id = attempt.id.clone();
+            let result = if retry == 0 {
+                self.first_attempt(attempt, &prepared, deadline, key, &mut tried)
+                    .await
+            } else {
+                self.try_once(&attempt, &prepared, deadline, false).await
+            };
+            match result {
+                AttemptResult::Done(response) => {
+                    return into_client_response(response, &id, retry + 1)
+                }
+                AttemptResult::Retriable(response, why) => {
+                    last_reason = why;
+                    if response.is_some() {
+                        last_failure = response;
+                    }
+                }
+                AttemptResult::Fatal(status, why) => {
+                    return text_response(status, format!("{why}\n"));
+                }
+            }
+        }
+        match last_failure {
+            Some(response) => into_client_response(response, "", max_retries + 1),
+            None => text_response(
+                StatusCode::BAD_GATEWAY,
+                format!("upstream failed: {last_reason}\n"),
+            ),
+        }
+    }
+}
+
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    hash_str(&String::from_utf8_lossy(bytes), 0)
+}
+
+fn incoming_timeout(
+    headers: &hyper::HeaderMap,
+) -> Result<Option<Duration>, crate::resilience::DeadlineError> {
+    let mut timeout: Option<Duration> = None;
+    if let Some(value) = headers.get(GRPC_TIMEOUT_HEADER) {
+        let text = value.to_str().unwrap_or("\u{fffd}");
+        timeout = Some(parse_grpc_timeout(text)?);
+    }
+    if let Some(value) = headers.get(TIMEOUT_HEADER) {
+        let text = value.to_str().unwrap_or("\u{fffd}");
+        let t = parse_timeout_millis(text)?;
+        timeout = Some(timeout.map_or(t, |g| g.min(t)));
+    }
+    Ok(timeout)
+}
+
+fn into_client_response(
+    response: Response<Incoming>,
+    upstream: &str,
+    attempts: u32,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    for name in HOP_BY_HOP {
+        parts.headers.remove(name);
+    }
+    if let Ok(value) = HeaderValue::from_str(upstream) {
+        if !upstream.is_empty() {
+            parts.headers.insert("x-synod-upstream", value);
+        }
+    }
+    parts
+        .headers
+        .insert("x-synod-attempts", HeaderValue::from(attempts));
+    Response::from_parts(parts, body.boxed())
+}
+
+/// A TCP connection from a client: connect to an instance (retrying others on a failed
+/// connect), then copy bytes both ways.
+async fn handle_tcp(service: Arc<Service>, mut inbound: TcpStream, client: SocketAddr) {
+    service.on_request();
+    let key = hash_str(&client.ip().to_string(), 0);
+    let deadline = Deadline::on_receive(
+        service.clock.now(),
+        None,
+        Duration::from_millis(service.config.timeout_ms),
+    );
+    let mut tried = Vec::new();
+    for retry in 0..=service.config.retry.max_retries {
+        if retry > 0 {
+            if !service.may_retry() {
+                break;
+            }
+            service.metrics.retries.increment(1);
+            tokio::time::sleep(service.backoff_delay(retry - 1)).await;
+        }
+        let Some(attempt) = service.acquire(key, &tried) else {
+            if retry == 0 {
+                service.metrics.no_upstream.increment(1);
+            }
+            break;
+        };
+        tried.push(attempt.index);
+        let remaining = deadline.remaining(service.clock.now());
+        match tokio::time::timeout(remaining, TcpStream::connect(attempt.address)).await {
+            Ok(Ok(mut outbound)) => {
+                let _ = outbound.set_nodelay(true);
+                service.finish(&attempt, Outcome::Success, retry == 0);
+                // The connection is counted in flight while it lasts, for least connections.
+                let tracked = service.acquire_tracking(&attempt);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                service.release_tracking(&attempt, tracked);
+                return;
+            }
+            _ => service.finish(&attempt, Outcome::Failure, retry == 0),
+        }
+    }
+    service.metrics.failed.increment(1);
+}
+
+impl Service {
+    fn acquire_tracking(&self, attempt: &Attempt) -> bool {
+        let mut state = self.lock();
+        if state.generation != attempt.generation {
+            return false;
+        }
+        state.balancer.on_start(attempt.index);
+        state.instances[attempt.index]
+            .metrics
+            .in_flight
+            .increment(1.0);
+        true
+    }
+
+    fn release_tracking(&self, attempt: &Attempt, tracked: bool) {
+        if !tracked {
+            return;
+        }
+        let now = self.clock.now();
+        let mut state = self.lock();
+        if state.generation != attempt.generation {
+            return;
+        }
+        // Only the in-flight count changes; a connection's length is not a latency sample.
+        let estimate = state.balancer.latency_estimate(attempt.index);
+        state.balancer.on_finish(attempt.index, now, estimate);
+        state.instances[attempt.index]
+            .metrics
+            .in_flight
+            .decrement(1.0);
+    }
+}
+
+/// A running proxy. Dropping it stops every listener and task.
+#[derive(Debug)]
+pub struct RunningProxy {
+    /// Each service's name and the address it listens on.
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// The admin address, if any.
+    pub admin: Option<SocketAddr>,
+    /// The services, for inspection.
+    pub services: Vec<Arc<Service>>,
+    tasks: JoinSet<()>,
+    // Dropping it stops the worker threads.
+    _shutdown: tokio::sync::watch::Sender<()>,
+}
+
+impl RunningProxy {
+    /// The address of the named service's listener.
+    pub fn address(&self, service: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(name, _)| name == service)
+            .map(|(_, a)| *a)
+    }
+
+    /// Wait until the proxy's tasks end (they do not, unless a listener fails).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Bind every listener and start the proxy. Listen addresses with port 0 get a free port;
+/// [`RunningProxy::listeners`] says which.
+pub async fn start(
+    config: ProxyConfig,
+    source: Arc<dyn UpstreamSource>,
+) -> Result<RunningProxy, ProxyError> {
+    config.validate()?;
+    let clock = Clock::new();
+    let mut tasks = JoinSet::new();
+    let (shutdown, _) = tokio::sync::watch::channel(());
+    if let Some(handle) = recorder() {
+        // The exporter keeps histogram samples until upkeep folds them into buckets;
+        // without it a busy proxy's memory grows with every request.
+        tasks.spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                ticker.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+    let mut listeners = Vec::new();
+    let mut services = Vec::new();
+    for service_config in config.services.clone() {
+        let updates = source
+            .subscribe(&service_config.name)
+            .ok_or_else(|| ProxyError::UnknownService(service_config.name.clone()))?;
+        let instances = updates.borrow().clone();
+        let name = service_config.name.clone();
+        let protocol = service_config.protocol;
+        let listen = service_config.listen;
+        let service = Arc::new(Service::new(service_config, clock, &instances).map_err(
+            |problem| crate::config::ConfigError::Invalid {
+                service: name.clone(),
+                problem,
+            },
+        )?);
+        let bound = if config.workers == 0 {
+            TcpListener::bind(listen).await
+        } else {
+            reuseport_listener(listen).and_then(TcpListener::from_std)
+        };
+        let listener = bound.map_err(|source| ProxyError::Bind {
+            address: listen,
+            what: format!("service {name}"),
+            source,
+        })?;
+        let local = listener.local_addr().map_err(|source| ProxyError::Bind {
+            address: listen,
+            what: format!("service {name}"),
+            source,
+        })?;
+        listeners.push((name.clone(), local));
+        tasks.spawn(health_loop(service.clone()));
+        tasks.spawn(watch_loop(service.clone(), updates));
+        if config.workers == 0 {
+            tasks.spawn(accept_loop(service.clone(), listener, protocol));
+        } else {
+            // nginx's model: one single-threaded event loop per worker, each accepting on
+            // its own SO_REUSEPORT socket, so a request never changes threads.
+            drop(listener);
+            for worker in 0..config.workers {
+                let bind_error = |source| ProxyError::Bind {
+                    address: local,
+                    what: format!("service {name}, worker {worker}"),
+                    source,
+                };
+                let listener = reuseport_listener(local).map_err(bind_error)?;
+                spawn_worker(service.clone(), listener, protocol, shutdown.subscribe())
+                    .map_err(bind_error)?;
+            }
+        }
+        services.push(service);
+    }
+    let mut admin = None;
+    if let Some(address) = config.admin {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                address,
+                what: "the admin endpoint".into(),
+                source,
+            })?;
+        admin = listener.local_addr().ok();
+        tasks.spawn(admin_loop(listener, services.clone()));
+    }
+    Ok(RunningProxy {
+        listeners,
+        admin,
+        services,
+        tasks,
+        _shutdown: shutdown,
+    })
+}
+
+/// A listening socket with SO_REUSEPORT, so several workers can accept on one port.
+fn reuseport_listener(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: into_raw_fd hands over sole ownership of a valid socket descriptor.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
+    listen(&listener)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn listen(listener: &std::net::TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is a valid, bound socket owned by `listener` for the call.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), 1024) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// One worker: a thread with a single-threaded runtime serving `listener` until
+/// `shutdown`'s sender is dropped.
+fn spawn_worker(
+    service: Arc<Service>,
+    listener: std::net::TcpListener,
+    protocol: Protocol,
+    mut shutdown: tokio::sync::watch::Receiver<()>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("mesh-{}", service.config.name))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = accept_loop(service, listener, protocol) => {}
+                    _ = shutdown.changed() => {}
+                }
+            });
+        })?;
+    Ok(())
+}
+
+async fn accept_loop(service: Arc<Service>, listener: TcpListener, protocol: Protocol) {
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        match protocol {
+            Protocol::Tcp => {
+                tokio::spawn(handle_tcp(service, stream, client));
+            }
+            Protocol::Http => {
+                tokio::spawn(async move {
+                    let handler = hyper::service::service_fn(move |request| {
+                        let service = service.clone();
+                        async move { Ok::<_, Infallible>(service.handle(client, request).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), handler)
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+async fn admin_loop(listener: TcpListener, services: Vec<Arc<Service>>) {
+    let services = Arc::new(services);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let services = services.clone();
+        tokio::spawn(async move {
+            let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let services = services.clone();
+                async move {
+                    let response = match request.uri().path() {
+                        "/metrics" => text_response(
+                            StatusCode::OK,
+                            recorder().map(|h| h.render()).unwrap_or_default(),
+                        ),
+                        "/status" => text_response(StatusCode::OK, status_text(&services)),
+                        _ => {
+                            text_response(StatusCode::NOT_FOUND, "try /metrics or /status\n".into())
+                        }
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), handler)
+                .await;
+        });
+    }
+}
+
+fn status_text(services: &[Arc<Service>]) -> String {
+    let mut out = String::new();
+    for service in services {
+        for (id, availability) in service.availability() {
+            out.push_str(&format!(
+                "{} {} {:?}\n",
+                service.config.name, id, availability
+            ));
+        }
+    }
+    out
+}
