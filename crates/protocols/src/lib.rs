@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod beacon;
+pub mod chord;
 pub mod clocks;
 pub mod election;
 pub mod hashing;

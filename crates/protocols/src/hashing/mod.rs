@@ -50,7 +50,7 @@
 
 mod jump;
 mod rendezvous;
-mod ring;
+pub(crate) mod ring;
 
 #[cfg(test)]
 mod tests;
