@@ -12,6 +12,7 @@ mod check;
 mod cluster;
 mod compare;
 mod sim;
+mod sim_chord;
 mod sim_clock_sync;
 
 use clap::{Parser, Subcommand};

@@ -27,6 +27,9 @@ enum Protocol {
     /// NTP-style clock synchronisation (Cristian/NTP client-server) under clock skew and
     /// drift: prints each node's residual offset from true time as the run goes on.
     ClockSync(crate::sim_clock_sync::ClockSyncArgs),
+    /// The Chord DHT: the paper's path-length, load, simultaneous-failure and churn
+    /// experiments, each with the paper's figures beside ours.
+    Chord(crate::sim_chord::ChordArgs),
     /// The simulator's own group-commit promise, over many seeds with crashes: no peer
     /// ever hears a value its sender could lose in a crash.
     Durability(DurabilityArgs),
@@ -103,6 +106,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::Clocks(a) => clocks(a),
         Protocol::ClockSync(a) => crate::sim_clock_sync::run(a),
         Protocol::Durability(a) => durability(a),
+        Protocol::Chord(a) => crate::sim_chord::run(a),
     }
 }
 

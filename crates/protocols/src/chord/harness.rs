@@ -18,7 +18,7 @@ use rand::Rng;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use synod_core::{ClientId, NodeId};
-use synod_sim::{stream_rng, NetConfig, Sim, SimConfig};
+use synod_sim::{stream_rng, ClientCtl, NetConfig, Sim, SimConfig, Workload};
 
 /// Live nodes on the ring, sorted by identifier.
 pub fn live_ring(sim: &Sim<Chord>) -> Vec<Peer> {
@@ -45,8 +45,12 @@ pub fn true_owner(sim: &Sim<Chord>, target: ChordId) -> Option<Peer> {
     successor_in(&live_ring(sim), target)
 }
 
-/// Compare every joined node's successor list, predecessor and fingers with the true ring.
+/// Every running node has joined, and every joined node's successor list, predecessor and
+/// fingers match the true ring.
 pub fn check_ring(sim: &Sim<Chord>) -> Result<(), String> {
+    if let Some((node, _)) = sim.actors().find(|(_, a)| !a.is_joined() && !a.has_left()) {
+        return Err(format!("{node} is up but not on the ring"));
+    }
     let ring = live_ring(sim);
     let n = ring.len();
     if n == 0 {
@@ -58,7 +62,7 @@ pub fn check_ring(sim: &Sim<Chord>) -> Result<(), String> {
         };
         let r = actor.config().successor_list.min(n - 1);
         let want: Vec<Peer> = (1..=r).map(|k| ring[(i + k) % n]).collect();
-        let have: Vec<Peer> = actor.successors().iter().take(r).copied().collect();
+        let have: Vec<Peer> = actor.successors().to_vec();
         if have != want || (n == 1 && !actor.successors().is_empty()) {
             return Err(format!(
                 "{}: successors {:?}, want {:?}",
@@ -154,9 +158,53 @@ pub struct LookupOutcome {
     pub failure: Option<String>,
 }
 
-/// Sends lookups for random identifiers, each to a random live node on the ring, and
-/// judges every answer against the true ring when it is collected. The harness collects
-/// before every change of membership, so the truth is the ring the answer saw.
+/// The client side of the lookup experiments: answers to [`ChordMsg::Locate`] are
+/// judged the moment they arrive, against the true ring at that moment.
+#[derive(Default)]
+pub struct Judge {
+    /// Every answer, in order of arrival.
+    pub outcomes: Vec<LookupOutcome>,
+}
+
+impl Workload<Chord> for Judge {
+    fn on_start(&mut self, _ctl: &mut ClientCtl<'_, Chord>) {}
+
+    fn on_reply(
+        &mut self,
+        ctl: &mut ClientCtl<'_, Chord>,
+        _client: ClientId,
+        _from: NodeId,
+        msg: ChordMsg,
+    ) {
+        let outcome = match msg {
+            ChordMsg::Located {
+                target,
+                owner,
+                route,
+            } => {
+                let sim = ctl.sim();
+                let truth = true_owner(sim, target);
+                LookupOutcome {
+                    target,
+                    route,
+                    correct: truth == Some(owner),
+                    failure: None,
+                }
+            }
+            ChordMsg::Failed { reason, route } => LookupOutcome {
+                target: ChordId(0),
+                route,
+                correct: false,
+                failure: Some(reason),
+            },
+            _ => return,
+        };
+        self.outcomes.push(outcome);
+    }
+}
+
+/// Sends lookups for random identifiers, each to a random live node on the ring; a
+/// [`Judge`] installed on the simulation judges the answers.
 pub struct Lookups {
     rng: synod_core::ActorRng,
     sent: u64,
@@ -189,35 +237,28 @@ impl Lookups {
         }
     }
 
-    /// Judge every answer that has arrived.
-    pub fn collect(&mut self, sim: &mut Sim<Chord>) {
-        let replies = sim.take_replies();
-        if replies.is_empty() {
-            return;
+    /// Install the judge on `sim`; call before the simulation starts.
+    pub fn install(sim: &mut Sim<Chord>) {
+        sim.set_workload(Judge::default());
+    }
+
+    /// Take in every answer the judge has seen so far.
+    pub fn collect(&mut self, sim: &Sim<Chord>) {
+        if let Some(judge) = sim.workload::<Judge>() {
+            let seen = self.outcomes.len();
+            self.outcomes
+                .extend_from_slice(judge.outcomes.get(seen..).unwrap_or(&[]));
         }
-        let ring = live_ring(sim);
-        for (_, _, msg) in replies {
-            let outcome = match msg {
-                ChordMsg::Located {
-                    target,
-                    owner,
-                    route,
-                } => LookupOutcome {
-                    target,
-                    route,
-                    correct: successor_in(&ring, target) == Some(owner),
-                    failure: None,
-                },
-                ChordMsg::Failed { reason, route } => LookupOutcome {
-                    target: ChordId(0),
-                    route,
-                    correct: false,
-                    failure: Some(reason),
-                },
-                _ => continue,
-            };
-            self.outcomes.push(outcome);
+    }
+
+    /// Why lookups failed, with counts ("wrong owner": answered by the wrong node).
+    pub fn failure_reasons(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for o in self.outcomes.iter().filter(|o| !o.correct) {
+            let why = o.failure.clone().unwrap_or_else(|| "wrong owner".into());
+            *out.entry(why).or_default() += 1;
         }
+        out
     }
 
     /// Lookups that ended at the wrong node or failed.
@@ -347,6 +388,7 @@ pub fn path_length_model(n: usize, lookups: u64, seed: u64) -> Summary {
 pub fn path_length_actor(n: u32, lookups: u64, seed: u64) -> Result<(Summary, u64), String> {
     let base = fast_config();
     let mut sim = new_ring(SimConfig::new(seed, n), base, Duration::from_millis(20));
+    Lookups::install(&mut sim);
     sim.set_max_events(200_000_000);
     run_until_converged(&mut sim, Duration::from_secs(1), Duration::from_secs(3600))?;
     let mut lookups_driver = Lookups::new(seed);
@@ -412,6 +454,8 @@ pub struct FailureRow {
     pub failed: u64,
     /// Simulated time the ring took to converge before the failure.
     pub converged_after: Duration,
+    /// Why lookups failed, with counts.
+    pub failure_reasons: BTreeMap<String, u64>,
 }
 
 /// ToN §V-C, Table II: a stable ring of `n` nodes with successor lists of `r`, then a
@@ -434,11 +478,15 @@ pub fn simultaneous_failures(
         check_predecessor_interval: Duration::from_secs(30),
         replicate_interval: Duration::from_secs(3600),
         rpc_timeout: Duration::from_millis(50),
+        // A node answers with every finger and successor that precedes the target, as
+        // the paper's recursive lookup can fall back on all of them.
+        candidates: ID_BITS as usize + r,
         ..ChordConfig::new(Vec::new(), false)
     };
     let mut cfg = SimConfig::new(seed, n);
     cfg.net = NetConfig::lan();
     let mut sim = new_ring(cfg, base, Duration::from_millis(200));
+    Lookups::install(&mut sim);
     sim.set_max_events(2_000_000_000);
     let converged_after = run_until_converged(
         &mut sim,
@@ -467,6 +515,7 @@ pub fn simultaneous_failures(
         mean_timeouts: w.mean(|o| f64::from(o.route.timeouts)),
         failed,
         converged_after,
+        failure_reasons: w.failure_reasons(),
     })
 }
 
@@ -491,6 +540,8 @@ pub struct ChurnRow {
     pub joins: u64,
     /// Failures injected.
     pub failures: u64,
+    /// Why lookups failed, with counts.
+    pub failure_reasons: BTreeMap<String, u64>,
 }
 
 /// ToN §V-D, Table III: `n` nodes on a stable ring, then nodes join and fail, each as a
@@ -517,6 +568,7 @@ pub fn churn(
         rpc_timeout: Duration::from_millis(500),
         rpc_retries: 0,
         fresh_id_on_restart: true,
+        candidates: ID_BITS as usize + 20,
         ..ChordConfig::new(Vec::new(), false)
     };
     let mut cfg = SimConfig::new(seed, slots);
@@ -539,6 +591,7 @@ pub fn churn(
         Chord::new(c)
     });
     sim.set_max_events(4_000_000_000);
+    Lookups::install(&mut sim);
     sim.start();
     for i in n..slots {
         sim.crash(NodeId(i));
@@ -558,7 +611,7 @@ pub fn churn(
     while sim.now() < end {
         let t = next_join.min(next_fail).min(next_lookup).min(end);
         sim.run_until(t).map_err(|f| f.to_string())?;
-        w.collect(&mut sim);
+        w.collect(&sim);
         if sim.now() >= end {
             break;
         }
@@ -588,7 +641,7 @@ pub fn churn(
     }
     sim.run_for(Duration::from_secs(10))
         .map_err(|f| f.to_string())?;
-    w.collect(&mut sim);
+    w.collect(&sim);
     let answered = w.outcomes.len() as u64;
     Ok(ChurnRow {
         rate,
@@ -599,5 +652,6 @@ pub fn churn(
         mean_timeouts: w.mean(|o| f64::from(o.route.timeouts)),
         joins,
         failures,
+        failure_reasons: w.failure_reasons(),
     })
 }

@@ -232,6 +232,10 @@ pub enum ChordMsg {
     FindSuccessor {
         /// Request id.
         rpc: RpcId,
+        /// The identifier the sender believes the receiver has; a node that restarted
+        /// with another identifier ignores requests meant for its old one. `None`: any
+        /// (a seed, whose identifier the joining node does not know).
+        to: Option<ChordId>,
         /// The identifier looked up.
         target: ChordId,
     },
@@ -248,6 +252,10 @@ pub enum ChordMsg {
     OwnerOp {
         /// Request id.
         rpc: RpcId,
+        /// The identifier the sender believes the receiver has; a node that restarted
+        /// with another identifier ignores requests meant for its old one. `None`: any
+        /// (a seed, whose identifier the joining node does not know).
+        to: Option<ChordId>,
         /// The identifier the origin looked up.
         target: ChordId,
         /// Serve it even if the target seems to belong to the predecessor (the origin
@@ -269,6 +277,8 @@ pub enum ChordMsg {
     GetPredecessor {
         /// Request id.
         rpc: RpcId,
+        /// The identifier the sender believes the receiver has.
+        to: ChordId,
     },
     /// The answer to [`ChordMsg::GetPredecessor`].
     Predecessor {
@@ -288,6 +298,8 @@ pub enum ChordMsg {
     Ping {
         /// Request id.
         rpc: RpcId,
+        /// The identifier the sender believes the receiver has.
+        to: ChordId,
     },
     /// Alive.
     Pong {

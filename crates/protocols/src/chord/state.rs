@@ -85,7 +85,7 @@ impl ChordConfig {
             rpc_retries: 2,
             join_delay: Duration::ZERO,
             fresh_id_on_restart: false,
-            candidates: 4,
+            candidates: 8,
             max_steps: 128,
         }
     }
@@ -326,19 +326,17 @@ impl Chord {
         by_distance.into_values().take(limit).collect()
     }
 
-    /// The part of the successor list from the first entry at or after `target`, if the
-    /// list reaches that far: the first live entry of it owns the target. Using the whole
-    /// list, not only the first successor, lets a lookup step over failed successors
-    /// (ToN §IV-E).
+    /// The successor list, if it reaches `target`: its first live entry at or after the
+    /// target owns it. Using the whole list, not only the first successor, lets a lookup
+    /// step over failed successors (ToN §IV-E).
     fn successors_covering(&self, target: ChordId) -> Option<Vec<Peer>> {
         if self.successors.is_empty() {
             return Some(vec![self.me]);
         }
-        let j = self
-            .successors
+        self.successors
             .iter()
-            .position(|s| target.in_half_open(self.me.id, s.id))?;
-        Some(self.successors[j..].to_vec())
+            .any(|s| target.in_half_open(self.me.id, s.id))
+            .then(|| self.successors.clone())
     }
 
     /// Whether this node owns `target` by its own view: `target ∈ (predecessor, me]`.
@@ -473,7 +471,7 @@ impl Chord {
         } else if self.owns(target) {
             lookup.owners = Some(VecDeque::from([(self.me, false)]));
         } else if let Some(list) = self.successors_covering(target) {
-            lookup.owners = Some(list.into_iter().map(|p| (p, false)).collect());
+            split_successors(&mut lookup, self.me, list);
         } else {
             for p in self.closest_preceding(target, usize::MAX) {
                 lookup.candidates.insert(p.id.distance_to(target), p);
@@ -512,6 +510,16 @@ impl Chord {
                     }
                 };
                 let Some((owner, force)) = next else {
+                    // Every owner this answer named is dead: a live node closer to the
+                    // target, if one is known, has a successor list that reaches further.
+                    let more = l
+                        .candidates
+                        .values()
+                        .any(|p| !l.asked.contains(&p.node) && !l.dead.contains(&p.node));
+                    if more {
+                        l.owners = None;
+                        continue;
+                    }
                     self.finish_lookup(ctx, id, Err("every candidate owner is dead".into()));
                     return;
                 };
@@ -558,6 +566,7 @@ impl Chord {
                     },
                     |rpc| ChordMsg::OwnerOp {
                         rpc,
+                        to: Some(owner.id),
                         target,
                         force,
                         request,
@@ -575,8 +584,10 @@ impl Chord {
                 return;
             };
             l.asked.insert(peer.node);
+            // A seed's identifier is not known before it answers.
+            let to = (!matches!(l.purpose, Purpose::Join)).then_some(peer.id);
             self.call(ctx, peer.node, Pending::Query { lookup: id, peer }, |rpc| {
-                ChordMsg::FindSuccessor { rpc, target }
+                ChordMsg::FindSuccessor { rpc, to, target }
             });
             return;
         }
@@ -590,24 +601,22 @@ impl Chord {
         };
         l.route.hops += 1;
         match answer {
-            StepAnswer::Done { successors } => {
-                let mut owners: VecDeque<(Peer, bool)> = successors
-                    .into_iter()
-                    .take(self.config.successor_list.max(1))
-                    .filter(|p| !l.dead.contains(&p.node))
-                    .map(|p| (p, false))
-                    .collect();
+            StepAnswer::Done { mut successors } => {
+                successors.truncate(self.config.successor_list.max(1) + 1);
                 match l.purpose {
                     Purpose::Join | Purpose::Finger(_) => {
-                        owners.retain(|(p, _)| p.node != me);
-                        let first = owners.front().map(|(p, _)| *p);
+                        let target = l.target;
+                        let first = successors
+                            .iter()
+                            .find(|p| p.node != me && target.in_half_open(from.id, p.id))
+                            .copied();
                         match first {
                             Some(p) => self.finish_lookup(ctx, id, Ok((p, OwnerReply::Probed))),
                             None => self.finish_lookup(ctx, id, Err("no successor".into())),
                         }
                         return;
                     }
-                    Purpose::Client { .. } => l.owners = Some(owners),
+                    Purpose::Client { .. } => split_successors(l, from, successors),
                 }
             }
             StepAnswer::Closer { candidates } => {
@@ -788,7 +797,7 @@ impl Chord {
         }
         let s = self.successor();
         self.call(ctx, s.node, Pending::Stabilize { peer: s }, |rpc| {
-            ChordMsg::GetPredecessor { rpc }
+            ChordMsg::GetPredecessor { rpc, to: s.id }
         });
     }
 
@@ -806,7 +815,16 @@ impl Chord {
             }
         }
         list.push(s);
-        list.extend(successors.into_iter().take(self.config.successor_list));
+        // The successor's list wraps around to this node in a small ring: what follows
+        // this node there is stale, so cut it off (otherwise a dead node's entry would
+        // circulate for ever in a ring smaller than r).
+        let me = self.me.node;
+        list.extend(
+            successors
+                .into_iter()
+                .take(self.config.successor_list)
+                .take_while(|p| p.node != me),
+        );
         self.set_successors(list);
         let first = self.successor();
         if first.node != self.me.node {
@@ -946,6 +964,24 @@ impl Chord {
     }
 }
 
+/// Split a successor list from `from` that reaches the lookup's target: entries before the
+/// target become routing candidates (their own lists reach further), the rest are the
+/// owners to try, in order.
+fn split_successors(l: &mut Lookup, from: Peer, successors: Vec<Peer>) {
+    let mut owners = VecDeque::new();
+    for p in successors {
+        if l.dead.contains(&p.node) {
+            continue;
+        }
+        if p.id.in_open(from.id, l.target) {
+            l.candidates.insert(p.id.distance_to(l.target), p);
+        } else {
+            owners.push_back((p, false));
+        }
+    }
+    l.owners = Some(owners);
+}
+
 fn variant_name(msg: &ChordMsg) -> String {
     let text = format!("{msg:?}");
     text.split(|c: char| !c.is_alphanumeric())
@@ -1040,8 +1076,8 @@ impl Actor for Chord {
             return;
         }
         match msg {
-            ChordMsg::FindSuccessor { rpc, target } => {
-                if !self.joined {
+            ChordMsg::FindSuccessor { rpc, to, target } => {
+                if !self.joined || to.is_some_and(|id| id != self.me.id) {
                     return;
                 }
                 let answer = if let Some(successors) = self.successors_covering(target) {
@@ -1075,10 +1111,14 @@ impl Actor for Chord {
             }
             ChordMsg::OwnerOp {
                 rpc,
+                to,
                 target,
                 force,
                 request,
             } => {
+                if to.is_some_and(|id| id != self.me.id) {
+                    return;
+                }
                 if let Some(reply) = self.serve_owner(ctx, target, force, request) {
                     self.send(ctx, from, ChordMsg::OwnerDone { rpc, reply });
                 }
@@ -1090,8 +1130,8 @@ impl Actor for Chord {
                     }
                 }
             }
-            ChordMsg::GetPredecessor { rpc } => {
-                if !self.joined {
+            ChordMsg::GetPredecessor { rpc, to } => {
+                if !self.joined || to != self.me.id {
                     return;
                 }
                 let (predecessor, successors) = (self.predecessor, self.successors.clone());
@@ -1121,8 +1161,8 @@ impl Actor for Chord {
                     self.on_notify(ctx, candidate);
                 }
             }
-            ChordMsg::Ping { rpc } => {
-                if self.joined {
+            ChordMsg::Ping { rpc, to } => {
+                if self.joined && to == self.me.id {
                     self.send(ctx, from, ChordMsg::Pong { rpc });
                 }
             }
@@ -1228,7 +1268,7 @@ impl Actor for Chord {
                 if self.joined {
                     if let Some(p) = self.predecessor {
                         self.call(ctx, p.node, Pending::CheckPredecessor { peer: p }, |rpc| {
-                            ChordMsg::Ping { rpc }
+                            ChordMsg::Ping { rpc, to: p.id }
                         });
                     }
                     let d = Self::jitter(ctx, c.check_predecessor_interval);
@@ -1239,11 +1279,17 @@ impl Actor for Chord {
                 if self.joined {
                     let items = self.primary_items();
                     self.push_replicas(ctx, items);
-                    if let (Some(p), Some(s)) = (self.predecessor, self.successors.first().copied())
-                    {
+                    // Anti-entropy: keys of this node's range may still sit further along
+                    // the ring, at an old owner from before several joins, or a migration
+                    // may have been lost. Ask every successor in the list; only one whose
+                    // keys in the range differ answers.
+                    if let Some(p) = self.predecessor {
                         let (from, to) = (p.id, self.me.id);
                         let digest = self.digest(from, to);
-                        self.send(ctx, s.node, ChordMsg::SyncRange { from, to, digest });
+                        let targets: Vec<NodeId> = self.successors.iter().map(|s| s.node).collect();
+                        for s in targets {
+                            self.send(ctx, s, ChordMsg::SyncRange { from, to, digest });
+                        }
                     }
                     let d = Self::jitter(ctx, c.replicate_interval);
                     ctx.set_timer(ChordTimer::Replicate, d);

@@ -188,6 +188,7 @@ fn lookups_reach_the_true_owner_once_stable() {
                 ..net(seed)
             };
             let mut sim = new_ring(cfg, fast_config(), Duration::from_millis(20));
+            Lookups::install(&mut sim);
             run_until_converged(&mut sim, Duration::from_millis(500), secs(300))?;
             let mut lookups = Lookups::new(seed);
             lookups.run(&mut sim, 100, Duration::from_millis(2), secs(2))?;
@@ -296,6 +297,9 @@ fn migration_scenario(seed: u64, broken: bool) -> Result<(), String> {
     if live_ring(&sim).len() != n as usize {
         return Err("not every node joined".into());
     }
+    // Two replica periods: an anti-entropy round repairs a migration message lost on
+    // the lossy network.
+    sim.run_for(secs(1)).map_err(|f| f.to_string())?;
     owners_hold_their_keys(&sim, 40).map_err(|e| format!("after joins: {e}"))?;
     get_all(&mut sim, seed, 40, 5_000)?;
     // Two graceful leaves.
@@ -309,6 +313,7 @@ fn migration_scenario(seed: u64, broken: bool) -> Result<(), String> {
     sim.take_replies();
     let deadline = sim.now() + secs(120);
     run_until_converged(&mut sim, Duration::from_millis(500), deadline)?;
+    sim.run_for(secs(1)).map_err(|f| f.to_string())?;
     owners_hold_their_keys(&sim, 40).map_err(|e| format!("after leaves: {e}"))?;
     get_all(&mut sim, seed, 40, 10_000)
 }
