@@ -474,13 +474,13 @@ pub fn simultaneous_failures(
         replicas: 0,
         rpc_retries: 0,
         stabilize_interval: Duration::from_secs(30),
-        fix_fingers_interval: Duration::from_secs(3),
+        fix_fingers_interval: Duration::from_secs(15),
         check_predecessor_interval: Duration::from_secs(30),
         replicate_interval: Duration::from_secs(3600),
         rpc_timeout: Duration::from_millis(50),
-        // A node answers with every finger and successor that precedes the target, as
-        // the paper's recursive lookup can fall back on all of them.
-        candidates: ID_BITS as usize + r,
+        // A node answers with as many fingers and successors preceding the target as a
+        // successor list holds, so that the origin can route around dead ones.
+        candidates: r + 4,
         ..ChordConfig::new(Vec::new(), false)
     };
     let mut cfg = SimConfig::new(seed, n);
@@ -568,7 +568,7 @@ pub fn churn(
         rpc_timeout: Duration::from_millis(500),
         rpc_retries: 0,
         fresh_id_on_restart: true,
-        candidates: ID_BITS as usize + 20,
+        candidates: 24,
         ..ChordConfig::new(Vec::new(), false)
     };
     let mut cfg = SimConfig::new(seed, slots);

@@ -317,13 +317,22 @@ impl Chord {
     /// Fingers and successors in `(me, target)`, closest to the target first (ToN Fig. 5,
     /// closest_preceding_node, extended to the successor list as in §IV-E).
     fn closest_preceding(&self, target: ChordId, limit: usize) -> Vec<Peer> {
-        let mut by_distance: BTreeMap<u64, Peer> = BTreeMap::new();
+        let mut out: Vec<Peer> = Vec::with_capacity(self.successors.len() + 16);
+        let mut last: Option<NodeId> = None;
         for p in self.fingers.iter().flatten().chain(self.successors.iter()) {
+            // Consecutive fingers often name the same node: skip the repeats cheaply.
+            if last == Some(p.node) {
+                continue;
+            }
+            last = Some(p.node);
             if p.node != self.me.node && p.id.in_open(self.me.id, target) {
-                by_distance.insert(p.id.distance_to(target), *p);
+                out.push(*p);
             }
         }
-        by_distance.into_values().take(limit).collect()
+        out.sort_unstable_by_key(|p| (p.id.distance_to(target), p.node));
+        out.dedup_by_key(|p| p.node);
+        out.truncate(limit);
+        out
     }
 
     /// The successor list, if it reaches `target`: its first live entry at or after the
