@@ -27,6 +27,9 @@ enum Protocol {
     /// NTP-style clock synchronisation (Cristian/NTP client-server) under clock skew and
     /// drift: prints each node's residual offset from true time as the run goes on.
     ClockSync(crate::sim_clock_sync::ClockSyncArgs),
+    /// The Chord DHT: the paper's path-length, load, simultaneous-failure and churn
+    /// experiments, each with the paper's figures beside ours.
+    Chord(crate::sim_chord::ChordArgs),
     /// The simulator's own group-commit promise, over many seeds with crashes: no peer
     /// ever hears a value its sender could lose in a crash.
     Durability(DurabilityArgs),
@@ -122,6 +125,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::RaftElection(a) => crate::sim_raft::election(a),
         Protocol::Twopc(a) => crate::sim_twopc::run(a),
         Protocol::Mvcc(a) => crate::sim_mvcc::run(a),
+        Protocol::Chord(a) => crate::sim_chord::run(a),
     }
 }
 

@@ -28,11 +28,16 @@
 //! - [`clocks`]: Lamport clocks, vector clocks, dotted version vectors (DVV sets),
 //!   hybrid logical clocks, NTP and PTP offset arithmetic, and a clock-synchronization
 //!   actor.
+//! - [`hashing`]: consistent hashing (a ring with virtual nodes, weights, zones and exact
+//!   movement), jump consistent hash and rendezvous hashing.
+//! - [`chord`]: the Chord distributed hash table (Stoica et al. 2001/2003) as an actor.
 #![warn(missing_docs)]
 
 pub mod beacon;
+pub mod chord;
 pub mod clocks;
 pub mod election;
+pub mod hashing;
 pub mod mutex;
 pub mod mvcc;
 pub mod raft;
