@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_build::configure()
-        .build_client(false)
+        .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;
     Ok(())

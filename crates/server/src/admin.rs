@@ -13,7 +13,11 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use synod_protocols::raft::{KvCommand, KvOutput, Role};
+use synod_protocols::mvcc::{
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, MvccCommand, MvccOutput,
+    MvccResponse, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use synod_protocols::raft::Role;
 
 /// The process-wide Prometheus recorder for the `metrics` macros (fsync latency, batch
 /// sizes). Installed once, before any actor starts, so the first syncs are counted too.
@@ -87,11 +91,15 @@ fn bad_request(message: String) -> KvResponse {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": message })))
 }
 
-fn unexpected(output: KvOutput) -> KvResponse {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(json!({ "error": format!("unexpected state machine output {output:?}") })),
-    )
+fn unexpected(output: MvccOutput) -> KvResponse {
+    let (code, message) = match output {
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()),
+        Ok(r) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected state machine response {r:?}"),
+        ),
+    };
+    (code, Json(json!({ "error": message })))
 }
 
 fn parse_value(body: &str) -> Result<u64, KvResponse> {
@@ -103,16 +111,32 @@ fn parse_value(body: &str) -> Result<u64, KvResponse> {
     })
 }
 
-/// `GET /v1/kv/{key}`: a linearizable read (ReadIndex on the leader).
+/// The u64 a key holds in the store (its value as decimal text).
+fn stored_u64(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// `GET /v1/kv/{key}`: a linearizable read (ReadIndex on the leader). The KV API is a
+/// thin face on the etcd store: values are u64s kept as decimal text.
 async fn kv_get(State(state): State<Arc<NodeState>>, Path(key): Path<String>) -> KvResponse {
-    match state.kv.read(KvCommand::Get { key: key.clone() }).await {
-        Ok(KvOutput::Value(Some(value))) => {
-            (StatusCode::OK, Json(json!({ "key": key, "value": value })))
-        }
-        Ok(KvOutput::Value(None)) => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "key": key, "error": "key not found" })),
-        ),
+    let range = RangeRequest {
+        key: key.clone().into_bytes(),
+        ..RangeRequest::default()
+    };
+    match state.kv.read(MvccCommand::Range(range)).await {
+        Ok(Ok(MvccResponse::Range(r))) => match r.kvs.first() {
+            Some(kv) => match stored_u64(&kv.value) {
+                Some(value) => (StatusCode::OK, Json(json!({ "key": key, "value": value }))),
+                None => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Json(json!({ "key": key, "error": "the value is not a u64; read it with etcdctl" })),
+                ),
+            },
+            None => (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "key": key, "error": "key not found" })),
+            ),
+        },
         Ok(other) => unexpected(other),
         Err(e) => kv_error(e),
     }
@@ -128,42 +152,55 @@ async fn kv_put(
         Ok(v) => v,
         Err(response) => return response,
     };
-    match state
-        .kv
-        .write(KvCommand::Put {
-            key: key.clone(),
-            value,
-        })
-        .await
-    {
-        Ok(_) => (StatusCode::OK, Json(json!({ "key": key, "value": value }))),
+    let put = PutRequest {
+        key: key.clone().into_bytes(),
+        value: value.to_string().into_bytes(),
+        ..PutRequest::default()
+    };
+    match state.kv.write(MvccCommand::Put(put)).await {
+        Ok(Ok(_)) => (StatusCode::OK, Json(json!({ "key": key, "value": value }))),
+        Ok(other) => unexpected(other),
         Err(e) => kv_error(e),
     }
 }
 
 /// `DELETE /v1/kv/{key}`.
 async fn kv_delete(State(state): State<Arc<NodeState>>, Path(key): Path<String>) -> KvResponse {
-    match state.kv.write(KvCommand::Delete { key: key.clone() }).await {
-        Ok(_) => (StatusCode::OK, Json(json!({ "key": key, "deleted": true }))),
+    let delete = DeleteRangeRequest {
+        key: key.clone().into_bytes(),
+        ..DeleteRangeRequest::default()
+    };
+    match state.kv.write(MvccCommand::DeleteRange(delete)).await {
+        Ok(Ok(_)) => (StatusCode::OK, Json(json!({ "key": key, "deleted": true }))),
+        Ok(other) => unexpected(other),
         Err(e) => kv_error(e),
     }
 }
 
 /// `POST /v1/kv/{key}?expect=V` (or `expect=absent`) with the new value as the body: a
-/// compare-and-set.
+/// compare-and-set, as one etcd Txn.
 async fn kv_cas(
     State(state): State<Arc<NodeState>>,
     Path(key): Path<String>,
     Query(query): Query<std::collections::BTreeMap<String, String>>,
     body: String,
 ) -> KvResponse {
-    let expected = match query.get("expect").map(String::as_str) {
-        None => {
-            return bad_request("a compare-and-set needs ?expect=VALUE or ?expect=absent".into())
-        }
-        Some("absent") => None,
+    let compare = match query.get("expect").map(String::as_str) {
+        None => return bad_request("a compare-and-set needs ?expect=VALUE or ?expect=absent".into()),
+        // An absent key has create revision 0.
+        Some("absent") => Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Create(0),
+            key: key.clone().into_bytes(),
+            range_end: Vec::new(),
+        },
         Some(v) => match parse_value(v) {
-            Ok(v) => Some(v),
+            Ok(v) => Compare {
+                result: CompareResult::Equal,
+                target: CompareTarget::Value(v.to_string().into_bytes()),
+                key: key.clone().into_bytes(),
+                range_end: Vec::new(),
+            },
             Err(response) => return response,
         },
     };
@@ -171,22 +208,19 @@ async fn kv_cas(
         Ok(v) => v,
         Err(response) => return response,
     };
-    match state
-        .kv
-        .write(KvCommand::Cas {
-            key: key.clone(),
-            expected,
-            new,
-        })
-        .await
-    {
-        Ok(KvOutput::Swapped(swapped)) => {
-            let code = if swapped {
-                StatusCode::OK
-            } else {
-                StatusCode::PRECONDITION_FAILED
-            };
-            (code, Json(json!({ "key": key, "swapped": swapped })))
+    let txn = TxnRequest {
+        compare: vec![compare],
+        success: vec![RequestOp::Put(PutRequest {
+            key: key.clone().into_bytes(),
+            value: new.to_string().into_bytes(),
+            ..PutRequest::default()
+        })],
+        failure: Vec::new(),
+    };
+    match state.kv.write(MvccCommand::Txn(txn)).await {
+        Ok(Ok(MvccResponse::Txn(r))) => {
+            let code = if r.succeeded { StatusCode::OK } else { StatusCode::PRECONDITION_FAILED };
+            (code, Json(json!({ "key": key, "swapped": r.succeeded })))
         }
         Ok(other) => unexpected(other),
         Err(e) => kv_error(e),

@@ -2,6 +2,7 @@
 
 use crate::admin;
 use crate::config::{ClusterConfig, ConfigError};
+use crate::etcd::EtcdNode;
 use crate::gateway::Gateway;
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use synod_core::{MemStorage, NodeId};
 use synod_protocols::beacon::Beacon;
 use synod_protocols::clocks::{ClockSync, ClockSyncConfig};
-use synod_protocols::raft::{KvStateMachine, Raft, RaftConfig};
+use synod_protocols::mvcc::MvccStateMachine;
+use synod_protocols::raft::{Raft, RaftConfig};
 use synod_protocols::swim::{Swim, SwimConfig};
 use synod_runtime::driver::{
     deliver_encoded, spawn_actor, ActorHandle, ActorPlacement, ActorStats, DriverConfig,
@@ -38,8 +40,8 @@ pub mod service {
     pub const RAFT_GATEWAY: u16 = 6;
 }
 
-/// The replicated KV store every node serves.
-pub type KvRaft = Raft<KvStateMachine>;
+/// The replicated store every node serves: etcd's MVCC store with leases, over Raft.
+pub type KvRaft = Raft<MvccStateMachine>;
 
 /// Why a node could not start or had to stop.
 #[derive(Debug, Error)]
@@ -105,7 +107,7 @@ pub struct NodeState {
     /// This node's Raft server of the KV group.
     pub raft: ActorHandle<KvRaft>,
     /// Client requests into the KV group (forwarded to the leader when needed).
-    pub kv: Arc<Gateway<KvStateMachine>>,
+    pub kv: Arc<Gateway<MvccStateMachine>>,
     /// The SWIM member: the membership view.
     pub swim: ActorHandle<Swim>,
     /// Per-actor driver counters, by service name.
@@ -216,7 +218,7 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     let raft = services.spawn(
         "raft",
         placement(service::RAFT),
-        Raft::new(raft_cfg, KvStateMachine::default()),
+        Raft::new(raft_cfg, MvccStateMachine::default()),
         Box::new(DiskStorage::open(
             data_dir.join("raft"),
             DiskOptions::default(),
@@ -278,7 +280,15 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
             source,
         })?;
     let admin_task = tokio::spawn(admin::serve(listener, state.clone()));
-    tracing::info!(node = %me, admin = %node_cfg.admin_addr, "node running");
+    let client_listener = tokio::net::TcpListener::bind(node_cfg.client_addr)
+        .await
+        .map_err(|source| NodeError::Admin {
+            addr: node_cfg.client_addr,
+            source,
+        })?;
+    let etcd = EtcdNode::new(me, config.clone(), state.raft.clone(), state.kv.clone());
+    let etcd_task = tokio::spawn(etcd.serve(client_listener));
+    tracing::info!(node = %me, admin = %node_cfg.admin_addr, client = %node_cfg.client_addr, "node running");
 
     let outcome = tokio::select! {
         r = services.tasks.join_next() => match r {
@@ -292,6 +302,7 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     };
     router.abort();
     admin_task.abort();
+    etcd_task.abort();
     transport.shutdown().await;
     outcome
 }

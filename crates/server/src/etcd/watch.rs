@@ -1,0 +1,260 @@
+//! etcdserverpb.Watch: a bidirectional stream of create, cancel and progress requests.
+//!
+//! Events come from this node's own replica: every few milliseconds the background task
+//! asks the state machine for each watcher's events after the last revision it was sent
+//! ([`synod_protocols::mvcc::MvccStateMachine::events_after`]). A watcher only moves
+//! forward once its batch is queued on its stream, so delivery is ordered and has no gaps
+//! or duplicates, whichever node is leader.
+
+use super::convert::event_to_pb;
+use super::pb::etcdserverpb as pb;
+use super::EtcdNode;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use synod_protocols::mvcc::{Event, EventKind, MvccError, MvccStateMachine, Revision};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+type Reply = Result<pb::WatchResponse, Status>;
+
+struct Watcher {
+    watch_id: i64,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    /// Every event up to this revision has been sent.
+    sent_through: i64,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    tx: mpsc::Sender<Reply>,
+}
+
+/// Every watcher on this node, across streams.
+#[derive(Default)]
+pub(crate) struct Hub {
+    watchers: Mutex<BTreeMap<u64, Watcher>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// One watcher's question to the replica.
+pub(crate) struct Pending {
+    id: u64,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    after: i64,
+}
+
+/// The replica's answer: events after `after` up to `through`, or the compact revision.
+pub(crate) struct Found {
+    id: u64,
+    through: i64,
+    events: Result<Vec<Event>, i64>,
+}
+
+/// Run inside the Raft actor: each watcher's new events.
+pub(crate) fn collect(sm: &MvccStateMachine, pending: Vec<Pending>) -> Vec<Found> {
+    let current = sm.revision().0;
+    pending
+        .into_iter()
+        .filter(|p| p.after < current)
+        .map(|p| Found {
+            id: p.id,
+            through: current,
+            events: match sm.events_after(Revision(p.after), &p.key, &p.range_end) {
+                Ok((events, _)) => Ok(events),
+                Err(MvccError::Compacted { compact_revision }) => Err(compact_revision),
+                Err(_) => Ok(Vec::new()),
+            },
+        })
+        .collect()
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Watcher>> {
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn pending(&self) -> Vec<Pending> {
+        self.lock()
+            .iter()
+            .map(|(id, w)| Pending {
+                id: *id,
+                key: w.key.clone(),
+                range_end: w.range_end.clone(),
+                after: w.sent_through,
+            })
+            .collect()
+    }
+
+    pub(crate) fn deliver(&self, node: &EtcdNode, found: Vec<Found>) {
+        let mut watchers = self.lock();
+        for f in found {
+            let Some(w) = watchers.get_mut(&f.id) else {
+                continue;
+            };
+            match f.events {
+                Ok(events) => {
+                    let events: Vec<_> = events
+                        .into_iter()
+                        .filter(|e| match e.kind {
+                            EventKind::Put => !w.no_put,
+                            EventKind::Delete => !w.no_delete,
+                        })
+                        .map(|e| event_to_pb(e, w.prev_kv))
+                        .collect();
+                    if events.is_empty() {
+                        w.sent_through = f.through;
+                        continue;
+                    }
+                    let reply = pb::WatchResponse {
+                        header: node.header(f.through),
+                        watch_id: w.watch_id,
+                        events,
+                        ..Default::default()
+                    };
+                    match w.tx.try_send(Ok(reply)) {
+                        Ok(()) => w.sent_through = f.through,
+                        // A slow reader: try again next round, from the same revision.
+                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            watchers.remove(&f.id);
+                        }
+                    }
+                }
+                Err(compact_revision) => {
+                    let _ = w.tx.try_send(Ok(pb::WatchResponse {
+                        header: node.header(0),
+                        watch_id: w.watch_id,
+                        canceled: true,
+                        compact_revision,
+                        cancel_reason: "etcdserver: mvcc: required revision has been compacted"
+                            .into(),
+                        ..Default::default()
+                    }));
+                    watchers.remove(&f.id);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) struct WatchApi(pub(crate) Arc<EtcdNode>);
+
+type WatchStream = Pin<Box<dyn Stream<Item = Reply> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for WatchApi {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Reply>(1024);
+        let node = Arc::clone(&self.0);
+        tokio::spawn(async move {
+            use pb::watch_request::RequestUnion;
+            // This stream's watchers: watch id → hub id.
+            let mut mine: BTreeMap<i64, u64> = BTreeMap::new();
+            let mut next_watch_id = 0i64;
+            while let Some(Ok(req)) = incoming.next().await {
+                match req.request_union {
+                    Some(RequestUnion::CreateRequest(c)) => {
+                        let watch_id = if c.watch_id > 0 { c.watch_id } else { next_watch_id };
+                        next_watch_id = next_watch_id.max(watch_id + 1);
+                        let Ok((current, compacted)) = node
+                            .raft
+                            .inspect(|r| {
+                                let sm = r.state_machine();
+                                (sm.revision().0, sm.compacted_revision().0)
+                            })
+                            .await
+                        else {
+                            break;
+                        };
+                        let start = if c.start_revision > 0 {
+                            c.start_revision
+                        } else {
+                            current + 1
+                        };
+                        // The created response comes before any event.
+                        let created = pb::WatchResponse {
+                            header: node.header(current),
+                            watch_id,
+                            created: true,
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(created)).await.is_err() {
+                            break;
+                        }
+                        if start <= compacted {
+                            let canceled = pb::WatchResponse {
+                                header: node.header(current),
+                                watch_id,
+                                canceled: true,
+                                compact_revision: compacted,
+                                cancel_reason:
+                                    "etcdserver: mvcc: required revision has been compacted".into(),
+                                ..Default::default()
+                            };
+                            let _ = tx.send(Ok(canceled)).await;
+                            continue;
+                        }
+                        let filters: Vec<i32> = c.filters;
+                        let id = node.watch.next.fetch_add(1, Ordering::Relaxed);
+                        node.watch.lock().insert(
+                            id,
+                            Watcher {
+                                watch_id,
+                                key: c.key,
+                                range_end: c.range_end,
+                                sent_through: start - 1,
+                                prev_kv: c.prev_kv,
+                                no_put: filters.contains(&0),
+                                no_delete: filters.contains(&1),
+                                tx: tx.clone(),
+                            },
+                        );
+                        mine.insert(watch_id, id);
+                    }
+                    Some(RequestUnion::CancelRequest(c)) => {
+                        if let Some(id) = mine.remove(&c.watch_id) {
+                            node.watch.lock().remove(&id);
+                            let canceled = pb::WatchResponse {
+                                header: node.header(0),
+                                watch_id: c.watch_id,
+                                canceled: true,
+                                ..Default::default()
+                            };
+                            if tx.send(Ok(canceled)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Some(RequestUnion::ProgressRequest(_)) => {
+                        let progress = pb::WatchResponse {
+                            header: node.header(0),
+                            watch_id: -1,
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(progress)).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {}
+                }
+            }
+            let mut watchers = node.watch.lock();
+            for id in mine.values() {
+                watchers.remove(id);
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
