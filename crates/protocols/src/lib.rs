@@ -34,4 +34,5 @@ pub mod beacon;
 pub mod clocks;
 pub mod election;
 pub mod mutex;
+pub mod paxos;
 pub mod raft;
