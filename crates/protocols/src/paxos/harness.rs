@@ -422,6 +422,8 @@ pub struct MultiScenario {
     pub bug: Option<Bug>,
     /// A slow disk (20–40 ms fsyncs).
     pub slow_disk: bool,
+    /// A crash-heavy fault mix on a lossy network instead of the seed's swarm mix.
+    pub crash_heavy: bool,
 }
 
 impl MultiScenario {
@@ -436,6 +438,7 @@ impl MultiScenario {
             faults: true,
             bug: None,
             slow_disk: false,
+            crash_heavy: false,
         }
     }
 }
@@ -463,6 +466,10 @@ pub fn multi_sim(s: &MultiScenario) -> Sim<MultiPaxos> {
         cfg.faults = swarm_faults(s.seed);
     }
     cfg.disk = disk(s.slow_disk);
+    if s.crash_heavy {
+        cfg.faults = crash_heavy_faults();
+        cfg.net.loss = 0.1;
+    }
     let nodes: Vec<NodeId> = (0..s.nodes).map(NodeId).collect();
     let bug = s.bug;
     let mut sim = Sim::new(cfg, move |_me: NodeId| {
@@ -471,7 +478,10 @@ pub fn multi_sim(s: &MultiScenario) -> Sim<MultiPaxos> {
         MultiPaxos::new(config)
     });
     sim.set_max_events(20_000_000);
-    sim.set_workload(PaxosKvClients::new(s.clients, s.faults_until));
+    // Clients go on for a second after the faults heal, so every run also has a
+    // stretch of recovery under load.
+    let stop_at = s.faults_until + Duration::from_secs(1);
+    sim.set_workload(PaxosKvClients::new(s.clients, stop_at));
     install_multi_invariants(&mut sim);
     sim
 }
@@ -594,8 +604,13 @@ pub fn run_multi(s: &MultiScenario) -> Result<MultiOutcome, String> {
     let mut sim = multi_sim(s);
     sim.run_liveness(s.faults_until, s.faults_until + s.deadline, multi_converged)
         .map_err(|f| f.to_string())?;
-    // Let the clients' last operations finish or time out.
-    sim.run_for(Duration::from_secs(1))
-        .map_err(|f| f.to_string())?;
+    // Let the clients finish: they stop a second after healing, and an operation gives
+    // up within a second.
+    let end = (s.faults_until + Duration::from_secs(3)).max(sim.now() + Duration::from_secs(1));
+    sim.run_until(end).map_err(|f| f.to_string())?;
+    if !multi_converged(&sim) {
+        sim.run_liveness(sim.now(), sim.now() + s.deadline, multi_converged)
+            .map_err(|f| f.to_string())?;
+    }
     check_multi(&sim)
 }

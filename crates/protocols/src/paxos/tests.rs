@@ -419,3 +419,35 @@ fn multi_paxos_checker_catches_ignored_accepted_values() {
     );
     assert!(!found.is_empty(), "no seed caught the bug");
 }
+
+/// Multi-Paxos under crash storms on a slow disk stays safe and linearizable.
+#[test]
+fn multi_paxos_is_linearizable_under_crash_storms() {
+    assert_seeds(
+        0..40,
+        |seed| {
+            let mut s = MultiScenario::new(seed);
+            s.slow_disk = true;
+            s.crash_heavy = true;
+            run_multi(&s).map(|_| ())
+        },
+        multi_replay("multi_paxos_is_linearizable_under_crash_storms"),
+    );
+}
+
+/// The checkers catch Multi-Paxos acceptors that reply before persisting.
+#[test]
+fn multi_paxos_checker_catches_replies_before_persisting() {
+    let found = violations(
+        0..400,
+        |seed| {
+            let mut s = MultiScenario::new(seed);
+            s.bug = Some(Bug::ReplyBeforePersist);
+            s.slow_disk = true;
+            s.crash_heavy = true;
+            run_multi(&s).map(|_| ())
+        },
+        "Agreement",
+    );
+    assert!(!found.is_empty(), "no seed caught the bug");
+}
