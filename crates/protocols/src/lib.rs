@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod beacon;
+pub mod bft;
 pub mod clocks;
 pub mod election;
 pub mod mutex;
