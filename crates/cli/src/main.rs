@@ -13,6 +13,7 @@ mod cluster;
 mod compare;
 mod sim;
 mod sim_clock_sync;
+mod sim_paxos;
 
 use clap::{Parser, Subcommand};
 

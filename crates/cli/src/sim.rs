@@ -30,6 +30,12 @@ enum Protocol {
     /// The simulator's own group-commit promise, over many seeds with crashes: no peer
     /// ever hears a value its sender could lose in a crash.
     Durability(DurabilityArgs),
+    /// Single-decree Paxos over many seeds with faults: agreement, validity, integrity.
+    Paxos(crate::sim_paxos::PaxosArgs),
+    /// Multi-Paxos KV over many seeds with faults: agreement per slot, linearizability.
+    MultiPaxos(crate::sim_paxos::MultiPaxosArgs),
+    /// OM(m) and SM(m) Byzantine agreement: the exhaustive IC1/IC2 check.
+    Byzantine(crate::sim_paxos::ByzantineArgs),
 }
 
 /// Flags every single-run simulation takes.
@@ -103,6 +109,9 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::Clocks(a) => clocks(a),
         Protocol::ClockSync(a) => crate::sim_clock_sync::run(a),
         Protocol::Durability(a) => durability(a),
+        Protocol::Paxos(a) => crate::sim_paxos::paxos(a),
+        Protocol::MultiPaxos(a) => crate::sim_paxos::multi_paxos(a),
+        Protocol::Byzantine(a) => crate::sim_paxos::byzantine(a),
     }
 }
 
