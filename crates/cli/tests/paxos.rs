@@ -3,6 +3,8 @@
 
 use common::synod;
 
+// Not every shared helper is used here.
+#[allow(dead_code)]
 mod common;
 
 #[test]
@@ -11,7 +13,10 @@ fn sim_byzantine_prints_the_check_and_the_n_equals_3m_counterexample() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("OM(1)   4  1 n≥3m+1: yes"), "{out}");
     assert!(out.contains("3+6                  3+6"), "{out}");
-    assert!(out.contains("OM(1) n=3 m=1") && out.contains("IC2 broken"), "{out}");
+    assert!(
+        out.contains("OM(1) n=3 m=1") && out.contains("IC2 broken"),
+        "{out}"
+    );
     assert!(out.contains("SM(1)   3  1 n≥m+2: yes"), "{out}");
     assert!(!out.contains("WRONG"), "{out}");
 }

@@ -30,7 +30,7 @@ fn traitor_says(
         } else {
             Order::Retreat
         }),
-        Strategy::TwoFaced => Some(if to.0 % 2 == 0 {
+        Strategy::TwoFaced => Some(if to.0.is_multiple_of(2) {
             honest
         } else {
             honest.opposite()

@@ -240,7 +240,7 @@ pub fn run_with(scenario: &Scenario, keys: &mut Keyring) -> Outcome {
                     if round == 1 && g == c {
                         // Equivocate: each lieutenant of odd id gets the other order.
                         for (to, message) in honest {
-                            let order = if to.0 % 2 == 0 {
+                            let order = if to.0.is_multiple_of(2) {
                                 message.order
                             } else {
                                 message.order.opposite()
@@ -248,7 +248,7 @@ pub fn run_with(scenario: &Scenario, keys: &mut Keyring) -> Outcome {
                             outbox.push((to, SignedOrder::new(order, c, keys)));
                         }
                     } else {
-                        outbox.extend(honest.into_iter().filter(|(to, _)| to.0 % 2 == 0));
+                        outbox.extend(honest.into_iter().filter(|(to, _)| to.0.is_multiple_of(2)));
                     }
                 }
                 Some(Strategy::RandomValue { .. }) => {
