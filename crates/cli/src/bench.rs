@@ -27,6 +27,9 @@ enum BenchWhat {
     Transport(TransportBench),
     /// Durable appends per second through the group-commit loop (one fdatasync per batch).
     Wal(WalBench),
+    /// Raft in the simulator, fault-free: commits per virtual second and simulated
+    /// commits per wall-clock second, against the number of clients.
+    Raft(crate::sim_raft::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +69,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchWhat::Sim(b) => bench_sim(b),
         BenchWhat::Checker(b) => crate::check::bench(b.ops, b.keys, b.clients, b.runs),
         BenchWhat::Transport(b) => bench_transport(b),
+        BenchWhat::Raft(b) => crate::sim_raft::bench(b),
         BenchWhat::Wal(b) => bench_wal(b),
     }
 }

@@ -14,6 +14,7 @@ mod compare;
 mod sim;
 mod sim_clock_sync;
 mod sim_paxos;
+mod sim_raft;
 
 use clap::{Parser, Subcommand};
 

@@ -30,6 +30,12 @@ enum Protocol {
     /// The simulator's own group-commit promise, over many seeds with crashes: no peer
     /// ever hears a value its sender could lose in a crash.
     Durability(DurabilityArgs),
+    /// Raft over a KV state machine under random fault mixes: the Figure 3 invariants
+    /// after every event and linearizability of the client history, on many seeds.
+    Raft(crate::sim_raft::RaftArgs),
+    /// Raft leader-election downtime after a leader crash, per timeout range, beside
+    /// Figure 16 of the paper.
+    RaftElection(crate::sim_raft::ElectionArgs),
     /// Single-decree Paxos over many seeds with faults: agreement, validity, integrity.
     Paxos(crate::sim_paxos::PaxosArgs),
     /// Multi-Paxos KV over many seeds with faults: agreement per slot, linearizability.
@@ -109,6 +115,8 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::Clocks(a) => clocks(a),
         Protocol::ClockSync(a) => crate::sim_clock_sync::run(a),
         Protocol::Durability(a) => durability(a),
+        Protocol::Raft(a) => crate::sim_raft::run(a),
+        Protocol::RaftElection(a) => crate::sim_raft::election(a),
         Protocol::Paxos(a) => crate::sim_paxos::paxos(a),
         Protocol::MultiPaxos(a) => crate::sim_paxos::multi_paxos(a),
         Protocol::Byzantine(a) => crate::sim_paxos::byzantine(a),

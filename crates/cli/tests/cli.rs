@@ -121,3 +121,41 @@ fn the_durability_swarm_catches_unsynced_announcements_with_a_replay_command() {
         "{err}"
     );
 }
+
+#[test]
+fn sim_raft_runs_seeds_and_reports_how_many_failed() {
+    let (code, out, err) = synod(&["sim", "raft", "--seeds", "4", "--scenario", "swarm"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("raft (swarm): 4 seeds") && out.contains(", 0 failed"),
+        "{out}"
+    );
+    let (code, _, err) = synod(&["sim", "raft", "--scenario", "nonsense"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid value 'nonsense'"), "{err}");
+}
+
+#[test]
+fn sim_raft_election_prints_the_figure_16_table() {
+    let (code, out, err) = synod(&[
+        "sim",
+        "raft-election",
+        "--runs",
+        "20",
+        "--ranges",
+        "150-200,150-300",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("150-")).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows[0].contains("worst 513 ms"), "{out}");
+    for (flag, message) in [
+        ("150", "is not MIN-MAX"),
+        ("300-150", "need 0 < MIN <= MAX"),
+        ("a-b", "is not a number"),
+    ] {
+        let (code, _, err) = synod(&["sim", "raft-election", "--ranges", flag]);
+        assert_eq!(code, 2, "{flag}");
+        assert!(err.contains(message), "{flag}: {err}");
+    }
+}

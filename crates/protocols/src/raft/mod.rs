@@ -158,6 +158,8 @@
 //! and `InstallSnapshot` with `send_unsynced`; everything else with held `send`/`reply`;
 //! one election timer and (leader only) one heartbeat timer.
 
+#[cfg(any(test, feature = "harness"))]
+pub mod harness;
 mod kv;
 mod log;
 mod msg;
@@ -202,8 +204,13 @@ pub struct RaftConfig {
     /// The initial voting members. A server not among them starts as a non-member and
     /// learns its role from the log once a leader adds it (thesis ch. 4).
     pub voters: Vec<NodeId>,
-    /// The minimum election timeout; each timeout is drawn from `[t, 2t)` (§5.2).
+    /// The minimum election timeout `t`; each timeout is drawn from `[t, t + spread)`
+    /// (§5.2).
     pub election_timeout: Duration,
+    /// The width of the random part of the election timeout; [`RaftConfig::new`] sets
+    /// it equal to `election_timeout`, giving `[t, 2t)`. Zero removes the randomness,
+    /// which Figure 16 of the paper shows to cause repeated split votes.
+    pub election_timeout_spread: Duration,
     /// How often a leader sends heartbeats (well below `election_timeout`, §5.6).
     pub heartbeat_interval: Duration,
     /// Most entries in one `AppendEntries`.
@@ -237,6 +244,7 @@ impl RaftConfig {
         RaftConfig {
             voters,
             election_timeout: Duration::from_millis(150),
+            election_timeout_spread: Duration::from_millis(150),
             heartbeat_interval: Duration::from_millis(30),
             max_entries_per_append: 64,
             max_bytes_per_append: 1 << 20,

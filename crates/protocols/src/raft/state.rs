@@ -343,9 +343,15 @@ impl<S: StateMachine> Raft<S> {
     }
 
     fn reset_election_timer(&self, ctx: &mut RaftCtx<'_, S>) {
-        // Randomized in [t, 2t) so that split votes are rare (§5.2, §9.3).
+        // Randomized in [t, t + spread) so that split votes are rare (§5.2, §9.3).
         let base = duration_nanos(self.config.election_timeout).max(1);
-        let after = base + ctx.rng().gen_range(0..base);
+        let spread = duration_nanos(self.config.election_timeout_spread);
+        let after = base
+            + if spread > 0 {
+                ctx.rng().gen_range(0..spread)
+            } else {
+                0
+            };
         ctx.set_timer(RaftTimer::Election, Duration::from_nanos(after));
     }
 

@@ -1,5 +1,7 @@
 //! The simulation harness: a KV client workload that records a history, the Figure 3
-//! invariants as simulator checks, and the scenario every simulation test runs.
+//! invariants as simulator checks, and the scenarios the tests and `synod sim raft` run.
+//!
+//! Compiled for tests and with the `harness` feature (the CLI turns it on).
 
 use crate::raft::{
     KvCommand, KvOutput, KvStateMachine, MembershipChange, Raft, RaftConfig, RaftMsg, Role,
@@ -13,9 +15,13 @@ use std::time::Duration;
 use synod_check::history::{History, Op, OpId, OpResult, Process};
 use synod_check::linearizability::{check_kv, CheckResult};
 use synod_core::{ClientId, LogIndex, NodeId};
-use synod_sim::{ClientCtl, Sim, Workload};
+use synod_sim::{
+    swarm_faults, swarm_net, ClientCtl, ClockConfig, FaultConfig, NetConfig, Sim, SimConfig,
+    Workload,
+};
 
-pub(super) type Kv = Raft<KvStateMachine>;
+/// The Raft server every scenario runs: Raft over the KV state machine.
+pub type Kv = Raft<KvStateMachine>;
 type Msg = RaftMsg<KvCommand, KvOutput>;
 
 /// Timer key that starts a client's next operation.
@@ -52,9 +58,11 @@ struct Client {
 /// Clients that read, write, compare-and-set and delete a few keys, retry through
 /// `NotLeader` hints and timeouts with the same session sequence number, and record a
 /// history for the linearizability checker.
-pub(super) struct KvClients {
-    pub(super) history: History,
-    pub(super) errors: Vec<String>,
+pub struct KvClients {
+    /// The recorded client history, for the linearizability checker.
+    pub history: History,
+    /// Protocol errors the clients saw (a reply that cannot be right).
+    pub errors: Vec<String>,
     clients: Vec<Client>,
     stop_at: u64,
     timeout: Duration,
@@ -69,12 +77,12 @@ pub(super) struct KvClients {
     next_change: usize,
     last_leader: Option<NodeId>,
     /// True time of the newest `ok`, per client.
-    pub(super) last_ok_at: Vec<u64>,
+    pub last_ok_at: Vec<u64>,
 }
 
 impl KvClients {
     /// `clients` clients that start operations until `stop_at` of true time.
-    pub(super) fn new(clients: u64, stop_at: Duration, transfers: bool) -> Self {
+    pub fn new(clients: u64, stop_at: Duration, transfers: bool) -> Self {
         KvClients {
             history: History::new(),
             errors: Vec::new(),
@@ -101,7 +109,7 @@ impl KvClients {
     }
 
     /// Make the first `readers` clients read-only.
-    pub(super) fn with_readers(mut self, readers: u64) -> Self {
+    pub fn with_readers(mut self, readers: u64) -> Self {
         self.readers = readers;
         self
     }
@@ -110,7 +118,7 @@ impl KvClients {
     /// are all but the last: add the outsider as a learner, promote it, remove a voter,
     /// and so on around the ring. Each change is sent to every server twice; a change
     /// that does not apply is refused, so the cycle drifts, as operators do.
-    pub(super) fn with_membership_changes(mut self, nodes: u32) -> Self {
+    pub fn with_membership_changes(mut self, nodes: u32) -> Self {
         for k in 0..nodes {
             let outsider = NodeId((nodes - 1 + k) % nodes);
             let leaving = NodeId(k % nodes);
@@ -342,7 +350,9 @@ impl Workload<Kv> for KvClients {
 }
 
 /// Install the Figure 3 properties as invariants checked after every event.
-pub(super) fn install_invariants(sim: &mut Sim<Kv>) {
+/// Check Election Safety, Log Matching, Leader Completeness and State Machine Safety
+/// (Figure 3) after every simulator event.
+pub fn install_invariants(sim: &mut Sim<Kv>) {
     // The simulated disk never corrupts, so a server that refuses to run is a bug: it
     // is how a follower reports a leader that overwrites a committed entry.
     sim.invariant("no server faults", |sim| {
@@ -487,9 +497,10 @@ pub(super) fn install_invariants(sim: &mut Sim<Kv>) {
 /// The fast timing every simulation uses: 100 ms election timeouts, 20 ms heartbeats.
 /// With `snapshots`, a snapshot every 25 entries sent in 24-byte chunks, so that
 /// compaction and chunked `InstallSnapshot` run all the time.
-pub(super) fn test_config(voters: u32, snapshots: bool) -> RaftConfig {
+pub fn test_config(voters: u32, snapshots: bool) -> RaftConfig {
     let mut config = RaftConfig::new((0..voters).map(NodeId).collect());
     config.election_timeout = Duration::from_millis(100);
+    config.election_timeout_spread = Duration::from_millis(100);
     config.heartbeat_interval = Duration::from_millis(20);
     config.max_entries_per_append = 16;
     config.max_in_flight = 4;
@@ -501,7 +512,7 @@ pub(super) fn test_config(voters: u32, snapshots: bool) -> RaftConfig {
 }
 
 /// Check the recorded history for linearizability and the client for protocol errors.
-pub(super) fn check_history(sim: &Sim<Kv>) -> Result<usize, String> {
+pub fn check_history(sim: &Sim<Kv>) -> Result<usize, String> {
     let clients = sim
         .workload::<KvClients>()
         .ok_or("the workload is not KvClients")?;
@@ -512,5 +523,241 @@ pub(super) fn check_history(sim: &Sim<Kv>) -> Result<usize, String> {
         CheckResult::Ok => Ok(clients.history.len()),
         CheckResult::Violation(counter_example) => Err(format!("{counter_example}")),
         other => Err(format!("linearizability check gave no answer: {other:?}")),
+    }
+}
+
+/// A change made to every server as it is built: tests use it to plant a bug.
+pub type Tweak = fn(&mut Kv);
+
+/// No change.
+pub fn as_is(_: &mut Kv) {}
+
+/// A simulated group of all `cfg.nodes` servers, with the Figure 3 invariants installed.
+pub fn cluster(cfg: SimConfig, tweak: Tweak) -> Sim<Kv> {
+    let voters = cfg.nodes;
+    cluster_of(cfg, voters, tweak)
+}
+
+/// A group whose initial voters are the first `voters` of `cfg.nodes` servers. Half the
+/// seeds snapshot and compact often.
+pub fn cluster_of(cfg: SimConfig, voters: u32, tweak: Tweak) -> Sim<Kv> {
+    let snapshots = (cfg.seed / 2) % 2 == 1;
+    let mut sim = Sim::new(cfg, move |_me: NodeId| {
+        let mut raft = Raft::new(test_config(voters, snapshots), KvStateMachine::default());
+        tweak(&mut raft);
+        raft
+    });
+    install_invariants(&mut sim);
+    sim
+}
+
+/// Random fault mixes (partitions of every kind, crashes with torn unsynced writes,
+/// pauses, clogged links), a lossy, duplicating, reordering network and drifting clocks;
+/// 3 or 5 servers, 4 clients, leadership transfers on a third of the seeds. Checks the
+/// invariants after every event and the history at the end.
+pub fn swarm_scenario(seed: u64, tweak: Tweak) -> Result<(), String> {
+    let nodes = match seed % 2 {
+        0 => 3,
+        _ => 5,
+    };
+    let mut cfg = SimConfig::new(seed, nodes);
+    cfg.faults = swarm_faults(seed);
+    cfg.net = swarm_net(seed);
+    cfg.clocks = ClockConfig {
+        max_skew: Duration::from_millis(500),
+        max_drift_ppm: 200.0,
+    };
+    let mut sim = cluster(cfg, tweak);
+    sim.set_workload(KvClients::new(4, Duration::from_secs(5), seed % 3 < 1));
+    sim.run_for(Duration::from_secs(6))
+        .map_err(|f| f.to_string())?;
+    check_history(&sim).map(|_| ())
+}
+
+/// Liveness: after chaos faults heal, a leader is elected and every client completes an
+/// operation within 3 s of virtual time.
+pub fn liveness_scenario(seed: u64) -> Result<(), String> {
+    let mut cfg = SimConfig::new(seed, 5);
+    cfg.faults = FaultConfig::chaos();
+    cfg.net = NetConfig::lossy();
+    let mut sim = cluster(cfg, as_is);
+    let heal = Duration::from_secs(2);
+    sim.set_workload(KvClients::new(3, Duration::from_secs(60), false));
+    let heal_ns = heal.as_nanos() as u64;
+    sim.run_liveness(heal, heal + Duration::from_secs(3), move |sim| {
+        let leader = sim.actors().any(|(_, r)| r.role() == Role::Leader);
+        let clients = sim.workload::<KvClients>();
+        leader && clients.is_some_and(|c| c.last_ok_at.iter().all(|&t| t > heal_ns))
+    })
+    .map_err(|f| f.to_string())?;
+    check_history(&sim).map(|_| ())
+}
+
+/// Thesis ch. 4: single-server changes (add a learner, promote it once caught up,
+/// remove a voter) cycling through a 4-server group under random faults.
+pub fn membership_scenario(seed: u64, tweak: Tweak) -> Result<(), String> {
+    let mut cfg = SimConfig::new(seed, 4);
+    cfg.faults = swarm_faults(seed);
+    cfg.net = swarm_net(seed);
+    let mut sim = cluster_of(cfg, 3, tweak);
+    sim.set_workload(KvClients::new(3, Duration::from_secs(5), false).with_membership_changes(4));
+    sim.run_for(Duration::from_secs(6))
+        .map_err(|f| f.to_string())?;
+    check_history(&sim).map(|_| ())
+}
+
+/// Thesis §6.4.1: with leases on (and a drift bound of 1000 ppm above the simulator's
+/// 200 ppm), reads served from the lease stay linearizable under faults.
+pub fn lease_scenario(seed: u64, tweak: Tweak) -> Result<(), String> {
+    let mut cfg = SimConfig::new(seed, 3);
+    cfg.faults = swarm_faults(seed);
+    cfg.net = swarm_net(seed);
+    cfg.clocks = ClockConfig {
+        max_skew: Duration::from_millis(500),
+        max_drift_ppm: 200.0,
+    };
+    let mut sim = Sim::new(cfg, move |_me: NodeId| {
+        let mut config = test_config(3, false);
+        config.lease_read_max_drift_ppm = Some(1000);
+        // The lease must not rely on CheckQuorum deposing a stale leader in time.
+        config.check_quorum = false;
+        let mut raft = Raft::new(config, KvStateMachine::default());
+        tweak(&mut raft);
+        raft
+    });
+    install_invariants(&mut sim);
+    sim.set_workload(KvClients::new(4, Duration::from_secs(5), seed % 2 < 1).with_readers(2));
+    sim.run_for(Duration::from_secs(6))
+        .map_err(|f| f.to_string())?;
+    check_history(&sim).map(|_| ())
+}
+
+/// The random stream that places the crash in Figure 16's runs.
+const FIGURE_16_STREAM: u64 = 0xf16;
+
+/// The setup of Figure 16 of the paper: five servers, a broadcast time of about 15 ms,
+/// election timeouts drawn from `[min, max]`, and heartbeats at half the minimum.
+#[derive(Clone, Copy, Debug)]
+pub struct ElectionSetup {
+    /// The least election timeout.
+    pub min: Duration,
+    /// The greatest election timeout.
+    pub max: Duration,
+    /// Pre-vote on (ours by default; the paper's Figure 16 predates it).
+    pub pre_vote: bool,
+    /// The fixed part of the one-way network latency.
+    pub latency_floor: Duration,
+    /// The mean of the exponential part of the one-way latency.
+    pub latency_tail: Duration,
+}
+
+impl ElectionSetup {
+    /// Timeouts from `min_ms` to `max_ms`, no pre-vote, one-way latency 6 ms plus an
+    /// exponential tail with mean 1.5 ms: a broadcast time of about 15 ms.
+    pub fn figure_16(min_ms: u64, max_ms: u64) -> Self {
+        ElectionSetup {
+            min: Duration::from_millis(min_ms),
+            max: Duration::from_millis(max_ms),
+            pre_vote: false,
+            latency_floor: Duration::from_millis(6),
+            latency_tail: Duration::from_micros(1500),
+        }
+    }
+}
+
+/// Leader-election downtime after a leader crash, in virtual time: the time from the
+/// crash until a new leader is elected (Figure 16). As in the paper, the leader crashes
+/// at a uniformly random point of its heartbeat interval. `None` when no leader emerged
+/// within `give_up`.
+pub fn election_downtime(seed: u64, setup: ElectionSetup, give_up: Duration) -> Option<Duration> {
+    let mut cfg = SimConfig::new(seed, 5);
+    cfg.net = NetConfig {
+        min_latency: setup.latency_floor,
+        latency_tail: setup.latency_tail,
+        ..NetConfig::lan()
+    };
+    // Quartz clocks run up to 100 ppm apart. Without any drift or timer jitter, servers
+    // with equal fixed timeouts keep their phase differences forever and split every
+    // vote; drift is what lets the paper's 150-150 ms runs end at all.
+    cfg.clocks = ClockConfig {
+        max_skew: Duration::ZERO,
+        max_drift_ppm: 100.0,
+    };
+    let heartbeat = setup.min / 2;
+    let mut sim = Sim::new(cfg, move |_me: NodeId| {
+        let mut config = RaftConfig::new((0..5).map(NodeId).collect());
+        config.election_timeout = setup.min;
+        config.election_timeout_spread = setup.max.saturating_sub(setup.min);
+        config.heartbeat_interval = heartbeat;
+        config.pre_vote = setup.pre_vote;
+        Raft::new(config, KvStateMachine::default())
+    });
+    // Let the first election (which may itself split votes) settle.
+    sim.run_for(Duration::from_secs(2)).ok()?;
+    while !sim.actors().any(|(_, r)| r.role() == Role::Leader) {
+        if sim.now() > Duration::from_secs(120) || !sim.step() {
+            return None;
+        }
+    }
+    // Crash at a random point of the heartbeat interval, drawn from a stream of its own.
+    let offset = synod_sim::stream_rng(seed, FIGURE_16_STREAM)
+        .gen_range(0..heartbeat.as_nanos().max(1) as u64);
+    sim.run_for(Duration::from_nanos(offset)).ok()?;
+    let (leader, term) = sim
+        .actors()
+        .find(|(_, r)| r.role() == Role::Leader)
+        .map(|(n, r)| (n, r.current_term()))?;
+    sim.crash(leader);
+    let crashed_at = sim.now();
+    while sim.now() < crashed_at + give_up {
+        if !sim.step() {
+            return None;
+        }
+        if sim
+            .actors()
+            .any(|(_, r)| r.role() == Role::Leader && r.current_term() > term)
+        {
+            return Some(sim.now() - crashed_at);
+        }
+    }
+    None
+}
+
+/// What [`commit_throughput`] measured.
+#[derive(Clone, Debug)]
+pub struct Throughput {
+    /// Operations that completed `ok` (writes committed and applied, reads served).
+    pub completed: usize,
+    /// Of those, the writes (put, cas, delete).
+    pub writes: usize,
+    /// Completion latencies of the `ok` operations, in virtual nanoseconds, sorted.
+    pub latencies: Vec<u64>,
+    /// Messages the simulator delivered.
+    pub messages: u64,
+}
+
+/// Fault-free commit throughput: `clients` closed-loop clients (0–5 ms think time)
+/// against `nodes` servers with the fast test timing, for `run` of virtual time.
+pub fn commit_throughput(seed: u64, nodes: u32, clients: u64, run: Duration) -> Throughput {
+    use synod_check::history::Completion;
+    let mut sim = cluster(SimConfig::new(seed, nodes), as_is);
+    sim.set_workload(KvClients::new(clients, run, false));
+    let _ = sim.run_for(run);
+    let mut latencies = Vec::new();
+    let mut writes = 0;
+    if let Some(c) = sim.workload::<KvClients>() {
+        for op in c.history.operations() {
+            if let Completion::Ok { time, .. } = op.completion {
+                latencies.push(time.saturating_sub(op.invoke));
+                writes += usize::from(!matches!(op.op, Op::Read { .. }));
+            }
+        }
+    }
+    latencies.sort_unstable();
+    Throughput {
+        completed: latencies.len(),
+        writes,
+        latencies,
+        messages: sim.stats().delivered,
     }
 }
