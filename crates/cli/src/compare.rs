@@ -2,6 +2,7 @@
 //! LAN and print measured costs beside the textbook figures (issue 6, "Comparison").
 
 mod chart;
+mod consensus;
 mod election;
 mod mutex;
 
@@ -24,6 +25,25 @@ enum CompareWhat {
     Mutex(MutexCompare),
     /// Bully, Chang–Roberts and the candidate-list ring: messages per election.
     Election(ElectionCompare),
+    /// Raft and Multi-Paxos: commit latency in round trips, messages per operation and
+    /// downtime after a leader crash, on the same workload and networks.
+    Consensus(ConsensusCompare),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConsensusCompare {
+    /// Servers in each group.
+    #[arg(long, default_value = "5", value_parser = clap::value_parser!(u32).range(3..=9))]
+    nodes: u32,
+    /// Seeds per measurement.
+    #[arg(long, default_value = "10", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    seeds: u64,
+    /// The first seed; the same seeds print the same table.
+    #[arg(long, default_value = "1")]
+    seed: u64,
+    /// One-way network latency (the round trip is twice this), e.g. 1ms.
+    #[arg(long, default_value = "1ms", value_parser = crate::args::duration)]
+    latency: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +97,7 @@ pub(crate) fn run(cmd: CompareCommand) -> Result<ExitCode> {
     match cmd.what {
         CompareWhat::Mutex(m) => mutex::run(m),
         CompareWhat::Election(e) => election::run(e),
+        CompareWhat::Consensus(c) => consensus::run(c),
     }
 }
 

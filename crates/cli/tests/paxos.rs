@@ -67,3 +67,24 @@ fn bad_flags_get_clear_errors() {
     assert_eq!(code, 2);
     assert!(err.contains("m traitors need m+2 generals"), "{err}");
 }
+
+#[test]
+fn compare_consensus_prints_raft_beside_multi_paxos() {
+    let (code, out, err) = synod(&["compare", "consensus", "--nodes", "3", "--seeds", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for row in [
+        "lan     raft",
+        "lan     multi-paxos",
+        "lossy   raft",
+        "lossy   multi-paxos",
+    ] {
+        assert!(out.contains(row), "{row} missing:\n{out}");
+    }
+    assert!(out.contains("leader crash"), "{out}");
+    let (code, _, err) = synod(&["compare", "consensus", "--nodes", "2"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--nodes"), "{err}");
+    let (code, _, err) = synod(&["compare", "consensus", "--latency", "fast"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a duration"), "{err}");
+}

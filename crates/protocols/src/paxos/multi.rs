@@ -160,9 +160,11 @@ pub enum MultiTimer {
 pub struct MultiConfig {
     /// Every node, the same list everywhere.
     pub nodes: Vec<NodeId>,
-    /// A follower that hears no leader for this long starts phase 1; each wait is drawn
-    /// from `[t, 2t)` so that candidates rarely collide.
+    /// A follower that hears no leader for this long starts phase 1.
     pub election_timeout: Duration,
+    /// Each wait is drawn from `[election_timeout, election_timeout + spread)`, so that
+    /// candidates rarely collide.
+    pub election_spread: Duration,
     /// How often a leader sends heartbeats and resends unanswered accepts.
     pub heartbeat_interval: Duration,
     /// Most chosen commands sent in answer to one `CatchUp`, and most accepts resent per
@@ -174,11 +176,12 @@ pub struct MultiConfig {
 }
 
 impl MultiConfig {
-    /// Defaults: 100 ms election timeout, 20 ms heartbeats, batches of 64.
+    /// Defaults: 100–200 ms election timeouts, 20 ms heartbeats, batches of 64.
     pub fn new(nodes: Vec<NodeId>) -> Self {
         MultiConfig {
             nodes,
             election_timeout: Duration::from_millis(100),
+            election_spread: Duration::from_millis(100),
             heartbeat_interval: Duration::from_millis(20),
             max_batch: 64,
             #[cfg(any(test, feature = "harness"))]
@@ -378,7 +381,8 @@ impl MultiPaxos {
 
     fn arm_election(&mut self, ctx: &mut MultiCtx<'_>) {
         let base = self.config.election_timeout;
-        let nanos = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let spread = self.config.election_spread;
+        let nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX).max(1);
         let wait = base + Duration::from_nanos(ctx.rng().gen_range(0..nanos));
         ctx.set_timer(MultiTimer::Election, wait);
     }
