@@ -154,7 +154,12 @@ fn downtime<A: synod_core::Actor>(
     sim.crash(old);
     let crashed = sim.now();
     let crashed_ns = crashed.as_nanos() as u64;
-    let mut new_leader = None;
+    // Replies already in flight when the leader crashed still arrive: only an operation
+    // completed after the new leader took over shows the service back.
+    let mut new_leader: Option<Duration> = None;
+    let back = |new_leader: Option<Duration>, sim: &Sim<A>| {
+        new_leader.is_some_and(|d| last_ok(sim) > crashed_ns + d.as_nanos() as u64)
+    };
     while sim.now() < crashed + Duration::from_secs(5) {
         if !sim.step() {
             break;
@@ -162,12 +167,12 @@ fn downtime<A: synod_core::Actor>(
         if new_leader.is_none() && leader(&sim).is_some_and(|(n, e)| n != old && e > epoch) {
             new_leader = Some(sim.now() - crashed);
         }
-        if new_leader.is_some() && last_ok(&sim) > crashed_ns {
+        if back(new_leader, &sim) {
             break;
         }
     }
     match new_leader {
-        Some(d) if last_ok(&sim) > crashed_ns => {
+        Some(d) if back(new_leader, &sim) => {
             out.to_leader.push(d.as_nanos() as u64);
             out.to_commit.push(last_ok(&sim) - crashed_ns);
         }

@@ -106,9 +106,22 @@ pub fn run_single(s: &SingleScenario) -> Result<SingleOutcome, String> {
     }
     let nodes: Vec<NodeId> = (0..s.nodes).map(NodeId).collect();
     let bug = s.bug;
+    // Every proposer starts at about the same moment: at once on even seeds and in crash
+    // storms, somewhere in the fault period on odd seeds, so that rounds also contend
+    // while partitions and crashes are on.
+    let start = if s.crash_heavy || s.seed.is_multiple_of(2) {
+        Duration::ZERO
+    } else {
+        let mut rng = synod_sim::stream_rng(s.seed, 0x5eed);
+        let faults = u64::try_from(s.faults_until.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(2);
+        Duration::from_nanos(rng.gen_range(0..faults * 3 / 4))
+    };
     let mut sim = Sim::new(cfg, move |me: NodeId| {
         let mut config = PaxosConfig::new(nodes.clone(), Some(Value(100 + u64::from(me.0))));
         config.bug = bug;
+        config.start_delay = start;
         Paxos::new(config)
     });
     sim.set_max_events(5_000_000);

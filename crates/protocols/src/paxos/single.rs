@@ -85,17 +85,22 @@ pub struct PaxosConfig {
     /// The base of the randomized backoff: a retry waits a uniform time in
     /// `[0, backoff · 2^min(attempts, 5))`.
     pub backoff: Duration,
+    /// A node that has never started a round waits this long after starting before it
+    /// proposes (the simulations use it to make proposers contend in the middle of the
+    /// faults rather than before the first one).
+    pub start_delay: Duration,
     /// A deliberately broken variant (tests only).
     #[cfg(any(test, feature = "harness"))]
     pub bug: Option<Bug>,
 }
 
 impl PaxosConfig {
-    /// Defaults: 50 ms rounds, 10 ms backoff base.
+    /// Defaults: 50 ms rounds, 10 ms backoff base, no start delay.
     pub fn new(nodes: Vec<NodeId>, proposal: Option<Value>) -> Self {
         PaxosConfig {
             nodes,
             proposal,
+            start_delay: Duration::ZERO,
             round_timeout: Duration::from_millis(50),
             backoff: Duration::from_millis(10),
             #[cfg(any(test, feature = "harness"))]
@@ -404,7 +409,12 @@ impl Actor for Paxos {
             }
         }
         if self.decided.is_none() {
-            self.arm_retry(ctx, Duration::ZERO);
+            let delay = if self.round == 0 {
+                self.config.start_delay
+            } else {
+                Duration::ZERO
+            };
+            self.arm_retry(ctx, delay);
         }
     }
 

@@ -200,7 +200,7 @@ fn single_decree_paxos_agrees_under_crash_storms() {
 #[test]
 fn checker_catches_a_proposer_that_ignores_accepted_values() {
     let found = violations(
-        0..60,
+        0..200,
         |seed| {
             let mut s = SingleScenario::new(seed);
             s.bug = Some(Bug::IgnoreAcceptedValues);
