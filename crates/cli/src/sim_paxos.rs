@@ -158,13 +158,18 @@ pub(crate) fn paxos(a: PaxosArgs) -> Result<ExitCode> {
     );
     let (ok, messages, decide_us) = totals.into_inner().unwrap_or_default();
     println!(
-        "single-decree Paxos: {} seeds (3–5 nodes, every node proposes, swarm faults for 2 s then healed), {} failed",
+        "single-decree Paxos: {} seeds (3–5 nodes, every node proposes, {} for 2 s then healed), {} failed",
         report.runs,
+        if f.crash_storm {
+            "crash storms on a slow disk"
+        } else {
+            "swarm faults"
+        },
         report.failures.len()
     );
     println!("  checked after every event: agreement, validity, integrity; liveness: every node decides after healing");
     println!(
-        "  passing runs: {:.0} messages per run on average; every node decided {:.1} ms after healing on average",
+        "  passing runs: {:.0} messages per run on average; every node, restarted ones included, had decided {:.1} ms after healing on average",
         mean(messages, ok),
         mean(decide_us, ok) / 1000.0
     );
@@ -207,8 +212,10 @@ pub(crate) fn multi_paxos(a: MultiPaxosArgs) -> Result<ExitCode> {
         report.runs,
         if no_faults {
             "no faults"
+        } else if f.crash_storm {
+            "crash storms on a slow disk for 2 s, then healed"
         } else {
-            "faults for 2 s then healed"
+            "swarm faults for 2 s, then healed"
         },
         report.failures.len()
     );
