@@ -36,7 +36,7 @@ pub struct Slot(pub u64);
 impl Slot {
     /// The next slot.
     pub fn next(self) -> Slot {
-        Slot(self.0 + 1)
+        Slot(self.0.saturating_add(1))
     }
 }
 
@@ -201,6 +201,9 @@ impl MultiConfig {
         }
     }
 }
+
+/// The most slots a new leader fills beyond its first unchosen slot.
+const MAX_SLOT_GAP: u64 = 1 << 20;
 
 /// One durable record; the log of them is replayed on start.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -441,7 +444,7 @@ impl MultiPaxos {
                 // client has moved on, so it takes no effect.
                 Some((last, _)) if *last > seq => None,
                 _ => {
-                    let output = self.kv.apply(LogIndex(slot.0 + 1), &command);
+                    let output = self.kv.apply(LogIndex(slot.0.saturating_add(1)), &command);
                     self.sessions.insert(session, (seq, output.clone()));
                     Some(output)
                 }
@@ -459,7 +462,10 @@ impl MultiPaxos {
     }
 
     fn start_phase1(&mut self, ctx: &mut MultiCtx<'_>) {
-        let round = self.highest_round_seen.max(self.promised.round) + 1;
+        let round = self
+            .highest_round_seen
+            .max(self.promised.round)
+            .saturating_add(1);
         let ballot = Ballot {
             round,
             node: ctx.me(),
@@ -506,6 +512,9 @@ impl MultiPaxos {
         self.counters.leaderships += 1;
         self.leader_hint = Some(ctx.me());
         let start = self.first_unchosen();
+        // A slot far beyond anything this group could have used is corrupt input; filling
+        // the gap up to it would never end.
+        highest.retain(|slot, _| slot.0 <= start.0.saturating_add(MAX_SLOT_GAP));
         let end = highest
             .keys()
             .next_back()

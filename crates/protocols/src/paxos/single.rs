@@ -270,7 +270,7 @@ impl Paxos {
     }
 
     fn start_round(&mut self, ctx: &mut PaxosCtx<'_>) {
-        self.round = self.round.max(self.highest_round_seen) + 1;
+        self.round = self.round.max(self.highest_round_seen).saturating_add(1);
         // Durable before any Prepare leaves (ctx.send holds it until the sync).
         ctx.storage().put_value(ROUND_KEY, &self.round);
         let ballot = Ballot {

@@ -451,3 +451,15 @@ fn multi_paxos_checker_catches_replies_before_persisting() {
     );
     assert!(!found.is_empty(), "no seed caught the bug");
 }
+
+/// A promise reporting an absurd slot (corrupt input) does not make the new leader fill
+/// an endless gap, and nothing overflows.
+#[test]
+fn new_leader_ignores_absurd_slots() {
+    let mut n = multi(0, 3);
+    let accepts = elect(&mut n, vec![(Slot(u64::MAX), b(u64::MAX, 2), put(1))]);
+    assert!(accepts
+        .iter()
+        .all(|(_, m)| !matches!(m, MultiMsg::Accept { .. })));
+    assert_eq!(n.actor.next_slot(), Slot(0));
+}
