@@ -544,27 +544,31 @@ impl MultiPaxos {
 
     fn propose(&mut self, ctx: &mut MultiCtx<'_>, slot: Slot, command: Command) {
         let ballot = self.ballot;
-        // The leader is an acceptor too; its acceptance is durable before any message
-        // that depends on it leaves.
+        // The leader is an acceptor too. It writes its acceptance and replicates while
+        // the write is in flight (as a Raft leader does, Raft thesis §10.2.1): an
+        // `Accept` claims nothing about the leader's disk, and its ballot's promise was
+        // durable before the `Prepare` left. The leader's own vote counts only once the
+        // write is durable: it arrives through the loopback `Accept`, which the driver
+        // holds until the sync.
         self.accept_locally(ctx, ballot, slot, command.clone());
-        let mut voters = BTreeSet::new();
-        voters.insert(ctx.me());
         self.proposals.insert(
             slot,
             Proposal {
                 command: command.clone(),
-                voters,
+                voters: BTreeSet::new(),
             },
         );
-        self.broadcast(
-            ctx,
-            MultiMsg::Accept {
-                ballot,
-                slot,
-                command,
-            },
-        );
-        self.maybe_chosen(ctx, slot);
+        let accept = MultiMsg::Accept {
+            ballot,
+            slot,
+            command,
+        };
+        for to in self.peers(ctx.me()) {
+            self.counters.messages_sent += 1;
+            ctx.send_unsynced(to, accept.clone());
+        }
+        let me = ctx.me();
+        self.send(ctx, me, accept);
     }
 
     fn accept_locally(

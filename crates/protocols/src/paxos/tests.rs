@@ -310,10 +310,49 @@ fn stable_leader_skips_phase_one() {
     assert!(msgs
         .iter()
         .all(|(_, m)| matches!(m, MultiMsg::Accept { .. })));
-    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs.len(), 3);
+    // Peers get the Accept at once; the leader's own vote waits for its disk.
+    for effect in &e {
+        match effect {
+            Effect::SendUnsynced { to, .. } => assert_ne!(*to, NodeId(0)),
+            Effect::Send { to, .. } => assert_eq!(*to, NodeId(0)),
+            _ => {}
+        }
+    }
     assert!(!e.iter().any(|e| matches!(e, Effect::Reply { .. })));
     let e = n.deliver(
         NodeId(2),
+        MultiMsg::Accepted {
+            ballot,
+            slot: Slot(0),
+        },
+    );
+    assert!(
+        !e.iter().any(|e| matches!(e, Effect::Reply { .. })),
+        "one durable vote of three is not a majority"
+    );
+    // The loopback Accept arrives once the leader's write is durable.
+    let command = put(1);
+    let e = n.deliver(
+        NodeId(0),
+        MultiMsg::Accept {
+            ballot,
+            slot: Slot(0),
+            command,
+        },
+    );
+    assert_eq!(
+        sent(&e),
+        vec![(
+            NodeId(0),
+            MultiMsg::Accepted {
+                ballot,
+                slot: Slot(0)
+            }
+        )]
+    );
+    let e = n.deliver(
+        NodeId(0),
         MultiMsg::Accepted {
             ballot,
             slot: Slot(0),
