@@ -32,7 +32,10 @@
 //! [`synod_core::Storage`] and every message that depends on it is sent with
 //! `ctx.send`, which the driver holds until the write is durable (group commit). That is
 //! the "acceptor remembers" requirement of §2.3: a promise forgotten in a crash lets two
-//! different values be chosen. The broken variant that answers before persisting is
+//! different values be chosen. The one unsynced send is a Multi-Paxos leader's `Accept`
+//! to its peers, which claims nothing about the leader's disk; the leader's own vote
+//! counts only once its acceptance is durable (it comes back through a held loopback
+//! `Accept`), as a Raft leader replicates while it writes (Raft thesis §10.2.1). The broken variant that answers before persisting is
 //! kept behind a test-only flag ([`Bug`]) so that the tests show the checker catching it.
 //!
 //! ## Invariants (checked in simulation)
