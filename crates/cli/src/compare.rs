@@ -27,23 +27,7 @@ enum CompareWhat {
     Election(ElectionCompare),
     /// Raft and Multi-Paxos: commit latency in round trips, messages per operation and
     /// downtime after a leader crash, on the same workload and networks.
-    Consensus(ConsensusCompare),
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct ConsensusCompare {
-    /// Servers in each group.
-    #[arg(long, default_value = "5", value_parser = clap::value_parser!(u32).range(3..=9))]
-    nodes: u32,
-    /// Seeds per measurement.
-    #[arg(long, default_value = "10", value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    seeds: u64,
-    /// The first seed; the same seeds print the same table.
-    #[arg(long, default_value = "1")]
-    seed: u64,
-    /// One-way network latency (the round trip is twice this), e.g. 1ms.
-    #[arg(long, default_value = "1ms", value_parser = crate::args::duration)]
-    latency: std::time::Duration,
+    Consensus(consensus::ConsensusCompare),
 }
 
 #[derive(Debug, Args)]

@@ -2,8 +2,9 @@
 //! networks: commit latency in round trips, messages per operation, and downtime after a
 //! leader crash.
 
-use super::{progress, ConsensusCompare};
+use super::progress;
 use anyhow::Result;
+use clap::Args;
 use std::process::ExitCode;
 use std::time::Duration;
 use synod_check::history::{Completion, History, Op};
@@ -13,6 +14,22 @@ use synod_protocols::paxos::multi::{MultiConfig, MultiPaxos, Role as PaxosRole};
 use synod_protocols::raft::harness::{cluster, KvClients};
 use synod_protocols::raft::Role as RaftRole;
 use synod_sim::{stream_rng, NetConfig, Sim, SimConfig};
+
+#[derive(Debug, Args)]
+pub(crate) struct ConsensusCompare {
+    /// Servers in each group.
+    #[arg(long, default_value = "5", value_parser = clap::value_parser!(u32).range(3..=9))]
+    nodes: u32,
+    /// Seeds per measurement.
+    #[arg(long, default_value = "10", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    seeds: u64,
+    /// The first seed; the same seeds print the same table.
+    #[arg(long, default_value = "1")]
+    seed: u64,
+    /// One-way network latency (the round trip is twice this), e.g. 1ms.
+    #[arg(long, default_value = "1ms", value_parser = crate::args::duration)]
+    latency: std::time::Duration,
+}
 
 /// A network both algorithms run on.
 #[derive(Clone)]
