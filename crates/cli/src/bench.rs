@@ -30,6 +30,9 @@ enum BenchWhat {
     /// Raft in the simulator, fault-free: commits per virtual second and simulated
     /// commits per wall-clock second, against the number of clients.
     Raft(crate::sim_raft::BenchArgs),
+    /// The replicated KV store of a running cluster (synod up): throughput and p50/p99
+    /// latency against the number of clients.
+    Kv(crate::kv::KvBench),
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +73,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchWhat::Checker(b) => crate::check::bench(b.ops, b.keys, b.clients, b.runs),
         BenchWhat::Transport(b) => bench_transport(b),
         BenchWhat::Raft(b) => crate::sim_raft::bench(b),
+        BenchWhat::Kv(b) => crate::kv::bench(b),
         BenchWhat::Wal(b) => bench_wal(b),
     }
 }

@@ -153,11 +153,16 @@ fn alive_in(dir: &Path, pid: i32) -> bool {
     if matches!(state, Some('Z') | Some('X') | None) {
         return false;
     }
+    // A rebuilt binary replaces the file the node runs: the kernel then shows the
+    // old path with " (deleted)", which is still the same program.
     let same_exe = match (
-        std::fs::canonicalize(format!("/proc/{pid}/exe")),
+        std::fs::read_link(format!("/proc/{pid}/exe")),
         std::env::current_exe().and_then(std::fs::canonicalize),
     ) {
-        (Ok(theirs), Ok(ours)) => theirs == ours,
+        (Ok(theirs), Ok(ours)) => {
+            let theirs = theirs.to_string_lossy();
+            theirs.strip_suffix(" (deleted)").unwrap_or(&theirs) == ours.to_string_lossy()
+        }
         _ => false,
     };
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {

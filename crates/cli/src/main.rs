@@ -11,6 +11,7 @@ mod bench_net;
 mod check;
 mod cluster;
 mod compare;
+mod kv;
 mod sim;
 mod sim_clock_sync;
 mod sim_paxos;
@@ -49,6 +50,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Check a recorded history (JSONL) for linearizability.
     Check(check::CheckCommand),
+    /// Read and write the cluster's replicated (Raft) KV store.
+    Kv(kv::KvCommand),
     /// Compare algorithms of one family: measured costs beside the textbook figures.
     Compare(compare::CompareCommand),
 }
@@ -72,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Check(cmd) => check::run(cmd),
         Command::Compare(cmd) => compare::run(cmd),
+        Command::Kv(cmd) => kv::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -4,80 +4,11 @@
 
 // A driver-level test of real processes: wall-clock deadlines are the point here.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use common::{eventually, free_ports, get, pid, status, synod_cmd as synod, Cluster};
+use std::net::SocketAddr;
+use std::path::Path;
 
-fn synod() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_synod"))
-}
-
-/// Stops the cluster even when an assertion fails.
-struct Cluster {
-    dir: PathBuf,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = synod().arg("down").arg("--dir").arg(&self.dir).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A base port with `count` consecutive free ports at +0, +100 and +200.
-fn free_ports(count: u16) -> u16 {
-    let start = 20_000 + (std::process::id() % 300) as u16 * 100;
-    'base: for base in (start..60_000).step_by(997) {
-        for offset in [0u16, 100, 200] {
-            for i in 0..count {
-                if TcpListener::bind(("127.0.0.1", base + offset + i)).is_err() {
-                    continue 'base;
-                }
-            }
-        }
-        return base;
-    }
-    panic!("no free ports on loopback");
-}
-
-fn get(addr: SocketAddr, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body.split_once("\r\n\r\n")?.1.to_string())
-}
-
-fn status(admin: SocketAddr) -> Option<serde_json::Value> {
-    serde_json::from_str(&get(admin, "/status")?).ok()
-}
-
-/// Wait until `check` holds, or fail with `what`.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting until {what}");
-}
-
-fn pid(dir: &Path, node: &str) -> i32 {
-    std::fs::read_to_string(dir.join(format!("{node}.pid")))
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid")
-}
+mod common;
 
 #[test]
 fn three_processes_survive_a_sigkill_and_restart_with_a_new_incarnation() {

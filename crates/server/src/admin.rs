@@ -1,8 +1,9 @@
 //! Admin HTTP: `/status` (JSON) and `/metrics` (Prometheus text format 0.0.4).
 
+use crate::gateway::GatewayError;
 use crate::node::NodeState;
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -12,6 +13,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use synod_protocols::raft::{KvCommand, KvOutput, Role};
 
 /// The process-wide Prometheus recorder for the `metrics` macros (fsync latency, batch
 /// sizes). Installed once, before any actor starts, so the first syncs are counted too.
@@ -41,6 +43,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<NodeState>) {
     let app = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route(
+            "/v1/kv/{key}",
+            get(kv_get).put(kv_put).delete(kv_delete).post(kv_cas),
+        )
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin endpoint failed");
@@ -49,6 +55,127 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<NodeState>) {
 
 async fn status(State(state): State<Arc<NodeState>>) -> Json<Value> {
     Json(status_json(&state).await)
+}
+
+/// A KV API answer: a status code and a JSON body.
+type KvResponse = (StatusCode, Json<Value>);
+
+fn kv_error(e: GatewayError) -> KvResponse {
+    let code = match e {
+        GatewayError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        GatewayError::NoLeader | GatewayError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (code, Json(json!({ "error": e.to_string() })))
+}
+
+fn bad_request(message: String) -> KvResponse {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": message })))
+}
+
+fn unexpected(output: KvOutput) -> KvResponse {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({ "error": format!("unexpected state machine output {output:?}") })),
+    )
+}
+
+fn parse_value(body: &str) -> Result<u64, KvResponse> {
+    body.trim().parse().map_err(|_| {
+        bad_request(format!(
+            "the value must be an unsigned 64-bit integer, not {:?}",
+            body.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
+/// `GET /v1/kv/{key}`: a linearizable read (ReadIndex on the leader).
+async fn kv_get(State(state): State<Arc<NodeState>>, Path(key): Path<String>) -> KvResponse {
+    match state.kv.read(KvCommand::Get { key: key.clone() }).await {
+        Ok(KvOutput::Value(Some(value))) => {
+            (StatusCode::OK, Json(json!({ "key": key, "value": value })))
+        }
+        Ok(KvOutput::Value(None)) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "key": key, "error": "key not found" })),
+        ),
+        Ok(other) => unexpected(other),
+        Err(e) => kv_error(e),
+    }
+}
+
+/// `PUT /v1/kv/{key}` with the value as the body: acknowledged once committed.
+async fn kv_put(
+    State(state): State<Arc<NodeState>>,
+    Path(key): Path<String>,
+    body: String,
+) -> KvResponse {
+    let value = match parse_value(&body) {
+        Ok(v) => v,
+        Err(response) => return response,
+    };
+    match state
+        .kv
+        .write(KvCommand::Put {
+            key: key.clone(),
+            value,
+        })
+        .await
+    {
+        Ok(_) => (StatusCode::OK, Json(json!({ "key": key, "value": value }))),
+        Err(e) => kv_error(e),
+    }
+}
+
+/// `DELETE /v1/kv/{key}`.
+async fn kv_delete(State(state): State<Arc<NodeState>>, Path(key): Path<String>) -> KvResponse {
+    match state.kv.write(KvCommand::Delete { key: key.clone() }).await {
+        Ok(_) => (StatusCode::OK, Json(json!({ "key": key, "deleted": true }))),
+        Err(e) => kv_error(e),
+    }
+}
+
+/// `POST /v1/kv/{key}?expect=V` (or `expect=absent`) with the new value as the body: a
+/// compare-and-set.
+async fn kv_cas(
+    State(state): State<Arc<NodeState>>,
+    Path(key): Path<String>,
+    Query(query): Query<std::collections::BTreeMap<String, String>>,
+    body: String,
+) -> KvResponse {
+    let expected = match query.get("expect").map(String::as_str) {
+        None => {
+            return bad_request("a compare-and-set needs ?expect=VALUE or ?expect=absent".into())
+        }
+        Some("absent") => None,
+        Some(v) => match parse_value(v) {
+            Ok(v) => Some(v),
+            Err(response) => return response,
+        },
+    };
+    let new = match parse_value(&body) {
+        Ok(v) => v,
+        Err(response) => return response,
+    };
+    match state
+        .kv
+        .write(KvCommand::Cas {
+            key: key.clone(),
+            expected,
+            new,
+        })
+        .await
+    {
+        Ok(KvOutput::Swapped(swapped)) => {
+            let code = if swapped {
+                StatusCode::OK
+            } else {
+                StatusCode::PRECONDITION_FAILED
+            };
+            (code, Json(json!({ "key": key, "swapped": swapped })))
+        }
+        Ok(other) => unexpected(other),
+        Err(e) => kv_error(e),
+    }
 }
 
 /// The node's status document.
@@ -94,6 +221,28 @@ pub async fn status_json(state: &NodeState) -> Value {
     .ok()
     .and_then(Result::ok)
     .unwrap_or(Value::Null);
+    let raft = tokio::time::timeout(
+        deadline,
+        state.raft.inspect(|r| {
+            json!({
+                "role": match r.role() {
+                    Role::Leader => "leader",
+                    Role::Candidate => "candidate",
+                    Role::PreCandidate => "pre-candidate",
+                    Role::Follower => "follower",
+                },
+                "term": r.current_term().0,
+                "leader": r.leader().map(|l| l.to_string()),
+                "commit_index": r.commit_index().0,
+                "last_applied": r.last_applied().0,
+                "snapshot_index": r.snapshot_index().0,
+            })
+        }),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or(Value::Null);
     let transport = state.transport.stats();
     let peers: serde_json::Map<String, Value> = transport
         .peers
@@ -125,6 +274,7 @@ pub async fn status_json(state: &NodeState) -> Value {
         "rejected_connections": transport.rejected_connections,
         "beacon": beacon,
         "clock_sync": clock,
+        "raft": raft,
     })
 }
 
@@ -144,6 +294,43 @@ fn write_families<T>(out: &mut String, metrics: &[Metric<T>], rows: &[(String, &
 async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     let mut out = recorder().map(|h| h.render()).unwrap_or_default();
     let node = state.me.to_string();
+    let raft = state
+        .raft
+        .inspect(|r| {
+            (
+                r.current_term().0,
+                r.commit_index().0,
+                r.last_applied().0,
+                u64::from(r.role() == Role::Leader),
+            )
+        })
+        .await
+        .ok();
+    if let Some((term, commit, applied, leader)) = raft {
+        for (name, help, value) in [
+            ("synod_raft_term", "The current Raft term.", term),
+            (
+                "synod_raft_commit_index",
+                "The highest log index known committed.",
+                commit,
+            ),
+            (
+                "synod_raft_applied_index",
+                "The highest log index applied.",
+                applied,
+            ),
+            (
+                "synod_raft_is_leader",
+                "1 if this node is the Raft leader.",
+                leader,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} {value}"
+            );
+        }
+    }
     let transport = state.transport.stats();
     let peer_metrics: [Metric<synod_runtime::transport::PeerStats>; 7] = [
         (

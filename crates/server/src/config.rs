@@ -78,6 +78,13 @@ pub struct Tuning {
     pub heartbeat_ms: u64,
     /// Clock-sync poll interval, in milliseconds.
     pub clock_poll_ms: u64,
+    /// Raft's least election timeout, in milliseconds; each timeout is drawn from
+    /// `[t, 2t)`.
+    pub election_ms: u64,
+    /// Raft leader heartbeat interval, in milliseconds.
+    pub raft_heartbeat_ms: u64,
+    /// How long a client request may take before it fails with "request timed out".
+    pub request_timeout_ms: u64,
 }
 
 impl Default for Tuning {
@@ -87,6 +94,12 @@ impl Default for Tuning {
             inbox_capacity: 8192,
             heartbeat_ms: 500,
             clock_poll_ms: 1000,
+            // etcd's defaults are 1000 ms and 100 ms; with fsync on a shared disk in
+            // the path of every heartbeat answer, 300 ms keeps failover short without
+            // spurious elections.
+            election_ms: 300,
+            raft_heartbeat_ms: 50,
+            request_timeout_ms: 7000,
         }
     }
 }

@@ -2,11 +2,14 @@
 //!
 //! - [`config`]: the TOML cluster file.
 //! - [`node`]: one node process: transport, hosted services, routing, signals.
-//! - [`admin`]: `/status` and `/metrics` over HTTP.
+//! - [`gateway`]: client requests into the Raft group from any node.
+//! - [`admin`]: `/status`, `/metrics` and the `/v1/kv` API over HTTP.
 #![warn(missing_docs)]
 // A driver-level crate: it reads the OS clock for uptime and uses std collections freely.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 pub mod admin;
 pub mod config;
+pub mod etcd;
+pub mod gateway;
 pub mod node;

@@ -2,12 +2,15 @@
 
 use crate::admin;
 use crate::config::{ClusterConfig, ConfigError};
+use crate::gateway::Gateway;
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use synod_core::{MemStorage, NodeId};
 use synod_protocols::beacon::Beacon;
 use synod_protocols::clocks::{ClockSync, ClockSyncConfig};
+use synod_protocols::raft::{KvStateMachine, Raft, RaftConfig};
 use synod_runtime::driver::{
     deliver_encoded, spawn_actor, ActorHandle, ActorPlacement, ActorStats, DriverConfig,
     DriverError, Outbox,
@@ -25,7 +28,15 @@ pub mod service {
     pub const BEACON: u16 = 1;
     /// [`synod_protocols::clocks::ClockSync`].
     pub const CLOCK_SYNC: u16 = 2;
+    /// The Raft group that holds the replicated KV store.
+    pub const RAFT: u16 = 3;
+    /// Client requests forwarded from a follower to the Raft leader
+    /// ([`crate::gateway::Gateway`]).
+    pub const RAFT_GATEWAY: u16 = 6;
 }
+
+/// The replicated KV store every node serves.
+pub type KvRaft = Raft<KvStateMachine>;
 
 /// Why a node could not start or had to stop.
 #[derive(Debug, Error)]
@@ -88,6 +99,10 @@ pub struct NodeState {
     pub beacon: ActorHandle<Beacon>,
     /// The clock-sync actor.
     pub clock_sync: ActorHandle<ClockSync>,
+    /// This node's Raft server of the KV group.
+    pub raft: ActorHandle<KvRaft>,
+    /// Client requests into the KV group (forwarded to the leader when needed).
+    pub kv: Arc<Gateway<KvStateMachine>>,
     /// Per-actor driver counters, by service name.
     pub actor_stats: Vec<(&'static str, Arc<ActorStats>)>,
     /// When the process started.
@@ -145,72 +160,84 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     };
     let peer_ids: Vec<NodeId> = config.node_ids().into_iter().filter(|&n| n != me).collect();
 
-    let beacon_stats = Arc::new(ActorStats::default());
-    let beacon_storage = DiskStorage::open(data_dir.join("beacon"), DiskOptions::default())?;
-    let (beacon, beacon_task) = spawn_actor(
+    let mut services = Services::default();
+    let beacon = services.spawn(
+        "beacon",
         placement(service::BEACON),
         Beacon::new(
             peer_ids.clone(),
             Duration::from_millis(config.tuning.heartbeat_ms),
         ),
-        Box::new(beacon_storage),
+        Box::new(DiskStorage::open(
+            data_dir.join("beacon"),
+            DiskOptions::default(),
+        )?),
         outbox.clone(),
-        beacon_stats.clone(),
     );
 
     // Clock sync keeps no durable state by design: after a restart it measures again.
-    let clock_stats = Arc::new(ActorStats::default());
     let time_server = config.node_ids().first().copied().unwrap_or(me);
     let clock_cfg = ClockSyncConfig {
         poll_interval: Duration::from_millis(config.tuning.clock_poll_ms),
         ..ClockSyncConfig::new(time_server)
     };
-    let (clock_sync, clock_task) = spawn_actor(
+    let clock_sync = services.spawn(
+        "clock_sync",
         placement(service::CLOCK_SYNC),
         ClockSync::new(clock_cfg),
         Box::new(MemStorage::new()),
         outbox.clone(),
-        clock_stats.clone(),
     );
 
-    // Route what peers send to the actor of the named service. Each service gets its own
-    // forwarding queue, so one actor that falls behind (a slow fsync) never holds up the
-    // others or the transport's readers; when its queue is full, its messages are dropped
-    // and counted, as on a lossy network.
-    let beacon_queue = forwarder(beacon.clone(), beacon_stats.clone());
-    let clock_queue = forwarder(clock_sync.clone(), clock_stats.clone());
-    let router = {
-        let (beacon_stats, clock_stats) = (beacon_stats.clone(), clock_stats.clone());
-        tokio::spawn(async move {
-            while let Some(arrival) = inbound.recv().await {
-                let (queue, stats, from, payload) = match arrival {
-                    Inbound::Message {
-                        from,
-                        service: ServiceId(service::BEACON),
-                        payload,
-                    } => (&beacon_queue, &beacon_stats, from, payload),
-                    Inbound::Message {
-                        from,
-                        service: ServiceId(service::CLOCK_SYNC),
-                        payload,
-                    } => (&clock_queue, &clock_stats, from, payload),
-                    Inbound::Message { from, service, .. } => {
+    let mut raft_cfg = RaftConfig::new(config.node_ids());
+    raft_cfg.election_timeout = Duration::from_millis(config.tuning.election_ms);
+    raft_cfg.election_timeout_spread = Duration::from_millis(config.tuning.election_ms);
+    raft_cfg.heartbeat_interval = Duration::from_millis(config.tuning.raft_heartbeat_ms);
+    let raft = services.spawn(
+        "raft",
+        placement(service::RAFT),
+        Raft::new(raft_cfg, KvStateMachine::default()),
+        Box::new(DiskStorage::open(
+            data_dir.join("raft"),
+            DiskOptions::default(),
+        )?),
+        outbox.clone(),
+    );
+    let kv = Gateway::new(
+        me,
+        service::RAFT_GATEWAY,
+        raft.clone(),
+        transport.clone(),
+        Duration::from_millis(config.tuning.request_timeout_ms),
+    );
+    {
+        let kv = kv.clone();
+        services.route(service::RAFT_GATEWAY, move |from, payload| {
+            kv.on_peer_message(from, &payload)
+        });
+    }
+
+    // Route what peers send to the service it names.
+    let routes = services.take_routes();
+    let router = tokio::spawn(async move {
+        while let Some(arrival) = inbound.recv().await {
+            match arrival {
+                Inbound::Message {
+                    from,
+                    service,
+                    payload,
+                } => match routes.get(&service.0) {
+                    Some(route) => route(from, payload),
+                    None => {
                         tracing::warn!(%from, service = service.0, "message for an unknown service dropped");
-                        continue;
                     }
-                    Inbound::Stream(stream) => {
-                        tracing::warn!(from = %stream.from(), "no service takes streams yet; dropped");
-                        continue;
-                    }
-                };
-                if queue.try_send((from, payload)).is_err() {
-                    stats
-                        .overflow_dropped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                },
+                Inbound::Stream(stream) => {
+                    tracing::warn!(from = %stream.from(), "no service takes streams yet; dropped");
                 }
             }
-        })
-    };
+        }
+    });
 
     let state = Arc::new(NodeState {
         me,
@@ -218,7 +245,9 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         transport: transport.clone(),
         beacon,
         clock_sync,
-        actor_stats: vec![("beacon", beacon_stats), ("clock_sync", clock_stats)],
+        raft,
+        kv,
+        actor_stats: services.stats.clone(),
         started: std::time::Instant::now(),
     });
     let listener = tokio::net::TcpListener::bind(node_cfg.admin_addr)
@@ -231,8 +260,10 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     tracing::info!(node = %me, admin = %node_cfg.admin_addr, "node running");
 
     let outcome = tokio::select! {
-        r = beacon_task => flatten(r),
-        r = clock_task => flatten(r),
+        r = services.tasks.join_next() => match r {
+            Some(r) => flatten(r),
+            None => Ok(()),
+        },
         _ = shutdown_signal() => {
             tracing::info!(node = %me, "shutting down on signal");
             Ok(())
@@ -242,6 +273,65 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     admin_task.abort();
     transport.shutdown().await;
     outcome
+}
+
+/// A peer message handler: takes the sender and the payload, never blocks.
+type Route = Box<dyn Fn(NodeId, Bytes) + Send + Sync>;
+
+/// The services a node hosts: their actor tasks, statistics and message routes.
+#[derive(Default)]
+struct Services {
+    routes: BTreeMap<u16, Route>,
+    tasks: tokio::task::JoinSet<Result<(), DriverError>>,
+    stats: Vec<(&'static str, Arc<ActorStats>)>,
+}
+
+impl Services {
+    /// Start `actor` and route its service's peer messages to it. Each service gets its
+    /// own forwarding queue, so one actor that falls behind (a slow fsync) never holds
+    /// up the others or the transport's readers; when its queue is full, its messages
+    /// are dropped and counted, as on a lossy network.
+    fn spawn<A: synod_core::Actor>(
+        &mut self,
+        name: &'static str,
+        placement: ActorPlacement,
+        actor: A,
+        storage: Box<dyn synod_runtime::driver::SyncStorage>,
+        outbox: Arc<TransportOutbox>,
+    ) -> ActorHandle<A> {
+        let stats = Arc::new(ActorStats::default());
+        let service = placement.service;
+        let (handle, task) = spawn_actor(placement, actor, storage, outbox, stats.clone());
+        self.tasks.spawn(async move {
+            match task.await {
+                Ok(r) => r,
+                Err(join) => Err(DriverError::Storage {
+                    service,
+                    source: std::io::Error::other(format!("actor task failed: {join}")),
+                }),
+            }
+        });
+        let queue = forwarder(handle.clone(), stats.clone());
+        let route_stats = stats.clone();
+        self.route(service, move |from, payload| {
+            if queue.try_send((from, payload)).is_err() {
+                route_stats
+                    .overflow_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        self.stats.push((name, stats));
+        handle
+    }
+
+    /// Send peer messages for `service` to `handler`.
+    fn route(&mut self, service: u16, handler: impl Fn(NodeId, Bytes) + Send + Sync + 'static) {
+        self.routes.insert(service, Box::new(handler));
+    }
+
+    fn take_routes(&mut self) -> BTreeMap<u16, Route> {
+        std::mem::take(&mut self.routes)
+    }
 }
 
 /// A queue in front of one actor, drained by a task that waits for room in its inbox.

@@ -1,6 +1,12 @@
 //! Helpers shared by the CLI's integration tests.
 
+// Shared by several test binaries; each uses only some of these.
+#![allow(dead_code, clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Run the synod binary and return its exit code, stdout and stderr.
 pub(crate) fn synod(args: &[&str]) -> (i32, String, String) {
@@ -20,4 +26,128 @@ pub(crate) fn scratch(suite: &str, name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("synod-{suite}-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create scratch directory");
     dir
+}
+
+pub(crate) fn synod_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_synod"))
+}
+
+/// Stops the cluster even when an assertion fails.
+pub(crate) struct Cluster {
+    pub(crate) dir: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = synod_cmd().arg("down").arg("--dir").arg(&self.dir).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A base port with `count` consecutive free ports at +0, +100 and +200.
+pub(crate) fn free_ports(count: u16) -> u16 {
+    // Tests in one binary run in parallel: each call starts from a different base.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = 20_000 + (std::process::id() % 300) as u16 * 100 + call * 10;
+    'base: for base in (start..60_000).step_by(997) {
+        for offset in [0u16, 100, 200] {
+            for i in 0..count {
+                if TcpListener::bind(("127.0.0.1", base + offset + i)).is_err() {
+                    continue 'base;
+                }
+            }
+        }
+        return base;
+    }
+    panic!("no free ports on loopback");
+}
+
+pub(crate) fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body.split_once("\r\n\r\n")?.1.to_string())
+}
+
+pub(crate) fn status(admin: SocketAddr) -> Option<serde_json::Value> {
+    serde_json::from_str(&get(admin, "/status")?).ok()
+}
+
+/// Wait until `check` holds, or fail with `what`.
+pub(crate) fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+pub(crate) fn pid(dir: &Path, node: &str) -> i32 {
+    std::fs::read_to_string(dir.join(format!("{node}.pid")))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+/// One HTTP/1.1 request on a fresh connection: the status code and the body, or `None`
+/// when the node did not answer within `timeout`.
+pub(crate) fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// `synod up --nodes n` in a fresh directory on free ports: the cluster (stopped on drop)
+/// and the admin address of node `i` (1-based).
+pub(crate) fn start_cluster(name: &str, nodes: u16) -> (Cluster, impl Fn(u16) -> SocketAddr) {
+    let base = free_ports(nodes);
+    let dir = std::env::temp_dir().join(format!("synod-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = Cluster { dir };
+    let up = synod_cmd()
+        .args(["up", "--nodes", &nodes.to_string(), "--dir"])
+        .arg(&cluster.dir)
+        .args(["--peer-port", &base.to_string()])
+        .args(["--client-port", &(base + 100).to_string()])
+        .args(["--admin-port", &(base + 200).to_string()])
+        .output()
+        .expect("run synod up");
+    assert!(
+        up.status.success(),
+        "synod up failed: {}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    (cluster, move |i: u16| {
+        SocketAddr::from(([127, 0, 0, 1], base + 200 + i - 1))
+    })
 }

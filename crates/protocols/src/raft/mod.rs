@@ -234,6 +234,9 @@ pub struct RaftConfig {
     /// `None` (the default): every read goes through ReadIndex. See the module header
     /// for what a wrong bound costs.
     pub lease_read_max_drift_ppm: Option<u64>,
+    /// Most client sessions remembered for exactly-once writes (thesis §6.3); beyond
+    /// it, the least recently written session is forgotten, on every server alike.
+    pub max_sessions: usize,
 }
 
 impl RaftConfig {
@@ -254,6 +257,7 @@ impl RaftConfig {
             snapshot_threshold: 8192,
             snapshot_chunk_bytes: 64 << 10,
             lease_read_max_drift_ppm: None,
+            max_sessions: 100_000,
         }
     }
 }

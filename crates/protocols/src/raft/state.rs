@@ -14,7 +14,10 @@ use synod_core::{duration_nanos, Actor, ClientId, Ctx, Endpoint, Instant, LogInd
 
 mod membership;
 mod reads;
+mod sessions;
 mod snapshot;
+
+use sessions::Sessions;
 
 /// Storage key of `(currentTerm, votedFor)`.
 pub(crate) const HARD_STATE_KEY: &[u8] = b"raft/hard_state";
@@ -167,7 +170,7 @@ pub struct Raft<S: StateMachine> {
     sticky_until: Option<Instant>,
     lease_forbidden: bool,
     // Replicated session table (thesis §6.3): last applied seq and its output.
-    sessions: BTreeMap<SessionId, (u64, S::Output)>,
+    sessions: Sessions<S::Output>,
     // Membership (thesis ch. 4): the latest in the log, where it is, and the one in
     // effect at the log's base (from the snapshot, or the initial voters).
     membership: Membership,
@@ -211,7 +214,7 @@ impl<S: StateMachine> Raft<S> {
             lease_until: None,
             sticky_until: None,
             lease_forbidden: false,
-            sessions: BTreeMap::new(),
+            sessions: Sessions::new(),
             membership: initial.clone(),
             membership_index: LogIndex::ZERO,
             base_membership: initial,
@@ -647,11 +650,13 @@ impl<S: StateMachine> Raft<S> {
                     command,
                 } => match self.sessions.get(&session) {
                     // A retry of a write that already applied: answer it, do not reapply.
-                    Some((last, output)) if seq == *last => Some(output.clone()),
-                    Some((last, _)) if seq < *last => None,
+                    Some((last, output)) if seq == last => Some(output.clone()),
+                    Some((last, _)) if seq < last => None,
                     _ => {
                         let output = self.state_machine.apply(index, &command);
-                        self.sessions.insert(session, (seq, output.clone()));
+                        let max = self.config.max_sessions;
+                        self.sessions
+                            .record(session, seq, output.clone(), index, max);
                         Some(output)
                     }
                 },
@@ -1006,11 +1011,11 @@ impl<S: StateMachine> Raft<S> {
             return self.not_leader(ctx, client, seq);
         }
         match self.sessions.get(&session) {
-            Some((last, output)) if *last == seq => {
+            Some((last, output)) if last == seq => {
                 let output = output.clone();
                 return ctx.reply(client, RaftMsg::ClientReply { seq, output });
             }
-            Some((last, _)) if *last > seq => return,
+            Some((last, _)) if last > seq => return,
             _ => {}
         }
         // Already in the log, not yet applied: answer this client when it applies.

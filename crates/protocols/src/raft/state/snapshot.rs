@@ -1,5 +1,6 @@
 //! Snapshots and log compaction (§7, Figure 13).
 
+use super::sessions::SessionEntry;
 use super::*;
 
 impl<S: StateMachine> Raft<S> {
@@ -43,11 +44,7 @@ impl<S: StateMachine> Raft<S> {
         let (Some(term), Some(hash)) = (self.log.term_at(index), self.log.hash_at(index)) else {
             return;
         };
-        let sessions: Vec<(SessionId, u64, S::Output)> = self
-            .sessions
-            .iter()
-            .map(|(session, (seq, output))| (*session, *seq, output.clone()))
-            .collect();
+        let sessions = self.sessions.entries();
         let (_, membership) = self.membership_at(index);
         let data = codec::encode(&(self.state_machine.snapshot(), sessions, membership.clone()));
         let snapshot = Snapshot {
@@ -64,14 +61,11 @@ impl<S: StateMachine> Raft<S> {
 
     /// Replace the state machine, session table and base membership with a snapshot's.
     pub(super) fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        type Contents<O> = (Vec<u8>, Vec<(SessionId, u64, O)>, Membership);
+        type Contents<O> = (Vec<u8>, Vec<(SessionId, SessionEntry<O>)>, Membership);
         let (state, sessions, membership): Contents<S::Output> =
             codec::decode(data).map_err(|e| format!("snapshot does not decode: {e}"))?;
         self.state_machine.restore(&state)?;
-        self.sessions = sessions
-            .into_iter()
-            .map(|(session, seq, output)| (session, (seq, output)))
-            .collect();
+        self.sessions = Sessions::from_entries(sessions);
         self.base_membership = membership;
         Ok(())
     }
@@ -151,7 +145,7 @@ impl<S: StateMachine> Raft<S> {
         // Rule 8: reset the state machine from the snapshot. Bytes that do not decode
         // came from the network; drop them and let the leader start over.
         let previous = (
-            std::mem::take(&mut self.sessions),
+            std::mem::replace(&mut self.sessions, Sessions::new()),
             self.state_machine.snapshot(),
             self.base_membership.clone(),
         );
