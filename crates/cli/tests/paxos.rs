@@ -3,8 +3,6 @@
 
 use common::synod;
 
-// Not every shared helper is used here.
-#[allow(dead_code)]
 mod common;
 
 #[test]
