@@ -2,6 +2,7 @@
 //! LAN and print measured costs beside the textbook figures (issue 6, "Comparison").
 
 mod chart;
+mod consensus;
 mod election;
 mod mutex;
 
@@ -24,6 +25,9 @@ enum CompareWhat {
     Mutex(MutexCompare),
     /// Bully, Chang–Roberts and the candidate-list ring: messages per election.
     Election(ElectionCompare),
+    /// Raft and Multi-Paxos: commit latency in round trips, messages per operation and
+    /// downtime after a leader crash, on the same workload and networks.
+    Consensus(consensus::ConsensusCompare),
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +81,7 @@ pub(crate) fn run(cmd: CompareCommand) -> Result<ExitCode> {
     match cmd.what {
         CompareWhat::Mutex(m) => mutex::run(m),
         CompareWhat::Election(e) => election::run(e),
+        CompareWhat::Consensus(c) => consensus::run(c),
     }
 }
 

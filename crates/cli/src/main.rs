@@ -17,6 +17,7 @@ mod mesh;
 mod sim;
 mod sim_chord;
 mod sim_clock_sync;
+mod sim_paxos;
 mod sim_raft;
 mod sim_twopc;
 mod sim_mvcc;

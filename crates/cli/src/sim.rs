@@ -47,6 +47,12 @@ enum Protocol {
     /// etcd's MVCC store and leases replicated by Raft under random faults: checks
     /// linearizability, replica agreement and gap-free watch delivery over many seeds.
     Mvcc(crate::sim_mvcc::MvccArgs),
+    /// Single-decree Paxos over many seeds with faults: agreement, validity, integrity.
+    Paxos(crate::sim_paxos::PaxosArgs),
+    /// Multi-Paxos KV over many seeds with faults: agreement per slot, linearizability.
+    MultiPaxos(crate::sim_paxos::MultiPaxosArgs),
+    /// OM(m) and SM(m) Byzantine agreement: the exhaustive IC1/IC2 check.
+    Byzantine(crate::sim_paxos::ByzantineArgs),
 }
 
 /// Flags every single-run simulation takes.
@@ -126,6 +132,9 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::Twopc(a) => crate::sim_twopc::run(a),
         Protocol::Mvcc(a) => crate::sim_mvcc::run(a),
         Protocol::Chord(a) => crate::sim_chord::run(a),
+        Protocol::Paxos(a) => crate::sim_paxos::paxos(a),
+        Protocol::MultiPaxos(a) => crate::sim_paxos::multi_paxos(a),
+        Protocol::Byzantine(a) => crate::sim_paxos::byzantine(a),
     }
 }
 

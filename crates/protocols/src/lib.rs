@@ -34,12 +34,14 @@
 #![warn(missing_docs)]
 
 pub mod beacon;
+pub mod bft;
 pub mod chord;
 pub mod clocks;
 pub mod election;
 pub mod hashing;
 pub mod mutex;
 pub mod mvcc;
+pub mod paxos;
 pub mod raft;
 pub mod swim;
 pub mod twopc;
