@@ -17,11 +17,11 @@ mod mesh;
 mod sim;
 mod sim_chord;
 mod sim_clock_sync;
+mod sim_mvcc;
 mod sim_paxos;
 mod sim_raft;
-mod sim_twopc;
-mod sim_mvcc;
 mod sim_swim;
+mod sim_twopc;
 
 use clap::{Parser, Subcommand};
 

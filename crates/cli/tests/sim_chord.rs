@@ -3,7 +3,6 @@
 use common::synod;
 
 // Only `synod` is used here; `scratch` serves the other suites.
-#[allow(dead_code)]
 mod common;
 
 #[test]

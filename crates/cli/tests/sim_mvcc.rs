@@ -2,7 +2,6 @@
 
 use common::synod;
 
-#[allow(dead_code)] // the shared helpers include some this suite does not use
 mod common;
 
 #[test]

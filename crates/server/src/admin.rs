@@ -129,7 +129,9 @@ async fn kv_get(State(state): State<Arc<NodeState>>, Path(key): Path<String>) ->
                 Some(value) => (StatusCode::OK, Json(json!({ "key": key, "value": value }))),
                 None => (
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    Json(json!({ "key": key, "error": "the value is not a u64; read it with etcdctl" })),
+                    Json(
+                        json!({ "key": key, "error": "the value is not a u64; read it with etcdctl" }),
+                    ),
                 ),
             },
             None => (
@@ -186,7 +188,9 @@ async fn kv_cas(
     body: String,
 ) -> KvResponse {
     let compare = match query.get("expect").map(String::as_str) {
-        None => return bad_request("a compare-and-set needs ?expect=VALUE or ?expect=absent".into()),
+        None => {
+            return bad_request("a compare-and-set needs ?expect=VALUE or ?expect=absent".into())
+        }
         // An absent key has create revision 0.
         Some("absent") => Compare {
             result: CompareResult::Equal,
@@ -219,7 +223,11 @@ async fn kv_cas(
     };
     match state.kv.write(MvccCommand::Txn(txn)).await {
         Ok(Ok(MvccResponse::Txn(r))) => {
-            let code = if r.succeeded { StatusCode::OK } else { StatusCode::PRECONDITION_FAILED };
+            let code = if r.succeeded {
+                StatusCode::OK
+            } else {
+                StatusCode::PRECONDITION_FAILED
+            };
             (code, Json(json!({ "key": key, "swapped": r.succeeded })))
         }
         Ok(other) => unexpected(other),

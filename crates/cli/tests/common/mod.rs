@@ -129,6 +129,19 @@ pub(crate) fn request(
 /// `synod up --nodes n` in a fresh directory on free ports: the cluster (stopped on drop)
 /// and the admin address of node `i` (1-based).
 pub(crate) fn start_cluster(name: &str, nodes: u16) -> (Cluster, impl Fn(u16) -> SocketAddr) {
+    let (cluster, admin, _) = start_cluster_ports(name, nodes);
+    (cluster, admin)
+}
+
+/// Like [`start_cluster`], also giving the client (etcd API) address of node `i`.
+pub(crate) fn start_cluster_ports(
+    name: &str,
+    nodes: u16,
+) -> (
+    Cluster,
+    impl Fn(u16) -> SocketAddr,
+    impl Fn(u16) -> SocketAddr,
+) {
     let base = free_ports(nodes);
     let dir = std::env::temp_dir().join(format!("synod-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -147,7 +160,9 @@ pub(crate) fn start_cluster(name: &str, nodes: u16) -> (Cluster, impl Fn(u16) ->
         String::from_utf8_lossy(&up.stdout),
         String::from_utf8_lossy(&up.stderr)
     );
-    (cluster, move |i: u16| {
-        SocketAddr::from(([127, 0, 0, 1], base + 200 + i - 1))
-    })
+    (
+        cluster,
+        move |i: u16| SocketAddr::from(([127, 0, 0, 1], base + 200 + i - 1)),
+        move |i: u16| SocketAddr::from(([127, 0, 0, 1], base + 100 + i - 1)),
+    )
 }

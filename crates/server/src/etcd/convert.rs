@@ -23,7 +23,11 @@ pub(crate) fn event_to_pb(e: m::Event, with_prev: bool) -> mvccpb::Event {
             m::EventKind::Delete => mvccpb::event::EventType::Delete as i32,
         },
         kv: Some(kv_to_pb(e.kv)),
-        prev_kv: if with_prev { e.prev_kv.map(kv_to_pb) } else { None },
+        prev_kv: if with_prev {
+            e.prev_kv.map(kv_to_pb)
+        } else {
+            None
+        },
     }
 }
 
@@ -135,8 +139,16 @@ pub(crate) fn txn_from_pb(t: pb::TxnRequest) -> Result<m::TxnRequest, String> {
             .into_iter()
             .map(compare_from_pb)
             .collect::<Result<_, _>>()?,
-        success: t.success.into_iter().map(op_from_pb).collect::<Result<_, _>>()?,
-        failure: t.failure.into_iter().map(op_from_pb).collect::<Result<_, _>>()?,
+        success: t
+            .success
+            .into_iter()
+            .map(op_from_pb)
+            .collect::<Result<_, _>>()?,
+        failure: t
+            .failure
+            .into_iter()
+            .map(op_from_pb)
+            .collect::<Result<_, _>>()?,
     })
 }
 

@@ -76,10 +76,9 @@ impl pb::kv_server::Kv for KvApi {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let delete = convert::delete_from_pb(request.into_inner());
         match self.write(MvccCommand::DeleteRange(delete)).await? {
-            MvccResponse::DeleteRange(r) => Ok(Response::new(convert::delete_to_pb(
-                r,
-                &self.0.header_fn(),
-            ))),
+            MvccResponse::DeleteRange(r) => {
+                Ok(Response::new(convert::delete_to_pb(r, &self.0.header_fn())))
+            }
             other => Err(unexpected(other)),
         }
     }

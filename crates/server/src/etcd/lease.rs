@@ -30,7 +30,9 @@ impl LeaseApi {
         }
     }
 
-    async fn leader_client(&self) -> Result<pb::lease_client::LeaseClient<tonic::transport::Channel>, Status> {
+    async fn leader_client(
+        &self,
+    ) -> Result<pb::lease_client::LeaseClient<tonic::transport::Channel>, Status> {
         let leader = self.leader()?;
         let addr = self
             .0
@@ -161,11 +163,14 @@ impl pb::lease_server::Lease for LeaseApi {
         let api = LeaseApi(Arc::clone(&self.0));
         tokio::spawn(async move {
             while let Some(Ok(req)) = incoming.next().await {
-                let reply = api.renew(req.id).await.map(|ttl| pb::LeaseKeepAliveResponse {
-                    header: api.0.header(0),
-                    id: req.id,
-                    ttl,
-                });
+                let reply = api
+                    .renew(req.id)
+                    .await
+                    .map(|ttl| pb::LeaseKeepAliveResponse {
+                        header: api.0.header(0),
+                        id: req.id,
+                        ttl,
+                    });
                 if tx.send(reply).await.is_err() {
                     break;
                 }
@@ -220,7 +225,12 @@ impl pb::lease_server::Lease for LeaseApi {
         let ids = self
             .0
             .raft
-            .inspect(|r| r.state_machine().leases().map(|(id, _)| id.0).collect::<Vec<_>>())
+            .inspect(|r| {
+                r.state_machine()
+                    .leases()
+                    .map(|(id, _)| id.0)
+                    .collect::<Vec<_>>()
+            })
             .await
             .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
         Ok(Response::new(pb::LeaseLeasesResponse {

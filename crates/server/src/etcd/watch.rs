@@ -164,7 +164,11 @@ impl pb::watch_server::Watch for WatchApi {
             while let Some(Ok(req)) = incoming.next().await {
                 match req.request_union {
                     Some(RequestUnion::CreateRequest(c)) => {
-                        let watch_id = if c.watch_id > 0 { c.watch_id } else { next_watch_id };
+                        let watch_id = if c.watch_id > 0 {
+                            c.watch_id
+                        } else {
+                            next_watch_id
+                        };
                         next_watch_id = next_watch_id.max(watch_id + 1);
                         let Ok((current, compacted)) = node
                             .raft
