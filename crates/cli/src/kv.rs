@@ -264,3 +264,74 @@ pub(crate) fn bench(a: KvBench) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Args)]
+pub(crate) struct DhtCommand {
+    /// The cluster's directory.
+    #[arg(long, default_value = ".synod", global = true)]
+    dir: PathBuf,
+    /// The node to start the lookup at (any node routes through the ring).
+    #[arg(long, global = true)]
+    node: Option<u32>,
+    #[command(subcommand)]
+    op: DhtOp,
+}
+
+#[derive(Debug, Subcommand)]
+enum DhtOp {
+    /// Store VALUE under KEY at the key's owner on the Chord ring and its replicas.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Look KEY up through the ring.
+    Get {
+        /// The key.
+        key: String,
+    },
+}
+
+/// `synod dht`: the Chord ring that the nodes of `synod up` form.
+pub(crate) fn dht(cmd: DhtCommand) -> Result<ExitCode> {
+    let addr = admin_addr(&cmd.dir, cmd.node)?;
+    runtime()?.block_on(async move {
+        let http = client()?;
+        let base = format!("http://{addr}/v1/dht");
+        let request = match &cmd.op {
+            DhtOp::Put { key, value } => http
+                .put(format!("{base}/{}", encode(key)))
+                .body(value.clone()),
+            DhtOp::Get { key } => http.get(format!("{base}/{}", encode(key))),
+        };
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("node at {addr} did not answer"))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let route = format!(
+            "(owner {}, {} hops, {} timeouts)",
+            body["owner"].as_str().unwrap_or("?"),
+            body["hops"],
+            body["timeouts"]
+        );
+        match &cmd.op {
+            DhtOp::Get { key } if status == reqwest::StatusCode::NOT_FOUND => {
+                eprintln!("{key}: not found");
+                Ok(ExitCode::from(1))
+            }
+            DhtOp::Get { .. } if status.is_success() => {
+                println!("{}", body["value"].as_str().unwrap_or_default());
+                eprintln!("{route}");
+                Ok(ExitCode::SUCCESS)
+            }
+            DhtOp::Put { .. } if status.is_success() => {
+                println!("OK {route}");
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => bail!("{}", body["error"].as_str().unwrap_or("request failed")),
+        }
+    })
+}

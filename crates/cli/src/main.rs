@@ -60,6 +60,8 @@ enum Command {
     Check(check::CheckCommand),
     /// Read and write the cluster's replicated (Raft) KV store.
     Kv(kv::KvCommand),
+    /// Put and get keys on the Chord ring the cluster's nodes form.
+    Dht(kv::DhtCommand),
     /// Compare algorithms of one family: measured costs beside the textbook figures.
     Compare(compare::CompareCommand),
     /// Service mesh: the sidecar proxy, a test backend, and the load-balancing demo.
@@ -87,6 +89,7 @@ fn main() -> std::process::ExitCode {
         Command::Check(cmd) => check::run(cmd),
         Command::Compare(cmd) => compare::run(cmd),
         Command::Kv(cmd) => kv::run(cmd),
+        Command::Dht(cmd) => kv::dht(cmd),
         Command::Mesh(cmd) => mesh::run(cmd),
     };
     match result {

@@ -13,6 +13,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use synod_protocols::chord::ChordMsg;
 use synod_protocols::mvcc::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, MvccCommand, MvccOutput,
     MvccResponse, PutRequest, RangeRequest, RequestOp, TxnRequest,
@@ -48,6 +49,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<NodeState>) {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/v1/members", get(members))
+        .route("/v1/dht/{key}", get(dht_get).put(dht_put))
         .route(
             "/v1/kv/{key}",
             get(kv_get).put(kv_put).delete(kv_delete).post(kv_cas),
@@ -232,6 +234,65 @@ async fn kv_cas(
         }
         Ok(other) => unexpected(other),
         Err(e) => kv_error(e),
+    }
+}
+
+/// `GET /v1/dht/{key}`: route through the Chord ring to the key's owner.
+async fn dht_get(State(state): State<Arc<NodeState>>, Path(key): Path<String>) -> KvResponse {
+    let request = ChordMsg::Get {
+        key: key.clone().into_bytes(),
+    };
+    dht_answer(&state, &key, request).await
+}
+
+/// `PUT /v1/dht/{key}` with the value as the body: stored at the owner and its replicas.
+async fn dht_put(
+    State(state): State<Arc<NodeState>>,
+    Path(key): Path<String>,
+    body: String,
+) -> KvResponse {
+    let request = ChordMsg::Put {
+        key: key.clone().into_bytes(),
+        value: body.into_bytes(),
+    };
+    dht_answer(&state, &key, request).await
+}
+
+async fn dht_answer(state: &NodeState, key: &str, request: ChordMsg) -> KvResponse {
+    match state.chord.call(request, Duration::from_secs(5)).await {
+        Ok(ChordMsg::PutOk { owner, route, .. }) => (
+            StatusCode::OK,
+            Json(
+                json!({ "key": key, "owner": owner.node.to_string(), "hops": route.hops, "timeouts": route.timeouts }),
+            ),
+        ),
+        Ok(ChordMsg::GetOk {
+            value: Some(value),
+            owner,
+            route,
+            ..
+        }) => (
+            StatusCode::OK,
+            Json(
+                json!({ "key": key, "value": String::from_utf8_lossy(&value), "owner": owner.node.to_string(), "hops": route.hops, "timeouts": route.timeouts }),
+            ),
+        ),
+        Ok(ChordMsg::GetOk { owner, .. }) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "key": key, "error": "key not found", "owner": owner.node.to_string() })),
+        ),
+        Ok(ChordMsg::Failed { reason, .. }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "key": key, "error": reason })),
+        ),
+        Ok(other) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": format!("unexpected answer {other:?}") })),
+        ),
+        Err(e) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Json(json!({ "key": key, "error": e.to_string() })),
+        ),
     }
 }
 

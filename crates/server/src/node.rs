@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use synod_core::{MemStorage, NodeId};
 use synod_protocols::beacon::Beacon;
+use synod_protocols::chord::{Chord, ChordConfig};
 use synod_protocols::clocks::{ClockSync, ClockSyncConfig};
 use synod_protocols::mvcc::MvccStateMachine;
 use synod_protocols::raft::{Raft, RaftConfig};
@@ -33,6 +34,8 @@ pub mod service {
     pub const CLOCK_SYNC: u16 = 2;
     /// The Raft group that holds the replicated KV store.
     pub const RAFT: u16 = 3;
+    /// [`synod_protocols::chord::Chord`]: the DHT behind `synod dht`.
+    pub const CHORD: u16 = 4;
     /// [`synod_protocols::swim::Swim`]: membership and failure detection.
     pub const SWIM: u16 = 5;
     /// Client requests forwarded from a follower to the Raft leader
@@ -104,6 +107,8 @@ pub struct NodeState {
     pub beacon: ActorHandle<Beacon>,
     /// The clock-sync actor.
     pub clock_sync: ActorHandle<ClockSync>,
+    /// This node's member of the Chord ring.
+    pub chord: ActorHandle<Chord>,
     /// This node's Raft server of the KV group.
     pub raft: ActorHandle<KvRaft>,
     /// Client requests into the KV group (forwarded to the leader when needed).
@@ -225,6 +230,19 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         )?),
         outbox.clone(),
     );
+    // Chord: the first node starts the ring, the others join through it (or any
+    // other node). Keys and the incarnation are on disk, so a restart rejoins.
+    let first = config.node_ids().first().copied().unwrap_or(me);
+    let chord = services.spawn(
+        "chord",
+        placement(service::CHORD),
+        Chord::new(ChordConfig::new(peer_ids.clone(), me == first)),
+        Box::new(DiskStorage::open(
+            data_dir.join("chord"),
+            DiskOptions::default(),
+        )?),
+        outbox.clone(),
+    );
     let kv = Gateway::new(
         me,
         service::RAFT_GATEWAY,
@@ -270,6 +288,7 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         raft,
         kv,
         swim,
+        chord,
         actor_stats: services.stats.clone(),
         started: std::time::Instant::now(),
     });
