@@ -41,10 +41,10 @@ echo "etcdctl check perf, 3 nodes each, $(nproc) cores, $(date -u +%F)"
 for load in $LOADS; do
     start_synod
     echo "== synod --load=$load"
-    etcdctl --endpoints=$SYNOD_EP check perf --load="$load" 2>&1 | grep -v '^ *[0-9]* / [0-9]*' | tail -6 || true
+    etcdctl --endpoints=$SYNOD_EP check perf --load="$load" 2>&1 | tr '\r' '\n' | grep -E 'PASS|FAIL|too' || true
     stop_synod; rm -rf "$WORK/synod"
     start_etcd
     echo "== etcd $(etcd --version | head -1 | awk '{print $3}') --load=$load"
-    etcdctl --endpoints=$ETCD_EP check perf --load="$load" 2>&1 | grep -v '^ *[0-9]* / [0-9]*' | tail -6 || true
+    etcdctl --endpoints=$ETCD_EP check perf --load="$load" 2>&1 | tr '\r' '\n' | grep -E 'PASS|FAIL|too' || true
     stop_etcd; rm -rf "$WORK"/etcd?
 done
