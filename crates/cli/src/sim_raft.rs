@@ -1,5 +1,6 @@
 //! `synod sim raft` (the swarm of fault mixes) and `synod sim raft-election` (Figure 16).
 
+use crate::bench::median;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -297,9 +298,4 @@ pub(crate) fn bench(a: BenchArgs) -> Result<ExitCode> {
     }
     bar.finish_and_clear();
     Ok(ExitCode::SUCCESS)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
