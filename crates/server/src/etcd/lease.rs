@@ -30,19 +30,16 @@ impl LeaseApi {
         }
     }
 
-    async fn leader_client(
+    /// A client of the leader's Lease service, over the channel kept to its node.
+    fn leader_client(
         &self,
     ) -> Result<pb::lease_client::LeaseClient<tonic::transport::Channel>, Status> {
         let leader = self.leader()?;
-        let addr = self
-            .0
-            .config
-            .node(leader)
-            .map(|n| n.client_addr)
-            .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
-        pb::lease_client::LeaseClient::connect(format!("http://{addr}"))
-            .await
-            .map_err(|_| Status::unavailable("etcdserver: request timed out"))
+        self.0
+            .peers
+            .get(&leader)
+            .map(|channel| pb::lease_client::LeaseClient::new(channel.clone()))
+            .ok_or_else(|| Status::unavailable("etcdserver: no leader"))
     }
 
     /// Renew `id` on this node's lessor if it is the leader's: the new TTL (0: unknown
@@ -85,7 +82,7 @@ impl LeaseApi {
         if let Local::Answer(ttl) = self.renew_local(id).await? {
             return Ok(ttl);
         }
-        let mut client = self.leader_client().await?;
+        let mut client = self.leader_client()?;
         let mut replies = client
             .lease_keep_alive(tokio_stream::iter([pb::LeaseKeepAliveRequest { id }]))
             .await?
@@ -205,7 +202,7 @@ impl pb::lease_server::Lease for LeaseApi {
             .await
             .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
         if !primary {
-            let mut client = self.leader_client().await?;
+            let mut client = self.leader_client()?;
             return client.lease_time_to_live(req).await;
         }
         let (granted, remaining, keys) = found.unwrap_or((0, -1, Vec::new()));

@@ -47,6 +47,9 @@ pub struct EtcdNode {
     leader: AtomicU64,
     /// Monotonic time base for the lessor's [`synod_core::Instant`]s.
     epoch: std::time::Instant,
+    /// A lazily connected channel to every node's client port, for what a follower
+    /// forwards to the leader (lease keep-alives and time-to-live).
+    peers: std::collections::BTreeMap<NodeId, tonic::transport::Channel>,
 }
 
 /// etcd's member id for a node: here simply its number.
@@ -69,6 +72,16 @@ impl EtcdNode {
         raft: ActorHandle<MvccRaft>,
         gateway: Arc<Gateway<MvccStateMachine>>,
     ) -> Arc<Self> {
+        let peers = config
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let endpoint =
+                    tonic::transport::Endpoint::from_shared(format!("http://{}", n.client_addr))
+                        .ok()?;
+                Some((NodeId(n.id), endpoint.connect_lazy()))
+            })
+            .collect();
         Arc::new(EtcdNode {
             me,
             cluster_id: cluster_id(&config.cluster_id),
@@ -81,6 +94,7 @@ impl EtcdNode {
             revision: AtomicI64::new(1),
             leader: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
+            peers,
         })
     }
 
