@@ -119,6 +119,29 @@ fn run(nodes: u16) {
     });
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
+    // Bad input gets a clear 400, and changes nothing.
+    let bad = request(
+        admin(1),
+        "PUT",
+        "/v1/kv/shared",
+        "not-a-number",
+        Duration::from_secs(10),
+    );
+    assert!(
+        matches!(&bad, Some((400, body)) if body.contains("unsigned 64-bit integer")),
+        "{bad:?}"
+    );
+    let bad = request(
+        admin(1),
+        "POST",
+        "/v1/kv/shared",
+        "1",
+        Duration::from_secs(10),
+    );
+    assert!(
+        matches!(&bad, Some((400, body)) if body.contains("?expect=")),
+        "{bad:?}"
+    );
     // Seed the shared key so that compare-and-set has something to compare.
     let seed = request(
         admin(1),
