@@ -1,0 +1,1 @@
+//! The MapReduce runner (Dean & Ghemawat, OSDI 2004).
