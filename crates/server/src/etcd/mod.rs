@@ -11,10 +11,13 @@
 #![allow(clippy::result_large_err)]
 
 mod convert;
+mod election;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 pub mod pb;
+mod recipes;
 mod watch;
 
 use crate::config::ClusterConfig;
@@ -133,6 +136,8 @@ impl EtcdNode {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         tokio::spawn(Arc::clone(&self).background());
+        // Lock and Election are clients of this node's own KV, Lease and Watch API.
+        let recipes = self.peers.get(&self.me).cloned().map(recipes::Recipes::new);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -146,6 +151,15 @@ impl EtcdNode {
                 Arc::clone(&self),
             )))
             .add_service(health_service)
+            .add_optional_service(recipes.clone().map(|r| {
+                pb::v3lockpb::lock_server::LockServer::new(lock::LockApi(Arc::clone(&self), r))
+            }))
+            .add_optional_service(recipes.map(|r| {
+                pb::v3electionpb::election_server::ElectionServer::new(election::ElectionApi(
+                    Arc::clone(&self),
+                    r,
+                ))
+            }))
             .serve_with_incoming(incoming)
             .await;
         if let Err(e) = result {
