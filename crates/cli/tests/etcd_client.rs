@@ -5,7 +5,7 @@
 
 // A driver-level test of real processes: wall-clock time is the point here.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
-use common::{eventually, pid, start_cluster_ports, status, synod_cmd};
+use common::{eventually, pid, raft_leader, start_cluster_ports, synod_cmd, Recorder};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
     LeaseTimeToLiveOptions, LockOptions, ProclaimOptions, PutOptions, ResignOptions, SortOrder,
@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use synod_check::history::{History, Op, OpResult, Process};
+use synod_check::history::{Op, OpResult, Process};
 use synod_check::linearizability::{check_kv, CheckResult};
 
 mod common;
@@ -337,21 +337,6 @@ fn the_lock_and_election_services_work() {
     });
 }
 
-fn leader_node(admin: &dyn Fn(u16) -> SocketAddr, nodes: u16) -> Option<u16> {
-    (1..=nodes).find(|&i| status(admin(i)).is_some_and(|s| s["raft"]["role"] == "leader"))
-}
-
-struct Recorder {
-    history: Mutex<History>,
-    started: Instant,
-}
-
-impl Recorder {
-    fn now(&self) -> u64 {
-        self.started.elapsed().as_nanos() as u64
-    }
-}
-
 /// One client: writes of rising values to its own key, reads of it, and
 /// compare-and-set on a shared key, each through a node chosen in turn.
 async fn grpc_client(
@@ -448,12 +433,9 @@ async fn grpc_client(
 fn grpc_history_is_linearizable_when_the_leader_is_killed() {
     let (cluster, admin, client_addr) = start_cluster_ports("etcd-kill", 3);
     let endpoints: Vec<SocketAddr> = (1..=3).map(&client_addr).collect();
-    eventually("a leader is elected", || leader_node(&admin, 3).is_some());
+    eventually("a leader is elected", || raft_leader(&admin, 3).is_some());
     let rt = runtime();
-    let rec = Arc::new(Recorder {
-        history: Mutex::new(History::new()),
-        started: Instant::now(),
-    });
+    let rec = Arc::new(Recorder::new());
     rt.block_on(async {
         let mut c = connect(&endpoints).await;
         wait_ready(&mut c).await;
@@ -486,7 +468,7 @@ fn grpc_history_is_linearizable_when_the_leader_is_killed() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
-    let old = leader_node(&admin, 3).expect("a leader under load");
+    let old = raft_leader(&admin, 3).expect("a leader under load");
     let acked_before = acked.lock().unwrap().len();
     assert!(
         acked_before > 0,
@@ -495,7 +477,7 @@ fn grpc_history_is_linearizable_when_the_leader_is_killed() {
     let victim = pid(&cluster.dir, &format!("n{old}"));
     assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
     eventually("another node is elected leader", || {
-        leader_node(&admin, 3).is_some_and(|l| l != old)
+        raft_leader(&admin, 3).is_some_and(|l| l != old)
     });
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
@@ -548,6 +530,24 @@ fn grpc_history_is_linearizable_when_the_leader_is_killed() {
     );
 }
 
+/// Key, value, create revision, mod revision, version and lease of each key.
+type Described = Vec<(String, String, i64, i64, i64, i64)>;
+
+fn described(kvs: &[etcd_client::KeyValue]) -> Described {
+    kvs.iter()
+        .map(|kv| {
+            (
+                text(kv.key()),
+                text(kv.value()),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+                kv.lease(),
+            )
+        })
+        .collect()
+}
+
 /// Kill every node with SIGKILL and start them again: keys, revisions, versions, the
 /// compaction point and leases (with their keys) are all still there.
 #[test]
@@ -580,20 +580,7 @@ fn mvcc_and_lease_state_survive_sigkill_of_every_node() {
             .get("", Some(GetOptions::new().with_all_keys()))
             .await
             .unwrap();
-        let before: Vec<(String, String, i64, i64, i64, i64)> = before
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    text(kv.key()),
-                    text(kv.value()),
-                    kv.create_revision(),
-                    kv.mod_revision(),
-                    kv.version(),
-                    kv.lease(),
-                )
-            })
-            .collect();
+        let before = described(before.kvs());
         (before, lease, compacted)
     });
     for n in 1..=3 {
@@ -613,7 +600,7 @@ fn mvcc_and_lease_state_survive_sigkill_of_every_node() {
         String::from_utf8_lossy(&again.stderr)
     );
     eventually("a leader is elected after the restart", || {
-        leader_node(&admin, 3).is_some()
+        raft_leader(&admin, 3).is_some()
     });
     rt.block_on(async {
         let mut c = connect(&endpoints).await;
@@ -627,20 +614,7 @@ fn mvcc_and_lease_state_survive_sigkill_of_every_node() {
                 }
             }
         };
-        let after: Vec<(String, String, i64, i64, i64, i64)> = after
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    text(kv.key()),
-                    text(kv.value()),
-                    kv.create_revision(),
-                    kv.mod_revision(),
-                    kv.version(),
-                    kv.lease(),
-                )
-            })
-            .collect();
+        let after = described(after.kvs());
         assert_eq!(after, before, "the keyspace changed across a full restart");
         let err = c
             .get("k0", Some(GetOptions::new().with_revision(compacted - 1)))

@@ -4,31 +4,15 @@
 
 // A driver-level test of real processes: wall-clock time is the point here.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
-use common::{eventually, pid, request, start_cluster, status, synod_cmd};
+use common::{eventually, pid, raft_leader, request, start_cluster, status, synod_cmd, Recorder};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use synod_check::history::{History, Op, OpResult, Process};
+use std::time::Duration;
+use synod_check::history::{Op, OpResult, Process};
 use synod_check::linearizability::{check_kv, CheckResult};
 
 mod common;
-
-/// The node that is leader according to a majority of answers, with its admin address.
-fn leader(admin: &dyn Fn(u16) -> SocketAddr, nodes: u16) -> Option<u16> {
-    (1..=nodes).find(|&i| status(admin(i)).is_some_and(|s| s["raft"]["role"] == "leader"))
-}
-
-struct Recorder {
-    history: Mutex<History>,
-    started: Instant,
-}
-
-impl Recorder {
-    fn now(&self) -> u64 {
-        self.started.elapsed().as_nanos() as u64
-    }
-}
 
 /// One client: a loop of operations on its own key (writes of rising values) and on a
 /// shared key (compare-and-set), plus reads, each sent to a node chosen in turn.
@@ -111,12 +95,11 @@ fn client(
 
 fn run(nodes: u16) {
     let (cluster, admin) = start_cluster(&format!("raft-kill-{nodes}"), nodes);
-    eventually("a leader is elected", || leader(&admin, nodes).is_some());
-    let addrs: Vec<SocketAddr> = (1..=nodes).map(&admin).collect();
-    let rec = Arc::new(Recorder {
-        history: Mutex::new(History::new()),
-        started: Instant::now(),
+    eventually("a leader is elected", || {
+        raft_leader(&admin, nodes).is_some()
     });
+    let addrs: Vec<SocketAddr> = (1..=nodes).map(&admin).collect();
+    let rec = Arc::new(Recorder::new());
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
     // Bad input gets a clear 400, and changes nothing.
@@ -173,7 +156,7 @@ fn run(nodes: u16) {
         .collect();
 
     std::thread::sleep(Duration::from_millis(1500));
-    let old = leader(&admin, nodes).expect("a leader under load");
+    let old = raft_leader(&admin, nodes).expect("a leader under load");
     let victim = pid(&cluster.dir, &format!("n{old}"));
     let acked_before = acked.lock().unwrap().len();
     assert!(
@@ -182,7 +165,7 @@ fn run(nodes: u16) {
     );
     assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
     eventually("another node is elected leader", || {
-        leader(&admin, nodes).is_some_and(|l| l != old)
+        raft_leader(&admin, nodes).is_some_and(|l| l != old)
     });
     std::thread::sleep(Duration::from_millis(1500));
     let acked_after_kill = acked.lock().unwrap().len();
@@ -210,7 +193,7 @@ fn run(nodes: u16) {
     eventually(
         "the restarted node has applied what the leader committed",
         || {
-            let Some(l) = leader(&admin, nodes) else {
+            let Some(l) = raft_leader(&admin, nodes) else {
                 return false;
             };
             let commit = status(admin(l)).and_then(|s| s["raft"]["commit_index"].as_u64());

@@ -166,3 +166,28 @@ pub(crate) fn start_cluster_ports(
         move |i: u16| SocketAddr::from(([127, 0, 0, 1], base + 100 + i - 1)),
     )
 }
+
+/// The node that reports itself Raft leader, if any.
+pub(crate) fn raft_leader(admin: &dyn Fn(u16) -> SocketAddr, nodes: u16) -> Option<u16> {
+    (1..=nodes).find(|&i| status(admin(i)).is_some_and(|s| s["raft"]["role"] == "leader"))
+}
+
+/// A history shared by client threads, with times from one start.
+pub(crate) struct Recorder {
+    pub(crate) history: std::sync::Mutex<synod_check::history::History>,
+    started: Instant,
+}
+
+impl Recorder {
+    pub(crate) fn new() -> Self {
+        Recorder {
+            history: std::sync::Mutex::new(synod_check::history::History::new()),
+            started: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds since the recorder was made.
+    pub(crate) fn now(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+}

@@ -9,7 +9,7 @@
 use super::pb::etcdserverpb::ResponseHeader;
 use super::pb::mvccpb;
 use super::pb::v3electionpb as pb;
-use super::recipes::{prefix_end, queue_prefix, AbandonGuard, Recipes};
+use super::recipes::{not_leader, prefix_end, queue_prefix, Recipes};
 use super::EtcdNode;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,10 +18,6 @@ use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 
 pub(crate) struct ElectionApi(pub(crate) Arc<EtcdNode>, pub(crate) Recipes);
-
-fn not_leader() -> Status {
-    Status::new(Code::FailedPrecondition, "election: not leader")
-}
 
 fn no_leader() -> Status {
     Status::new(Code::NotFound, "election: no leader")
@@ -40,32 +36,7 @@ impl pb::election_server::Election for ElectionApi {
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
         let req = request.into_inner();
-        let recipes = &self.1;
-        let lease = if req.lease == 0 {
-            recipes.grant_session().await?
-        } else {
-            req.lease
-        };
-        let prefix = queue_prefix(&req.name);
-        let queued = recipes.enqueue(&prefix, lease, &req.value).await?;
-        let guard = AbandonGuard::new(recipes, &queued.key, queued.revision);
-        // A retried campaign with a new value proclaims it before waiting.
-        if queued.value != req.value {
-            let (updated, _) = recipes
-                .put_if_created(&queued.key, queued.revision, &req.value, lease)
-                .await?;
-            if !updated {
-                return Err(not_leader());
-            }
-        }
-        recipes.wait_for_turn(&prefix, queued.revision).await?;
-        if !recipes.still_held(&queued.key, queued.revision).await? {
-            return Err(Status::new(
-                Code::NotFound,
-                "etcdserver: requested lease not found",
-            ));
-        }
-        guard.disarm();
+        let (queued, lease) = self.1.acquire(&req.name, req.lease, &req.value).await?;
         Ok(Response::new(pb::CampaignResponse {
             header: self.0.header(0),
             leader: Some(pb::LeaderKey {

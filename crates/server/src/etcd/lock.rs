@@ -5,10 +5,10 @@
 //! lease expires. Unlock deletes the key.
 
 use super::pb::v3lockpb as pb;
-use super::recipes::{queue_prefix, AbandonGuard, Recipes};
+use super::recipes::Recipes;
 use super::EtcdNode;
 use std::sync::Arc;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 pub(crate) struct LockApi(pub(crate) Arc<EtcdNode>, pub(crate) Recipes);
 
@@ -19,24 +19,7 @@ impl pb::lock_server::Lock for LockApi {
         request: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
         let req = request.into_inner();
-        let recipes = &self.1;
-        let lease = if req.lease == 0 {
-            recipes.grant_session().await?
-        } else {
-            req.lease
-        };
-        let prefix = queue_prefix(&req.name);
-        let queued = recipes.enqueue(&prefix, lease, b"").await?;
-        let guard = AbandonGuard::new(recipes, &queued.key, queued.revision);
-        recipes.wait_for_turn(&prefix, queued.revision).await?;
-        // Our lease may have run out while we waited: then we hold nothing.
-        if !recipes.still_held(&queued.key, queued.revision).await? {
-            return Err(Status::new(
-                Code::NotFound,
-                "etcdserver: requested lease not found",
-            ));
-        }
-        guard.disarm();
+        let (queued, _) = self.1.acquire(&req.name, req.lease, b"").await?;
         Ok(Response::new(pb::LockResponse {
             header: self.0.header(0),
             key: queued.key,

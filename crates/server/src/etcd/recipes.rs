@@ -48,6 +48,11 @@ pub(crate) fn contender_key(prefix: &[u8], lease: i64) -> Vec<u8> {
     key
 }
 
+/// What Proclaim (or a re-campaign) by a contender that no longer holds its key gets.
+pub(crate) fn not_leader() -> Status {
+    Status::new(Code::FailedPrecondition, "election: not leader")
+}
+
 /// The queue prefix of a lock or election name.
 pub(crate) fn queue_prefix(name: &[u8]) -> Vec<u8> {
     let mut prefix = name.to_vec();
@@ -187,6 +192,43 @@ impl Recipes {
                 "etcdserver: requested lease not found",
             )),
         }
+    }
+
+    /// Queue under `name/` with `lease` (a fresh session lease when 0) and `value`, wait
+    /// for our turn, and return our place and lease once we hold it.
+    pub(crate) async fn acquire(
+        &self,
+        name: &[u8],
+        lease: i64,
+        value: &[u8],
+    ) -> Result<(Queued, i64), Status> {
+        let lease = if lease == 0 {
+            self.grant_session().await?
+        } else {
+            lease
+        };
+        let prefix = queue_prefix(name);
+        let queued = self.enqueue(&prefix, lease, value).await?;
+        let guard = AbandonGuard::new(self, &queued.key, queued.revision);
+        // A retried campaign with a new value proclaims it before waiting.
+        if queued.value != value {
+            let (updated, _) = self
+                .put_if_created(&queued.key, queued.revision, value, lease)
+                .await?;
+            if !updated {
+                return Err(not_leader());
+            }
+        }
+        self.wait_for_turn(&prefix, queued.revision).await?;
+        // Our lease may have run out while we waited: then we hold nothing.
+        if !self.still_held(&queued.key, queued.revision).await? {
+            return Err(Status::new(
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ));
+        }
+        guard.disarm();
+        Ok((queued, lease))
     }
 
     /// Wait until no key under `prefix` was created before `revision`: every earlier
