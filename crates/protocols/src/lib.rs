@@ -39,6 +39,8 @@ pub mod chord;
 pub mod clocks;
 pub mod election;
 pub mod hashing;
+#[cfg(any(test, feature = "harness"))]
+pub mod kv_clients;
 pub mod mutex;
 pub mod mvcc;
 pub mod paxos;

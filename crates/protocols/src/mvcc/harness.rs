@@ -9,12 +9,12 @@ use super::{
     MvccOutput, MvccResponse, MvccStateMachine, PutRequest, RangeRequest, RequestOp, Revision,
     TxnRequest,
 };
+use crate::kv_clients::{KvClientPool, KvService, Reply, OPERATOR};
 use crate::raft::{Raft, RaftConfig, RaftMsg, SessionId};
-use rand::Rng;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use synod_check::history::{History, Op, OpId, OpResult, Process};
+use synod_check::history::{Op, OpResult};
 use synod_check::linearizability::{check_kv, CheckResult};
 use synod_core::{ClientId, LogIndex, NodeId};
 use synod_sim::{swarm_faults, swarm_net, ClientCtl, ClockConfig, Sim, SimConfig, Workload};
@@ -23,101 +23,10 @@ use synod_sim::{swarm_faults, swarm_net, ClientCtl, ClockConfig, Sim, SimConfig,
 pub type MvccRaft = Raft<MvccStateMachine>;
 type Msg = RaftMsg<MvccCommand, MvccOutput>;
 
-const NEXT_OP: u64 = 0;
+/// Timer key of the operator that compacts.
 const COMPACT: u64 = u64::MAX;
-const MAX_ATTEMPTS: u32 = 12;
-const KEYS: [&str; 3] = ["a", "b", "c"];
 
-struct InFlight {
-    id: OpId,
-    op: Op,
-    msg: Msg,
-    seq: u64,
-    attempts: u32,
-    token: u64,
-    sent: bool,
-}
-
-struct Client {
-    seq: u64,
-    target: NodeId,
-    op: Option<InFlight>,
-    next_token: u64,
-}
-
-/// Clients that read (Range through ReadIndex), put, delete and compare-and-set (a Txn
-/// comparing the value, or the version with 0 for "absent") a few keys. They retry
-/// through `NotLeader` hints and timeouts with the same session sequence number, and
-/// record a history. An operator compacts to a recent revision now and then, so reads
-/// and snapshots run against compacted history.
-pub struct MvccClients {
-    /// The recorded history.
-    pub history: History,
-    /// Protocol errors seen by clients (an answer of the wrong shape, an etcd error).
-    pub errors: Vec<String>,
-    clients: Vec<Client>,
-    stop_at: u64,
-    timeout: Duration,
-    next_value: u64,
-    written: BTreeMap<&'static str, u64>,
-    last_leader: Option<NodeId>,
-}
-
-impl MvccClients {
-    /// `clients` clients that start operations until `stop_at` of true time.
-    pub fn new(clients: u64, stop_at: Duration) -> Self {
-        MvccClients {
-            history: History::new(),
-            errors: Vec::new(),
-            clients: (1..=clients)
-                .map(|_| Client {
-                    seq: 0,
-                    target: NodeId(0),
-                    op: None,
-                    next_token: 1,
-                })
-                .collect(),
-            stop_at: u64::try_from(stop_at.as_nanos()).unwrap_or(u64::MAX),
-            timeout: Duration::from_millis(60),
-            next_value: 0,
-            written: BTreeMap::new(),
-            last_leader: None,
-        }
-    }
-
-    fn slot(client: ClientId) -> usize {
-        (client.0 - 1) as usize
-    }
-
-    fn random_op(&mut self, ctl: &mut ClientCtl<'_, MvccRaft>) -> Op {
-        let key = KEYS[ctl.rng().gen_range(0..KEYS.len())];
-        match ctl.rng().gen_range(0..10) {
-            0..=3 => Op::Read { key: key.into() },
-            4..=6 => {
-                self.next_value += 1;
-                self.written.insert(key, self.next_value);
-                Op::Write {
-                    key: key.into(),
-                    value: self.next_value,
-                }
-            }
-            7..=8 => {
-                self.next_value += 1;
-                let last = self.written.get(key).copied();
-                let back = ctl.rng().gen_range(0..3);
-                let expected = last.map(|v| v.saturating_sub(back)).filter(|v| *v > 0);
-                let new = self.next_value;
-                self.written.insert(key, new);
-                Op::Cas {
-                    key: key.into(),
-                    expected,
-                    new,
-                }
-            }
-            _ => Op::Delete { key: key.into() },
-        }
-    }
-
+impl KvService for MvccRaft {
     /// The etcd command for a checker operation; values are decimal strings.
     fn request(client: ClientId, seq: u64, op: &Op) -> Msg {
         let session = SessionId(client.0);
@@ -163,74 +72,77 @@ impl MvccClients {
         }
     }
 
-    fn start_op(&mut self, ctl: &mut ClientCtl<'_, MvccRaft>, client: ClientId) {
-        let now = ctl.now_nanos();
-        if now >= self.stop_at {
-            return;
-        }
-        let op = self.random_op(ctl);
-        let c = &mut self.clients[Self::slot(client)];
-        c.seq += 1;
-        let id = self.history.invoke(Process(client.0), op.clone(), now);
-        let msg = Self::request(client, c.seq, &op);
-        c.op = Some(InFlight {
-            id,
-            op,
-            msg,
-            seq: c.seq,
-            attempts: 0,
-            token: 0,
-            sent: false,
-        });
-        self.attempt(ctl, client);
-    }
-
-    fn attempt(&mut self, ctl: &mut ClientCtl<'_, MvccRaft>, client: ClientId) {
-        let timeout = self.timeout;
-        let c = &mut self.clients[Self::slot(client)];
-        let Some(op) = c.op.as_mut() else { return };
-        op.attempts += 1;
-        op.token = c.next_token;
-        c.next_token += 1;
-        op.sent = true;
-        ctl.send(client, c.target, op.msg.clone());
-        ctl.set_timer(client, op.token, timeout);
-    }
-
-    fn finish(&mut self, ctl: &mut ClientCtl<'_, MvccRaft>, client: ClientId) {
-        self.clients[Self::slot(client)].op = None;
-        let think = Duration::from_micros(ctl.rng().gen_range(0..5_000));
-        ctl.set_timer(client, NEXT_OP, think);
-    }
-
-    fn on_client_timer(&mut self, ctl: &mut ClientCtl<'_, MvccRaft>, client: ClientId, key: u64) {
-        let nodes = ctl.nodes();
-        let now = ctl.now_nanos();
-        let c = &mut self.clients[Self::slot(client)];
-        let Some(op) = c.op.as_mut() else { return };
-        if op.token != key {
-            return;
-        }
-        if op.sent {
-            c.target = NodeId((c.target.0 + 1) % nodes);
-        }
-        if op.attempts >= MAX_ATTEMPTS {
-            let id = op.id;
-            if let Err(e) = self.history.info(id, now) {
-                self.errors.push(e.to_string());
+    fn reply(op: &Op, in_flight: u64, msg: Msg) -> Reply {
+        match msg {
+            RaftMsg::ClientReply { seq, output } if seq == in_flight => {
+                Reply::Done(result_of(op, output))
             }
-            return self.finish(ctl, client);
+            RaftMsg::NotLeader { seq, leader_hint } if seq == in_flight => {
+                Reply::Redirect(leader_hint)
+            }
+            _ => Reply::Other,
         }
-        self.attempt(ctl, client);
+    }
+}
+
+fn result_of(op: &Op, output: MvccOutput) -> Result<OpResult, String> {
+    let value_of = |v: &[u8]| -> Result<u64, String> {
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("a value that is not a number: {v:?}"))
+    };
+    match (op, output) {
+        (Op::Read { .. }, Ok(MvccResponse::Range(r))) => match r.kvs.as_slice() {
+            [] => Ok(OpResult::ReadOk(None)),
+            [kv] => Ok(OpResult::ReadOk(Some(value_of(&kv.value)?))),
+            _ => Err(format!("a single-key read returned {} keys", r.kvs.len())),
+        },
+        (Op::Write { .. }, Ok(MvccResponse::Put(_))) => Ok(OpResult::WriteOk),
+        (Op::Cas { .. }, Ok(MvccResponse::Txn(t))) => Ok(OpResult::CasOk(t.succeeded)),
+        (Op::Delete { .. }, Ok(MvccResponse::DeleteRange(_))) => Ok(OpResult::DeleteOk),
+        (op, output) => Err(format!("{op} answered with {output:?}")),
+    }
+}
+
+/// The shared KV clients ([`KvClientPool`]) through etcd-shaped commands: reads are
+/// Ranges (through ReadIndex), compare-and-set is a Txn comparing the value, or the
+/// version with 0 for "absent"; values are decimal strings. An operator compacts to a
+/// recent revision now and then, so reads and snapshots run against compacted history.
+pub struct MvccClients {
+    pool: KvClientPool<MvccRaft>,
+    /// Compaction failures other than a lost race (which is a bug).
+    compaction_errors: Vec<String>,
+}
+
+impl std::ops::Deref for MvccClients {
+    type Target = KvClientPool<MvccRaft>;
+    fn deref(&self) -> &KvClientPool<MvccRaft> {
+        &self.pool
+    }
+}
+
+impl MvccClients {
+    /// `clients` clients that start operations until `stop_at` of true time.
+    pub fn new(clients: u64, stop_at: Duration) -> Self {
+        MvccClients {
+            pool: KvClientPool::new(clients, stop_at),
+            compaction_errors: Vec::new(),
+        }
+    }
+
+    /// Protocol errors seen by clients and by the compacting operator.
+    pub fn errors(&self) -> impl Iterator<Item = &String> {
+        self.pool.errors.iter().chain(&self.compaction_errors)
     }
 
     /// Compact to a revision a little behind the leader's: reads at the current
     /// revision still work, and snapshots carry compacted history.
     fn on_compact_timer(&mut self, ctl: &mut ClientCtl<'_, MvccRaft>) {
-        if ctl.now_nanos() >= self.stop_at {
+        if ctl.now_nanos() >= self.pool.stop_at() {
             return;
         }
-        if let Some(leader) = self.last_leader {
+        if let Some(leader) = self.pool.last_leader {
             let revision = ctl
                 .sim()
                 .actor(leader)
@@ -243,7 +155,7 @@ impl MvccClients {
                 // A one-off session per compaction: the answer is not awaited.
                 let seq = ctl.now_nanos();
                 ctl.send(
-                    ClientId(0),
+                    OPERATOR,
                     leader,
                     RaftMsg::ClientWrite {
                         session: SessionId(u64::MAX),
@@ -253,38 +165,14 @@ impl MvccClients {
                 );
             }
         }
-        ctl.set_timer(ClientId(0), COMPACT, Duration::from_millis(400));
-    }
-
-    fn result_of(op: &Op, output: MvccOutput) -> Result<OpResult, String> {
-        let value_of = |v: &[u8]| -> Result<u64, String> {
-            std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("a value that is not a number: {v:?}"))
-        };
-        match (op, output) {
-            (Op::Read { .. }, Ok(MvccResponse::Range(r))) => match r.kvs.as_slice() {
-                [] => Ok(OpResult::ReadOk(None)),
-                [kv] => Ok(OpResult::ReadOk(Some(value_of(&kv.value)?))),
-                _ => Err(format!("a single-key read returned {} keys", r.kvs.len())),
-            },
-            (Op::Write { .. }, Ok(MvccResponse::Put(_))) => Ok(OpResult::WriteOk),
-            (Op::Cas { .. }, Ok(MvccResponse::Txn(t))) => Ok(OpResult::CasOk(t.succeeded)),
-            (Op::Delete { .. }, Ok(MvccResponse::DeleteRange(_))) => Ok(OpResult::DeleteOk),
-            (op, output) => Err(format!("{op} answered with {output:?}")),
-        }
+        ctl.set_timer(OPERATOR, COMPACT, Duration::from_millis(400));
     }
 }
 
 impl Workload<MvccRaft> for MvccClients {
     fn on_start(&mut self, ctl: &mut ClientCtl<'_, MvccRaft>) {
-        for slot in 0..self.clients.len() {
-            let nodes = ctl.nodes();
-            self.clients[slot].target = NodeId(ctl.rng().gen_range(0..nodes));
-            self.start_op(ctl, ClientId(slot as u64 + 1));
-        }
-        ctl.set_timer(ClientId(0), COMPACT, Duration::from_millis(400));
+        self.pool.on_start(ctl);
+        ctl.set_timer(OPERATOR, COMPACT, Duration::from_millis(400));
     }
 
     fn on_reply(
@@ -294,51 +182,23 @@ impl Workload<MvccRaft> for MvccClients {
         from: NodeId,
         msg: Msg,
     ) {
-        let now = ctl.now_nanos();
-        if client == ClientId(0) {
+        if client == OPERATOR {
             if let RaftMsg::ClientReply { output: Err(e), .. } = msg {
                 // Two compactions may race to the same revision; anything else is a bug.
                 if !matches!(e, MvccError::Compacted { .. }) {
-                    self.errors.push(format!("compaction failed: {e}"));
+                    self.compaction_errors
+                        .push(format!("compaction failed: {e}"));
                 }
             }
             return;
         }
-        let Some(slot) = self.clients.get_mut(Self::slot(client)) else {
-            return;
-        };
-        let Some(op) = slot.op.as_mut() else { return };
-        match msg {
-            RaftMsg::ClientReply { seq, output } if seq == op.seq => {
-                let id = op.id;
-                match Self::result_of(&op.op, output) {
-                    Ok(result) => {
-                        if let Err(e) = self.history.ok(id, result, now) {
-                            self.errors.push(e.to_string());
-                        }
-                    }
-                    Err(e) => self.errors.push(e),
-                }
-                self.last_leader = Some(from);
-                self.finish(ctl, client);
-            }
-            RaftMsg::NotLeader { seq, leader_hint } if seq == op.seq => {
-                let nodes = ctl.nodes();
-                slot.target = leader_hint.unwrap_or(NodeId((from.0 + 1) % nodes));
-                op.token = slot.next_token;
-                slot.next_token += 1;
-                op.sent = false;
-                ctl.set_timer(client, op.token, Duration::from_millis(3));
-            }
-            _ => {}
-        }
+        self.pool.on_reply(ctl, client, from, msg);
     }
 
     fn on_timer(&mut self, ctl: &mut ClientCtl<'_, MvccRaft>, client: ClientId, key: u64) {
-        match key {
-            COMPACT => self.on_compact_timer(ctl),
-            NEXT_OP => self.start_op(ctl, client),
-            _ => self.on_client_timer(ctl, client, key),
+        match (client, key) {
+            (OPERATOR, COMPACT) => self.on_compact_timer(ctl),
+            _ => self.pool.on_timer(ctl, client, key),
         }
     }
 }
@@ -472,7 +332,7 @@ pub fn check_history(sim: &Sim<MvccRaft>) -> Result<usize, String> {
     let clients = sim
         .workload::<MvccClients>()
         .ok_or("the workload is not MvccClients")?;
-    if let Some(e) = clients.errors.first() {
+    if let Some(e) = clients.errors().next() {
         return Err(format!("client error: {e}"));
     }
     match check_kv(&clients.history) {

@@ -5,17 +5,17 @@
 use super::multi::{Command, MultiConfig, MultiMsg, MultiPaxos, Role, Slot};
 use super::single::{Paxos, PaxosConfig, Value};
 use super::Bug;
-use crate::raft::{KvCommand, KvOutput, SessionId};
+use crate::kv_clients::{KvClientPool, KvService, Reply};
+use crate::raft::harness::kv_result;
+use crate::raft::{KvCommand, SessionId};
 use rand::Rng;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use synod_check::history::{History, Op, OpId, OpResult, Process};
+use synod_check::history::Op;
 use synod_check::linearizability::{check_kv, CheckResult};
 use synod_core::{ClientId, NodeId};
-use synod_sim::{
-    swarm_faults, swarm_net, ClientCtl, DiskConfig, FaultConfig, Sim, SimConfig, Workload,
-};
+use synod_sim::{swarm_faults, swarm_net, DiskConfig, FaultConfig, Sim, SimConfig};
 
 // ---- single-decree ---------------------------------------------------------------------
 
@@ -188,98 +188,7 @@ pub fn run_single(s: &SingleScenario) -> Result<SingleOutcome, String> {
 
 // ---- Multi-Paxos -----------------------------------------------------------------------
 
-/// Timer key that starts a client's next operation.
-const NEXT_OP: u64 = 0;
-/// Requests sent for one operation before it is given up as `info` (outcome unknown).
-const MAX_ATTEMPTS: u32 = 12;
-const KEYS: [&str; 3] = ["a", "b", "c"];
-
-struct InFlight {
-    id: OpId,
-    op: Op,
-    seq: u64,
-    attempts: u32,
-    token: u64,
-    /// Whether the pending timer is a timeout (try another node) or a retry.
-    sent: bool,
-    started_at: u64,
-}
-
-struct Client {
-    id: ClientId,
-    seq: u64,
-    target: NodeId,
-    op: Option<InFlight>,
-    next_token: u64,
-}
-
-/// Clients that read, write, compare-and-set and delete a few keys through Multi-Paxos,
-/// follow `NotLeader` hints, retry on timeouts with the same sequence number, and record
-/// a history for the linearizability checker.
-pub struct PaxosKvClients {
-    /// The recorded history.
-    pub history: History,
-    /// Replies that made no sense.
-    pub errors: Vec<String>,
-    /// Every command a client issued, to check validity.
-    pub issued: BTreeSet<(SessionId, u64)>,
-    /// Completion times (true ns) and latencies (ns) of successful operations.
-    pub completions: Vec<(u64, u64)>,
-    clients: Vec<Client>,
-    stop_at: u64,
-    timeout: Duration,
-    next_value: u64,
-}
-
-impl PaxosKvClients {
-    /// `clients` clients that start operations until `stop_at` of true time.
-    pub fn new(clients: u64, stop_at: Duration) -> Self {
-        PaxosKvClients {
-            history: History::new(),
-            errors: Vec::new(),
-            issued: BTreeSet::new(),
-            completions: Vec::new(),
-            clients: (1..=clients)
-                .map(|c| Client {
-                    id: ClientId(c),
-                    seq: 0,
-                    target: NodeId(0),
-                    op: None,
-                    next_token: 1,
-                })
-                .collect(),
-            stop_at: u64::try_from(stop_at.as_nanos()).unwrap_or(u64::MAX),
-            timeout: Duration::from_millis(60),
-            next_value: 0,
-        }
-    }
-
-    fn slot(client: ClientId) -> usize {
-        (client.0 - 1) as usize
-    }
-
-    fn random_op(&mut self, ctl: &mut ClientCtl<'_, MultiPaxos>) -> Op {
-        let key = KEYS[ctl.rng().gen_range(0..KEYS.len())];
-        self.next_value += 1;
-        match ctl.rng().gen_range(0..10) {
-            0..=3 => Op::Read { key: key.into() },
-            4..=6 => Op::Write {
-                key: key.into(),
-                value: self.next_value,
-            },
-            7..=8 => {
-                let back = ctl.rng().gen_range(1..4);
-                let expected = Some(self.next_value.saturating_sub(back)).filter(|v| *v > 0);
-                Op::Cas {
-                    key: key.into(),
-                    expected,
-                    new: self.next_value,
-                }
-            }
-            _ => Op::Delete { key: key.into() },
-        }
-    }
-
+impl KvService for MultiPaxos {
     fn request(client: ClientId, seq: u64, op: &Op) -> MultiMsg {
         let command = match op.clone() {
             Op::Read { key } => KvCommand::Get { key },
@@ -294,126 +203,22 @@ impl PaxosKvClients {
         }
     }
 
-    fn start_op(&mut self, ctl: &mut ClientCtl<'_, MultiPaxos>, client: ClientId) {
-        let now = ctl.now_nanos();
-        if now >= self.stop_at {
-            return;
-        }
-        let op = self.random_op(ctl);
-        let c = &mut self.clients[Self::slot(client)];
-        c.seq += 1;
-        self.issued.insert((SessionId(client.0), c.seq));
-        let id = self.history.invoke(Process(client.0), op.clone(), now);
-        c.op = Some(InFlight {
-            id,
-            op,
-            seq: c.seq,
-            attempts: 0,
-            token: 0,
-            sent: false,
-            started_at: now,
-        });
-        self.attempt(ctl, client);
-    }
-
-    fn attempt(&mut self, ctl: &mut ClientCtl<'_, MultiPaxos>, client: ClientId) {
-        let timeout = self.timeout;
-        let c = &mut self.clients[Self::slot(client)];
-        let Some(op) = c.op.as_mut() else { return };
-        op.attempts += 1;
-        op.token = c.next_token;
-        c.next_token += 1;
-        op.sent = true;
-        ctl.send(client, c.target, Self::request(client, op.seq, &op.op));
-        ctl.set_timer(client, op.token, timeout);
-    }
-
-    fn finish(&mut self, ctl: &mut ClientCtl<'_, MultiPaxos>, client: ClientId) {
-        self.clients[Self::slot(client)].op = None;
-        let think = Duration::from_micros(ctl.rng().gen_range(0..5_000));
-        ctl.set_timer(client, NEXT_OP, think);
-    }
-}
-
-impl Workload<MultiPaxos> for PaxosKvClients {
-    fn on_start(&mut self, ctl: &mut ClientCtl<'_, MultiPaxos>) {
-        let ids: Vec<ClientId> = self.clients.iter().map(|c| c.id).collect();
-        for id in ids {
-            let nodes = ctl.nodes();
-            self.clients[Self::slot(id)].target = NodeId(ctl.rng().gen_range(0..nodes));
-            self.start_op(ctl, id);
-        }
-    }
-
-    fn on_reply(
-        &mut self,
-        ctl: &mut ClientCtl<'_, MultiPaxos>,
-        client: ClientId,
-        from: NodeId,
-        msg: MultiMsg,
-    ) {
-        let now = ctl.now_nanos();
-        let nodes = ctl.nodes();
-        let Some(c) = self.clients.get_mut(Self::slot(client)) else {
-            return;
-        };
-        let Some(op) = c.op.as_mut() else { return };
+    fn reply(op: &Op, in_flight: u64, msg: MultiMsg) -> Reply {
         match msg {
-            MultiMsg::Reply { seq, output } if seq == op.seq => {
-                let result = match (&op.op, output) {
-                    (Op::Read { .. }, KvOutput::Value(v)) => OpResult::ReadOk(v),
-                    (Op::Write { .. }, KvOutput::Done) => OpResult::WriteOk,
-                    (Op::Cas { .. }, KvOutput::Swapped(b)) => OpResult::CasOk(b),
-                    (Op::Delete { .. }, KvOutput::Done) => OpResult::DeleteOk,
-                    (op, output) => {
-                        self.errors.push(format!("{op} answered with {output:?}"));
-                        return;
-                    }
-                };
-                if let Err(e) = self.history.ok(op.id, result, now) {
-                    self.errors.push(e.to_string());
-                }
-                self.completions
-                    .push((now, now.saturating_sub(op.started_at)));
-                c.target = from;
-                self.finish(ctl, client);
+            MultiMsg::Reply { seq, output } if seq == in_flight => {
+                Reply::Done(kv_result(op, output))
             }
-            MultiMsg::NotLeader { seq, leader_hint } if seq == op.seq => {
-                c.target = leader_hint.unwrap_or(NodeId((from.0 + 1) % nodes));
-                op.token = c.next_token;
-                c.next_token += 1;
-                op.sent = false;
-                // Back off a little: the cluster may be between leaders.
-                ctl.set_timer(client, op.token, Duration::from_millis(3));
+            MultiMsg::NotLeader { seq, leader_hint } if seq == in_flight => {
+                Reply::Redirect(leader_hint)
             }
-            _ => {}
+            _ => Reply::Other,
         }
-    }
-
-    fn on_timer(&mut self, ctl: &mut ClientCtl<'_, MultiPaxos>, client: ClientId, key: u64) {
-        if key == NEXT_OP {
-            return self.start_op(ctl, client);
-        }
-        let nodes = ctl.nodes();
-        let now = ctl.now_nanos();
-        let c = &mut self.clients[Self::slot(client)];
-        let Some(op) = c.op.as_mut() else { return };
-        if op.token != key {
-            return;
-        }
-        if op.sent {
-            // A timeout: this node may be down or cut off; try the next one.
-            c.target = NodeId((c.target.0 + 1) % nodes);
-        }
-        if op.attempts >= MAX_ATTEMPTS {
-            if let Err(e) = self.history.info(op.id, now) {
-                self.errors.push(e.to_string());
-            }
-            return self.finish(ctl, client);
-        }
-        self.attempt(ctl, client);
     }
 }
+
+/// Clients that read, write, compare-and-set and delete a few keys through Multi-Paxos
+/// (the shared [`KvClientPool`]).
+pub type PaxosKvClients = KvClientPool<MultiPaxos>;
 
 /// How one Multi-Paxos run is set up.
 #[derive(Clone, Debug)]
@@ -577,7 +382,7 @@ pub fn check_multi(sim: &Sim<MultiPaxos>) -> Result<MultiOutcome, String> {
     let mut slot = Slot(0);
     while slot < longest.applied() {
         if let Some(Command::Client { session, seq, .. }) = longest.chosen_at(slot) {
-            if !clients.issued.contains(&(*session, *seq)) {
+            if !clients.issued.contains(&(session.0, *seq)) {
                 return Err(format!(
                     "Validity: {slot} holds {session:?}/{seq}, which no client issued"
                 ));

@@ -3,6 +3,7 @@
 //!
 //! Compiled for tests and with the `harness` feature (the CLI turns it on).
 
+use crate::kv_clients::{KvClientPool, KvService, Reply, OPERATOR};
 use crate::raft::{
     KvCommand, KvOutput, KvStateMachine, MembershipChange, Raft, RaftConfig, RaftMsg, Role,
     SessionId, Term,
@@ -12,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::btree_map::Entry as MapEntry;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use synod_check::history::{History, Op, OpId, OpResult, Process};
+use synod_check::history::{Op, OpResult};
 use synod_check::linearizability::{check_kv, CheckResult};
 use synod_core::{ClientId, LogIndex, NodeId};
 use synod_sim::{
@@ -24,93 +25,86 @@ use synod_sim::{
 pub type Kv = Raft<KvStateMachine>;
 type Msg = RaftMsg<KvCommand, KvOutput>;
 
-/// Timer key that starts a client's next operation.
-const NEXT_OP: u64 = 0;
 /// Timer key of the operator that asks for leadership transfers.
 const TRANSFER: u64 = u64::MAX;
 /// Timer key of the operator that changes the membership.
 const MEMBERSHIP: u64 = u64::MAX - 1;
-/// Attempts (sends to some server) before an operation is given up as `info`.
-const MAX_ATTEMPTS: u32 = 12;
-const KEYS: [&str; 3] = ["a", "b", "c"];
 
-/// One operation in flight.
-struct InFlight {
-    id: OpId,
-    op: Op,
-    msg: Msg,
-    seq: u64,
-    attempts: u32,
-    /// The key of the timer that acts for this operation next.
-    token: u64,
-    /// Whether the pending timer is a timeout (try another server) or a retry.
-    sent: bool,
+impl KvService for Kv {
+    fn request(client: ClientId, seq: u64, op: &Op) -> Msg {
+        let session = SessionId(client.0);
+        let write = |command| RaftMsg::ClientWrite {
+            session,
+            seq,
+            command,
+        };
+        match op.clone() {
+            Op::Read { key } => RaftMsg::ClientRead {
+                seq,
+                command: KvCommand::Get { key },
+            },
+            Op::Write { key, value } => write(KvCommand::Put { key, value }),
+            Op::Cas { key, expected, new } => write(KvCommand::Cas { key, expected, new }),
+            Op::Delete { key } => write(KvCommand::Delete { key }),
+        }
+    }
+
+    fn reply(op: &Op, in_flight: u64, msg: Msg) -> Reply {
+        match msg {
+            RaftMsg::ClientReply { seq, output } if seq == in_flight => {
+                Reply::Done(kv_result(op, output))
+            }
+            RaftMsg::NotLeader { seq, leader_hint } if seq == in_flight => {
+                Reply::Redirect(leader_hint)
+            }
+            _ => Reply::Other,
+        }
+    }
 }
 
-struct Client {
-    id: ClientId,
-    seq: u64,
-    target: NodeId,
-    op: Option<InFlight>,
-    next_token: u64,
+/// The checker's result for a KV state machine's output to `op`.
+pub(crate) fn kv_result(op: &Op, output: KvOutput) -> Result<OpResult, String> {
+    match (op, output) {
+        (Op::Read { .. }, KvOutput::Value(v)) => Ok(OpResult::ReadOk(v)),
+        (Op::Write { .. }, KvOutput::Done) => Ok(OpResult::WriteOk),
+        (Op::Cas { .. }, KvOutput::Swapped(b)) => Ok(OpResult::CasOk(b)),
+        (Op::Delete { .. }, KvOutput::Done) => Ok(OpResult::DeleteOk),
+        (op, output) => Err(format!("{op} answered with {output:?}")),
+    }
 }
 
-/// Clients that read, write, compare-and-set and delete a few keys, retry through
-/// `NotLeader` hints and timeouts with the same session sequence number, and record a
-/// history for the linearizability checker.
+/// The shared KV clients ([`KvClientPool`]), plus an operator that can transfer
+/// leadership and change the membership while they run.
 pub struct KvClients {
-    /// The recorded client history, for the linearizability checker.
-    pub history: History,
-    /// Protocol errors the clients saw (a reply that cannot be right).
-    pub errors: Vec<String>,
-    clients: Vec<Client>,
-    stop_at: u64,
-    timeout: Duration,
-    next_value: u64,
-    written: BTreeMap<&'static str, u64>,
+    pool: KvClientPool<Kv>,
     transfers: bool,
-    /// Clients `1..=readers` only read, so they stay with one server (a stale leader
-    /// serving reads is what a lease bug looks like).
-    readers: u64,
     /// The membership changes the operator cycles through, and the next one.
     changes: Vec<MembershipChange>,
     next_change: usize,
-    last_leader: Option<NodeId>,
-    /// True time of the newest `ok`, per client.
-    pub last_ok_at: Vec<u64>,
+}
+
+impl std::ops::Deref for KvClients {
+    type Target = KvClientPool<Kv>;
+    fn deref(&self) -> &KvClientPool<Kv> {
+        &self.pool
+    }
 }
 
 impl KvClients {
-    /// `clients` clients that start operations until `stop_at` of true time.
+    /// `clients` clients that start operations until `stop_at` of true time; with
+    /// `transfers`, an operator also moves the leadership every 700 ms.
     pub fn new(clients: u64, stop_at: Duration, transfers: bool) -> Self {
         KvClients {
-            history: History::new(),
-            errors: Vec::new(),
-            clients: (1..=clients)
-                .map(|c| Client {
-                    id: ClientId(c),
-                    seq: 0,
-                    target: NodeId(0),
-                    op: None,
-                    next_token: 1,
-                })
-                .collect(),
-            stop_at: u64::try_from(stop_at.as_nanos()).unwrap_or(u64::MAX),
-            timeout: Duration::from_millis(60),
-            next_value: 0,
-            written: BTreeMap::new(),
+            pool: KvClientPool::new(clients, stop_at),
             transfers,
-            readers: 0,
             changes: Vec::new(),
             next_change: 0,
-            last_leader: None,
-            last_ok_at: vec![0; clients as usize],
         }
     }
 
     /// Make the first `readers` clients read-only.
     pub fn with_readers(mut self, readers: u64) -> Self {
-        self.readers = readers;
+        self.pool = self.pool.with_readers(readers);
         self
     }
 
@@ -132,219 +126,50 @@ impl KvClients {
     }
 
     fn on_membership_timer(&mut self, ctl: &mut ClientCtl<'_, Kv>) {
-        if ctl.now_nanos() >= self.stop_at || self.changes.is_empty() {
+        if ctl.now_nanos() >= self.pool.stop_at() || self.changes.is_empty() {
             return;
         }
         let change = self.changes[(self.next_change / 2) % self.changes.len()];
         self.next_change += 1;
         for node in 0..ctl.nodes() {
-            ctl.send(
-                ClientId(0),
-                NodeId(node),
-                RaftMsg::ChangeMembership { change },
-            );
+            ctl.send(OPERATOR, NodeId(node), RaftMsg::ChangeMembership { change });
         }
-        ctl.set_timer(ClientId(0), MEMBERSHIP, Duration::from_millis(150));
-    }
-
-    fn slot(client: ClientId) -> usize {
-        (client.0 - 1) as usize
-    }
-
-    fn random_op(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId) -> Op {
-        let key_index = ctl.rng().gen_range(0..KEYS.len());
-        let key = KEYS[key_index];
-        let pick = if client.0 <= self.readers {
-            0
-        } else {
-            ctl.rng().gen_range(0..10)
-        };
-        match pick {
-            0..=3 => Op::Read { key: key.into() },
-            4..=6 => {
-                self.next_value += 1;
-                self.written.insert(key, self.next_value);
-                Op::Write {
-                    key: key.into(),
-                    value: self.next_value,
-                }
-            }
-            7..=8 => {
-                self.next_value += 1;
-                let last = self.written.get(key).copied();
-                let back = ctl.rng().gen_range(0..3);
-                let expected = last.map(|v| v.saturating_sub(back)).filter(|v| *v > 0);
-                let new = self.next_value;
-                self.written.insert(key, new);
-                Op::Cas {
-                    key: key.into(),
-                    expected,
-                    new,
-                }
-            }
-            _ => Op::Delete { key: key.into() },
-        }
-    }
-
-    fn request(client: ClientId, seq: u64, op: &Op) -> Msg {
-        let session = SessionId(client.0);
-        let write = |command| RaftMsg::ClientWrite {
-            session,
-            seq,
-            command,
-        };
-        match op.clone() {
-            Op::Read { key } => RaftMsg::ClientRead {
-                seq,
-                command: KvCommand::Get { key },
-            },
-            Op::Write { key, value } => write(KvCommand::Put { key, value }),
-            Op::Cas { key, expected, new } => write(KvCommand::Cas { key, expected, new }),
-            Op::Delete { key } => write(KvCommand::Delete { key }),
-        }
-    }
-
-    fn start_op(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId) {
-        let now = ctl.now_nanos();
-        if now >= self.stop_at {
-            return;
-        }
-        let op = self.random_op(ctl, client);
-        let c = &mut self.clients[Self::slot(client)];
-        c.seq += 1;
-        let id = self.history.invoke(Process(client.0), op.clone(), now);
-        let msg = Self::request(client, c.seq, &op);
-        let token = c.next_token;
-        c.next_token += 1;
-        c.op = Some(InFlight {
-            id,
-            op,
-            msg,
-            seq: c.seq,
-            attempts: 0,
-            token,
-            sent: false,
-        });
-        self.attempt(ctl, client);
-    }
-
-    /// Send the operation (again) and arm its timeout.
-    fn attempt(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId) {
-        let timeout = self.timeout;
-        let c = &mut self.clients[Self::slot(client)];
-        let Some(op) = c.op.as_mut() else { return };
-        op.attempts += 1;
-        op.token = c.next_token;
-        c.next_token += 1;
-        op.sent = true;
-        ctl.send(client, c.target, op.msg.clone());
-        ctl.set_timer(client, op.token, timeout);
-    }
-
-    fn finish(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId) {
-        self.clients[Self::slot(client)].op = None;
-        let think = Duration::from_micros(ctl.rng().gen_range(0..5_000));
-        ctl.set_timer(client, NEXT_OP, think);
-    }
-
-    fn on_client_timer(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId, key: u64) {
-        let nodes = ctl.nodes();
-        let now = ctl.now_nanos();
-        let c = &mut self.clients[Self::slot(client)];
-        let Some(op) = c.op.as_mut() else { return };
-        if op.token != key {
-            return;
-        }
-        if op.sent {
-            // A timeout: this server may be down or cut off; try the next one.
-            c.target = NodeId((c.target.0 + 1) % nodes);
-        }
-        if op.attempts >= MAX_ATTEMPTS {
-            let id = op.id;
-            if let Err(e) = self.history.info(id, now) {
-                self.errors.push(e.to_string());
-            }
-            return self.finish(ctl, client);
-        }
-        self.attempt(ctl, client);
+        ctl.set_timer(OPERATOR, MEMBERSHIP, Duration::from_millis(150));
     }
 
     fn on_transfer_timer(&mut self, ctl: &mut ClientCtl<'_, Kv>) {
-        if ctl.now_nanos() >= self.stop_at {
+        if ctl.now_nanos() >= self.pool.stop_at() {
             return;
         }
-        if let Some(leader) = self.last_leader {
+        if let Some(leader) = self.pool.last_leader {
             let nodes = ctl.nodes();
             let to = NodeId(ctl.rng().gen_range(0..nodes));
-            ctl.send(ClientId(0), leader, RaftMsg::TransferLeadership { to });
+            ctl.send(OPERATOR, leader, RaftMsg::TransferLeadership { to });
         }
-        ctl.set_timer(ClientId(0), TRANSFER, Duration::from_millis(700));
+        ctl.set_timer(OPERATOR, TRANSFER, Duration::from_millis(700));
     }
 }
 
 impl Workload<Kv> for KvClients {
     fn on_start(&mut self, ctl: &mut ClientCtl<'_, Kv>) {
-        let ids: Vec<ClientId> = self.clients.iter().map(|c| c.id).collect();
-        for id in ids {
-            let nodes = ctl.nodes();
-            let target = NodeId(ctl.rng().gen_range(0..nodes));
-            self.clients[Self::slot(id)].target = target;
-            self.start_op(ctl, id);
-        }
+        self.pool.on_start(ctl);
         if self.transfers {
-            ctl.set_timer(ClientId(0), TRANSFER, Duration::from_millis(700));
+            ctl.set_timer(OPERATOR, TRANSFER, Duration::from_millis(700));
         }
         if !self.changes.is_empty() {
-            ctl.set_timer(ClientId(0), MEMBERSHIP, Duration::from_millis(150));
+            ctl.set_timer(OPERATOR, MEMBERSHIP, Duration::from_millis(150));
         }
     }
 
     fn on_reply(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId, from: NodeId, msg: Msg) {
-        let now = ctl.now_nanos();
-        let Some(slot) = self.clients.get_mut(Self::slot(client)) else {
-            return;
-        };
-        let Some(op) = slot.op.as_mut() else { return };
-        match msg {
-            RaftMsg::ClientReply { seq, output } if seq == op.seq => {
-                let result = match (&op.op, output) {
-                    (Op::Read { .. }, KvOutput::Value(v)) => OpResult::ReadOk(v),
-                    (Op::Write { .. }, KvOutput::Done) => OpResult::WriteOk,
-                    (Op::Cas { .. }, KvOutput::Swapped(b)) => OpResult::CasOk(b),
-                    (Op::Delete { .. }, KvOutput::Done) => OpResult::DeleteOk,
-                    (op, output) => {
-                        self.errors.push(format!("{op} answered with {output:?}"));
-                        return;
-                    }
-                };
-                let id = op.id;
-                if let Err(e) = self.history.ok(id, result, now) {
-                    self.errors.push(e.to_string());
-                }
-                self.last_ok_at[Self::slot(client)] = now;
-                self.last_leader = Some(from);
-                self.finish(ctl, client);
-            }
-            RaftMsg::NotLeader { seq, leader_hint } if seq == op.seq => {
-                let nodes = ctl.nodes();
-                slot.target = leader_hint.unwrap_or(NodeId((from.0 + 1) % nodes));
-                op.token = slot.next_token;
-                slot.next_token += 1;
-                op.sent = false;
-                let token = op.token;
-                // Back off a little: the cluster may be between leaders.
-                ctl.set_timer(client, token, Duration::from_millis(3));
-            }
-            _ => {}
-        }
+        self.pool.on_reply(ctl, client, from, msg);
     }
 
     fn on_timer(&mut self, ctl: &mut ClientCtl<'_, Kv>, client: ClientId, key: u64) {
-        match key {
-            TRANSFER => self.on_transfer_timer(ctl),
-            MEMBERSHIP => self.on_membership_timer(ctl),
-            NEXT_OP => self.start_op(ctl, client),
-            _ => self.on_client_timer(ctl, client, key),
+        match (client, key) {
+            (OPERATOR, TRANSFER) => self.on_transfer_timer(ctl),
+            (OPERATOR, MEMBERSHIP) => self.on_membership_timer(ctl),
+            _ => self.pool.on_timer(ctl, client, key),
         }
     }
 }
