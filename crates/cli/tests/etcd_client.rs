@@ -647,3 +647,57 @@ fn mvcc_and_lease_state_survive_sigkill_of_every_node() {
         assert_eq!(reply.events()[0].event_type(), EventType::Put);
     });
 }
+
+/// A watcher created with progress_notify hears the current revision while nothing
+/// happens (here every 300 ms instead of etcd's 10 minutes, set in the cluster file).
+#[test]
+fn progress_notify_reports_the_revision_to_a_quiet_watcher() {
+    let (cluster, _admin, client_addr) = start_cluster_ports("etcd-progress", 1);
+    let down = synod_cmd()
+        .arg("down")
+        .arg("--dir")
+        .arg(&cluster.dir)
+        .output()
+        .unwrap();
+    assert!(down.status.success());
+    let file = cluster.dir.join("cluster.toml");
+    let text_of_file = std::fs::read_to_string(&file).unwrap();
+    assert!(text_of_file.contains("watch_progress_notify_ms = 600000"));
+    std::fs::write(
+        &file,
+        text_of_file.replace(
+            "watch_progress_notify_ms = 600000",
+            "watch_progress_notify_ms = 300",
+        ),
+    )
+    .unwrap();
+    let up = synod_cmd()
+        .arg("up")
+        .arg("--dir")
+        .arg(&cluster.dir)
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    runtime().block_on(async move {
+        let mut c = connect(&[client_addr(1)]).await;
+        wait_ready(&mut c).await;
+        let put = c.put("quiet", "1", None).await.unwrap();
+        let revision = put.header().unwrap().revision();
+        let (_w, mut events) = c
+            .watch("quiet", Some(WatchOptions::new().with_progress_notify()))
+            .await
+            .unwrap();
+        // (The client consumes the created response itself.)
+        let notice = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("a progress notice within a few intervals")
+            .unwrap()
+            .unwrap();
+        assert!(notice.events().is_empty(), "{notice:?}");
+        assert_eq!(notice.header().unwrap().revision(), revision);
+    });
+}

@@ -85,6 +85,9 @@ pub struct Tuning {
     pub raft_heartbeat_ms: u64,
     /// How long a client request may take before it fails with "request timed out".
     pub request_timeout_ms: u64,
+    /// How often watchers created with progress_notify hear the current revision when
+    /// nothing else happens (etcd's default is 10 minutes).
+    pub watch_progress_notify_ms: u64,
 }
 
 impl Default for Tuning {
@@ -100,6 +103,7 @@ impl Default for Tuning {
             election_ms: 300,
             raft_heartbeat_ms: 50,
             request_timeout_ms: 7000,
+            watch_progress_notify_ms: 600_000,
         }
     }
 }

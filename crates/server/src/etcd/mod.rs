@@ -173,6 +173,9 @@ impl EtcdNode {
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_lessor_run = std::time::Instant::now();
+        let progress_every =
+            Duration::from_millis(self.config.tuning.watch_progress_notify_ms.max(1));
+        let mut last_progress = std::time::Instant::now();
         loop {
             tick.tick().await;
             let now = self.now();
@@ -224,6 +227,10 @@ impl EtcdNode {
                 .store(leader.map_or(0, |l| u64::from(l.0)), Ordering::Relaxed);
             self.revision.store(revision, Ordering::Relaxed);
             self.watch.deliver(&self, events);
+            if last_progress.elapsed() >= progress_every {
+                last_progress = std::time::Instant::now();
+                self.watch.progress(revision, |r| self.header(r));
+            }
             if !expired.is_empty() {
                 let gateway = Arc::clone(&self.gateway);
                 tokio::spawn(async move {

@@ -29,6 +29,10 @@ struct Watcher {
     prev_kv: bool,
     no_put: bool,
     no_delete: bool,
+    /// Send an empty response now and then while nothing happens (progress_notify).
+    progress_notify: bool,
+    /// Nothing was sent since the last progress round.
+    quiet: bool,
     tx: mpsc::Sender<Reply>,
 }
 
@@ -116,7 +120,10 @@ impl Hub {
                         ..Default::default()
                     };
                     match w.tx.try_send(Ok(reply)) {
-                        Ok(()) => w.sent_through = f.through,
+                        Ok(()) => {
+                            w.sent_through = f.through;
+                            w.quiet = false;
+                        }
                         // A slow reader: try again next round, from the same revision.
                         Err(mpsc::error::TrySendError::Full(_)) => {}
                         Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -137,6 +144,34 @@ impl Hub {
                     watchers.remove(&f.id);
                 }
             }
+        }
+    }
+}
+
+impl Hub {
+    /// One progress round (etcd sends one every 10 minutes by default): each
+    /// progress_notify watcher that is caught up with `current` and was sent nothing
+    /// since the last round gets an empty response whose header carries `current`, so
+    /// its client knows it has seen everything up to there.
+    pub(crate) fn progress(
+        &self,
+        current: i64,
+        header: impl Fn(i64) -> Option<pb::ResponseHeader>,
+    ) {
+        for w in self.lock().values_mut() {
+            if !w.progress_notify {
+                continue;
+            }
+            if w.quiet && w.sent_through >= current {
+                let notice = pb::WatchResponse {
+                    header: header(current),
+                    watch_id: w.watch_id,
+                    ..Default::default()
+                };
+                // A full stream has news coming anyway; skip this round for it.
+                let _ = w.tx.try_send(Ok(notice));
+            }
+            w.quiet = true;
         }
     }
 }
@@ -220,6 +255,8 @@ impl pb::watch_server::Watch for WatchApi {
                                 prev_kv: c.prev_kv,
                                 no_put: filters.contains(&0),
                                 no_delete: filters.contains(&1),
+                                progress_notify: c.progress_notify,
+                                quiet: true,
                                 tx: tx.clone(),
                             },
                         );
@@ -260,5 +297,58 @@ impl pb::watch_server::Watch for WatchApi {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watcher(watch_id: i64, progress_notify: bool, tx: mpsc::Sender<Reply>) -> Watcher {
+        Watcher {
+            watch_id,
+            key: b"k".to_vec(),
+            range_end: Vec::new(),
+            sent_through: 10,
+            prev_kv: false,
+            no_put: false,
+            no_delete: false,
+            progress_notify,
+            quiet: true,
+            tx,
+        }
+    }
+
+    fn header(revision: i64) -> Option<pb::ResponseHeader> {
+        Some(pb::ResponseHeader {
+            revision,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn progress_goes_only_to_quiet_caught_up_watchers_that_asked() {
+        let hub = Hub::default();
+        let (tx, mut rx) = mpsc::channel(16);
+        hub.lock().insert(1, watcher(7, true, tx.clone()));
+        hub.lock().insert(2, watcher(8, false, tx.clone()));
+        hub.progress(10, header);
+        let notice = rx.try_recv().expect("a progress notice").unwrap();
+        assert_eq!(notice.watch_id, 7);
+        assert!(notice.events.is_empty() && !notice.created && !notice.canceled);
+        assert_eq!(notice.header.unwrap().revision, 10);
+        assert!(rx.try_recv().is_err(), "watch 8 did not ask for progress");
+
+        // Behind the current revision: events are on their way, so no notice.
+        hub.progress(12, header);
+        assert!(rx.try_recv().is_err());
+
+        // A watcher that was just sent events is not quiet until the next round.
+        hub.lock().get_mut(&1).unwrap().sent_through = 12;
+        hub.lock().get_mut(&1).unwrap().quiet = false;
+        hub.progress(12, header);
+        assert!(rx.try_recv().is_err());
+        hub.progress(12, header);
+        assert_eq!(rx.try_recv().unwrap().unwrap().watch_id, 7);
     }
 }
