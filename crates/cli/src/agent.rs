@@ -243,16 +243,22 @@ async fn check_loop(
             .next_deadline(now)
             .map(|t| tokio::time::Instant::now() + t.saturating_duration_since(now));
         tokio::select! {
-            _ = ticker.tick(), if kind.is_some() && in_flight.is_none() => {
-                let kind = kind.clone().unwrap_or(ProbeKind::Tcp);
-                let timeout = tracker.timeout();
-                let address = registration.address;
-                in_flight = Some(Box::pin(async move {
-                    let start = tokio::time::Instant::now();
-                    let result = probe(&kind, address, timeout).await;
-                    (result, start.elapsed())
-                }));
-                continue;
+            _ = ticker.tick() => {
+                // Active checks start a probe per tick (unless one is still running); a
+                // TTL check just re-evaluates.
+                if let Some(kind) = &kind {
+                    if in_flight.is_none() {
+                        let kind = kind.clone();
+                        let timeout = tracker.timeout();
+                        let address = registration.address;
+                        in_flight = Some(Box::pin(async move {
+                            let start = tokio::time::Instant::now();
+                            let result = probe(&kind, address, timeout).await;
+                            (result, start.elapsed())
+                        }));
+                    }
+                    continue;
+                }
             }
             (result, rtt) = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
                 in_flight = None;
@@ -269,7 +275,6 @@ async fn check_loop(
             () = sleep_until(deadline) => {
                 heard = true;
             }
-            _ = ticker.tick(), if kind.is_none() => {}
         }
         let (verdict, reason) = tracker.evaluate(agent.clock.now());
         let output = reason.to_string();

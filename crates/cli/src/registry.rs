@@ -691,11 +691,6 @@ impl Catalog {
         bail!("the watch stream ended")
     }
 
-    /// A copy of the mirror.
-    pub(crate) fn snapshot(&self) -> Mirror {
-        self.lock().clone()
-    }
-
     /// Run `f` on the mirror.
     pub(crate) fn with<T>(&self, f: impl FnOnce(&Mirror) -> T) -> T {
         f(&self.lock())

@@ -152,8 +152,9 @@ pub(crate) fn run(cmd: SvcCommand) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let registry = Registry::new(&cmd.etcd)?;
     runtime.block_on(async move {
+        // The balanced channel spawns its connection tasks: it needs the runtime.
+        let registry = Registry::new(&cmd.etcd)?;
         match cmd.what {
             SvcWhat::Register(a) => register(&registry, a).await,
             SvcWhat::Deregister(a) => {

@@ -218,6 +218,7 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
     let silent = wait_until("a1 turns critical", Duration::from_secs(6), || {
         ids(agent, "/v1/health/service/api?passing=true").is_empty()
     });
+    eprintln!("a1 critical {silent:?} after its last heartbeat (1.5 s TTL)");
     assert!(silent < Duration::from_millis(3000), "{silent:?}");
     let (_, body) = request(
         agent,
@@ -286,19 +287,33 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
         ids(agent, "/v1/health/service/web?passing=true") == ["b1", "b2", "b3"]
     });
 
-    // A blocking query returns when the registry changes.
+    // A blocking query returns when the registry changes, not at the end of its wait.
     let (_, response) = get(agent, "/v1/catalog/service/web");
     let index: i64 = header(&response, "x-synod-index")
         .and_then(|v| v.parse().ok())
         .expect("an index");
     let blocked = std::thread::spawn(move || {
         let t = Instant::now();
-        let (code, _) = get(
+        let (code, body) = get(
             agent,
-            &format!("/v1/catalog/service/web?index={index}&wait=20s"),
+            &format!("/v1/catalog/services?index={index}&wait=9s"),
         );
-        (code, t.elapsed())
+        (code, body, t.elapsed())
     });
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = svc(&[
+        "register",
+        "cache",
+        "--address",
+        "127.0.0.1:6379",
+        "--ttl",
+        "30s",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, body, waited) = blocked.join().unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("cache"), "{body}");
+    assert!(waited < Duration::from_secs(8), "{waited:?}");
 
     // The proxy learns its upstreams only from the registry: no checks of its own.
     let dir = common::scratch("registry", "proxy");
@@ -335,12 +350,14 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
     killed.0.kill().expect("SIGKILL b1");
     killed.0.wait().unwrap();
     let killed_at = Instant::now();
-    let bound = Duration::from_millis(1500);
+    // Detection: 2 failed checks 100 ms apart, one write through Raft, one watch event.
+    // The bound leaves room for this loaded 2-core machine.
+    let bound = Duration::from_millis(2500);
     let mut failures = Vec::new();
     let mut retried_after_bound = 0;
     let mut served_after_bound = 0;
     let mut left_discovery = None;
-    while killed_at.elapsed() < Duration::from_millis(3000) {
+    while killed_at.elapsed() < Duration::from_millis(4000) {
         let started = killed_at.elapsed();
         let (status, response) = get(proxy, "/work");
         if status != 200 {
@@ -360,15 +377,13 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
     }
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     let left = left_discovery.expect("b1 left discovery");
+    eprintln!("b1 left discovery {left:?} after SIGKILL");
     assert!(left < bound, "b1 left discovery after {left:?}");
     assert!(served_after_bound > 10, "{served_after_bound}");
     assert_eq!(
         retried_after_bound, 0,
         "of {served_after_bound}: b1 still in rotation"
     );
-    let (code, waited) = blocked.join().unwrap();
-    assert_eq!(code, 200);
-    assert!(waited < Duration::from_secs(15), "{waited:?}");
 
     // Kill the process holding b2's lease (b2 itself keeps running): its registration
     // expires with the 2 s lease and b2 leaves the catalog and the proxy.
@@ -378,6 +393,7 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
     let gone = wait_until("b2's lease expires", Duration::from_secs(8), || {
         !ids(agent, "/v1/catalog/service/web").contains(&"b2".to_string())
     });
+    eprintln!("b2 left the catalog {gone:?} after its lease holder was killed (2 s lease)");
     assert!(gone < Duration::from_millis(3500), "{gone:?}");
     wait_until(
         "the proxy sends everything to b3",

@@ -173,7 +173,7 @@ impl Balancer {
                 })
                 .collect(),
             next: 0,
-            ring: Ring::new(config.ring_points_per_weight),
+            ring: Ring::new(1),
             ring_index: BTreeMap::new(),
             maglev: Vec::new(),
             tables_stale: true,
