@@ -232,9 +232,7 @@ async fn check_loop(
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut in_flight: Option<
-        std::pin::Pin<Box<dyn std::future::Future<Output = (ProbeResult, Duration)> + Send>>,
-    > = None;
+    let mut in_flight: Option<ProbeFuture> = None;
     let mut published: Option<Verdict> = None;
     let mut heard = false;
     loop {
@@ -302,6 +300,10 @@ async fn check_loop(
         }
     }
 }
+
+/// A probe in progress: its result and round trip.
+type ProbeFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (ProbeResult, Duration)> + Send>>;
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {

@@ -26,7 +26,7 @@ enum SvcWhat {
     /// Register an instance under a lease. Without --ttl, stay in the foreground keeping
     /// the lease alive (ctrl-c deregisters); with --ttl, print the lease id and exit (renew
     /// it with `synod svc heartbeat`, or let it expire).
-    Register(RegisterArgs),
+    Register(Box<RegisterArgs>),
     /// Remove an instance (and its check result).
     Deregister(DeregisterArgs),
     /// List services and instances with their health.
@@ -156,7 +156,7 @@ pub(crate) fn run(cmd: SvcCommand) -> Result<ExitCode> {
         // The balanced channel spawns its connection tasks: it needs the runtime.
         let registry = Registry::new(&cmd.etcd)?;
         match cmd.what {
-            SvcWhat::Register(a) => register(&registry, a).await,
+            SvcWhat::Register(a) => register(&registry, *a).await,
             SvcWhat::Deregister(a) => {
                 if registry.deregister(&a.name, &a.id).await? {
                     println!("deregistered {}/{}", a.name, a.id);
