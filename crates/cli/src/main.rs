@@ -5,6 +5,7 @@
 // The CLI is a driver: it may read the wall clock (benchmarks, progress).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+mod agent;
 mod args;
 mod bench;
 mod bench_net;
@@ -14,6 +15,7 @@ mod compare;
 mod kv;
 mod members;
 mod mesh;
+mod registry;
 mod sim;
 mod sim_chord;
 mod sim_clock_sync;
@@ -22,6 +24,7 @@ mod sim_paxos;
 mod sim_raft;
 mod sim_swim;
 mod sim_twopc;
+mod svc;
 
 use clap::{Parser, Subcommand};
 
@@ -66,6 +69,8 @@ enum Command {
     Compare(compare::CompareCommand),
     /// Service mesh: the sidecar proxy, a test backend, and the load-balancing demo.
     Mesh(mesh::MeshCommand),
+    /// Service registry: register, deregister and list instances in the cluster.
+    Svc(svc::SvcCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +96,7 @@ fn main() -> std::process::ExitCode {
         Command::Kv(cmd) => kv::run(cmd),
         Command::Dht(cmd) => kv::dht(cmd),
         Command::Mesh(cmd) => mesh::run(cmd),
+        Command::Svc(cmd) => svc::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -32,6 +32,25 @@ enum MeshWhat {
     /// Run a test backend that answers with its id, after a delay, failing a share of
     /// requests with 503.
     Backend(BackendArgs),
+    /// Run the registry agent: health checks of this node's instances, results written to
+    /// the registry, and the catalog's HTTP API (see docs/registry.md).
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+struct AgentArgs {
+    /// The cluster's etcd API endpoints (client ports), comma-separated.
+    #[arg(long, default_value = "127.0.0.1:2379", env = "SYNOD_ETCD", value_parser = crate::registry::parse_endpoints)]
+    etcd: crate::registry::Endpoints,
+    /// Address of the HTTP API (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    listen: SocketAddr,
+    /// This agent's node name: it checks the instances registered with this node.
+    #[arg(long, default_value = "local")]
+    node: String,
+    /// TTL of the agent's lease (its registrations and check results live under it).
+    #[arg(long, default_value = "3s", value_parser = args::duration)]
+    lease_ttl: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -39,6 +58,11 @@ struct ProxyArgs {
     /// The configuration file (see docs/mesh.md).
     #[arg(long)]
     config: PathBuf,
+    /// Follow the cluster's service registry at these etcd endpoints (comma-separated)
+    /// instead of the file's static instances: each service's passing instances, pushed
+    /// by a watch.
+    #[arg(long, value_parser = crate::registry::parse_endpoints)]
+    registry: Option<crate::registry::Endpoints>,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +116,7 @@ pub(crate) fn run(cmd: MeshCommand) -> Result<ExitCode> {
         MeshWhat::Proxy(p) => runtime.block_on(proxy(p)),
         MeshWhat::Demo(d) => runtime.block_on(demo(d)),
         MeshWhat::Backend(b) => runtime.block_on(backend(b)),
+        MeshWhat::Agent(a) => runtime.block_on(agent(a)),
     }
 }
 
@@ -100,8 +125,27 @@ async fn proxy(args: ProxyArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot read {}", args.config.display()))?;
     let config =
         ProxyConfig::parse(&text).map_err(|e| anyhow!("{}: {e}", args.config.display()))?;
-    let source = Arc::new(StaticSource::from_config(&config));
-    let running = synod_mesh::proxy::start(config, source).await?;
+    let running = match &args.registry {
+        None => {
+            let source = Arc::new(StaticSource::from_config(&config));
+            synod_mesh::proxy::start(config, source).await?
+        }
+        Some(endpoints) => {
+            if let Some(s) = config.services.iter().find(|s| !s.instances.is_empty()) {
+                return Err(anyhow!(
+                    "{}: service {:?} lists instances, but with --registry they come from the registry",
+                    args.config.display(),
+                    s.name
+                ));
+            }
+            let registry = crate::registry::Registry::new(endpoints)?;
+            let catalog = crate::registry::Catalog::follow(registry)
+                .await
+                .context("cannot read the registry")?;
+            let source = Arc::new(crate::registry::CatalogSource::new(catalog));
+            synod_mesh::proxy::start(config, source).await?
+        }
+    };
     for (name, address) in &running.listeners {
         println!("listening {name} {address}");
     }
@@ -109,6 +153,25 @@ async fn proxy(args: ProxyArgs) -> Result<ExitCode> {
         println!("admin http://{admin}/metrics");
     }
     running.wait().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn agent(args: AgentArgs) -> Result<ExitCode> {
+    if args.lease_ttl < Duration::from_secs(2) {
+        return Err(anyhow!(
+            "--lease-ttl must be at least 2s (the cluster's minimum)"
+        ));
+    }
+    let running = crate::agent::start(crate::agent::AgentConfig {
+        endpoints: args.etcd,
+        listen: args.listen,
+        node: args.node.clone(),
+        lease_ttl: args.lease_ttl,
+    })
+    .await?;
+    println!("listening agent {}", running.address);
+    println!("node {} lease {:x}", args.node, running.lease);
+    running.wait().await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,9 +16,11 @@
 //!   every instance's weight to its running credit, picks the largest credit and takes the
 //!   total weight from it. Over any cycle each instance is picked weight/total of the time,
 //!   and the picks of a heavy instance are spread out instead of bunched.
-//! - **Ring hash**: consistent hashing (Karger et al., STOC 1997) with virtual nodes;
-//!   a key goes to the first point clockwise from its hash, so removing an instance moves
-//!   only that instance's keys.
+//! - **Ring hash**: consistent hashing (Karger et al., STOC 1997) with virtual nodes, on
+//!   the project's ring ([`synod_protocols::hashing::Ring`], weights as more points); a
+//!   key goes to the first point clockwise from its hash, so removing an instance moves
+//!   only that instance's keys. A retry walks on to the next distinct instance clockwise
+//!   (the ring's preference list).
 //! - **Maglev**: the lookup table of Eisenbud et al., "Maglev: A Fast and Reliable Software
 //!   Network Load Balancer", NSDI 2016, §3.4. Each instance fills the table in the order of
 //!   its own permutation, taking turns, so every instance owns ⌊M/N⌋ or ⌈M/N⌉ of the M
@@ -27,8 +29,10 @@
 //! The balancer is pure: callers pass `now` and an RNG, and report starts and finishes.
 
 use rand::Rng;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use synod_core::Instant;
+use synod_protocols::hashing::{NodeSpec, Ring};
 
 /// How to pick an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +147,9 @@ pub struct Balancer {
     config: BalancerConfig,
     instances: Vec<InstanceState>,
     next: usize,
-    ring: Vec<(u64, usize)>,
+    ring: Ring<String>,
+    /// Ring member (instance name) → index.
+    ring_index: BTreeMap<String, usize>,
     maglev: Vec<usize>,
     tables_stale: bool,
 }
@@ -167,7 +173,8 @@ impl Balancer {
                 })
                 .collect(),
             next: 0,
-            ring: Vec::new(),
+            ring: Ring::new(1),
+            ring_index: BTreeMap::new(),
             maglev: Vec::new(),
             tables_stale: true,
         }
@@ -356,10 +363,17 @@ impl Balancer {
                 best
             }
             Strategy::RingHash => {
-                let start = self.ring.partition_point(|(point, _)| *point < key);
-                (0..self.ring.len())
-                    .map(|step| self.ring[(start + step) % self.ring.len()].1)
-                    .find(|&i| !exclude.contains(&i))
+                if exclude.is_empty() {
+                    self.ring
+                        .owner(key)
+                        .and_then(|name| self.ring_index.get(name).copied())
+                } else {
+                    self.ring
+                        .preference_list(key, self.ring.len())
+                        .into_iter()
+                        .filter_map(|name| self.ring_index.get(name).copied())
+                        .find(|i| !exclude.contains(i))
+                }
             }
             Strategy::Maglev => {
                 let m = self.maglev.len() as u64;
@@ -399,14 +413,17 @@ impl Balancer {
         let names: Vec<&str> = available.iter().map(|(_, n, _)| *n).collect();
         match self.strategy {
             Strategy::RingHash => {
-                let mut ring = Vec::new();
-                for (index, name, weight) in &available {
-                    for point in 0..self.config.ring_points_per_weight * weight {
-                        ring.push((hash_str(&format!("{name}#{point}"), 0), *index));
+                let mut ring = Ring::new(self.config.ring_points_per_weight);
+                let mut index = BTreeMap::new();
+                for (i, name, weight) in &available {
+                    let spec = NodeSpec::default().with_weight(f64::from(*weight));
+                    // Names are unique (instance ids), so adding cannot fail.
+                    if ring.add_with((*name).to_string(), spec).is_ok() {
+                        index.insert((*name).to_string(), *i);
                     }
                 }
-                ring.sort_unstable();
                 self.ring = ring;
+                self.ring_index = index;
             }
             Strategy::Maglev => {
                 let table = maglev_table(&names, self.config.maglev_table_size);

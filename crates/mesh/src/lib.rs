@@ -14,6 +14,7 @@
 //! - [`config`]: the proxy's TOML file.
 //! - [`upstream`]: where instances come from ([`upstream::UpstreamSource`]).
 //! - [`proxy`]: the HTTP/1.1, h2c and TCP sidecar proxy with Prometheus metrics.
+//! - [`health`]: the registry agent's check verdicts (thresholds, TTL, φ, RTO) and probes.
 //! - [`backend`]: a test backend with injected latency and failures.
 //! - [`demo`]: strategies and resilience compared under a slow and a flaky instance.
 //!
@@ -24,6 +25,7 @@ pub mod backend;
 pub mod config;
 pub mod demo;
 pub mod detect;
+pub mod health;
 pub mod lb;
 pub mod proxy;
 pub mod resilience;
