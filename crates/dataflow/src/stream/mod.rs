@@ -49,6 +49,7 @@
 //! time windows and no fault tolerance. Here time is event time with watermarks, operators are
 //! parallel and partitioned by key, and state and output are exactly-once across crashes.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod exec;
 pub mod jobs;
