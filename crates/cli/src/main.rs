@@ -22,6 +22,7 @@ mod sim_paxos;
 mod sim_raft;
 mod sim_swim;
 mod sim_twopc;
+mod stream;
 
 use clap::{Parser, Subcommand};
 
@@ -66,6 +67,8 @@ enum Command {
     Compare(compare::CompareCommand),
     /// Service mesh: the sidecar proxy, a test backend, and the load-balancing demo.
     Mesh(mesh::MeshCommand),
+    /// Stream processing: run the built-in jobs with exactly-once checkpoints.
+    Stream(stream::StreamCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +94,7 @@ fn main() -> std::process::ExitCode {
         Command::Kv(cmd) => kv::run(cmd),
         Command::Dht(cmd) => kv::dht(cmd),
         Command::Mesh(cmd) => mesh::run(cmd),
+        Command::Stream(cmd) => stream::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -141,7 +141,7 @@ pub fn baseline(spec: &JobSpec) -> (f64, usize) {
         *counts.entry((start + size, key)).or_default() += 1;
         max_ts = max_ts.max(ts.0);
         n += 1;
-        if n % 1024 == 0 {
+        if n.is_multiple_of(1024) {
             let wm = max_ts.saturating_sub(spec.bound_ms);
             while let Some((&(end, _), _)) = counts.first_key_value() {
                 if end > wm {
