@@ -33,6 +33,8 @@ enum BenchWhat {
     /// The replicated KV store of a running cluster (synod up): throughput and p50/p99
     /// latency against the number of clients.
     Kv(crate::kv::KvBench),
+    /// Stream processing: windowed-count throughput with checkpoints on and off, latency.
+    Stream(crate::stream::StreamBench),
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +77,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchWhat::Raft(b) => crate::sim_raft::bench(b),
         BenchWhat::Kv(b) => crate::kv::bench(b),
         BenchWhat::Wal(b) => bench_wal(b),
+        BenchWhat::Stream(b) => crate::stream::bench_stream(b),
     }
 }
 

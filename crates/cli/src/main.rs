@@ -24,6 +24,7 @@ mod sim_paxos;
 mod sim_raft;
 mod sim_swim;
 mod sim_twopc;
+mod stream;
 mod svc;
 
 use clap::{Parser, Subcommand};
@@ -71,6 +72,8 @@ enum Command {
     Mesh(mesh::MeshCommand),
     /// Service registry: register, deregister and list instances in the cluster.
     Svc(svc::SvcCommand),
+    /// Stream processing: run the built-in jobs with exactly-once checkpoints.
+    Stream(stream::StreamCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -97,6 +100,7 @@ fn main() -> std::process::ExitCode {
         Command::Dht(cmd) => kv::dht(cmd),
         Command::Mesh(cmd) => mesh::run(cmd),
         Command::Svc(cmd) => svc::run(cmd),
+        Command::Stream(cmd) => stream::run(cmd),
     };
     match result {
         Ok(code) => code,
