@@ -177,6 +177,8 @@ pub struct Raft<S: StateMachine> {
     membership_index: LogIndex,
     base_membership: Membership,
     snapshot: Option<Snapshot>,
+    /// No snapshot is attempted before this index is applied (set when one was too large).
+    snapshot_deferred_until: LogIndex,
     incoming: Option<IncomingSnapshot>,
     fault: Option<String>,
     #[cfg(test)]
@@ -219,6 +221,7 @@ impl<S: StateMachine> Raft<S> {
             membership_index: LogIndex::ZERO,
             base_membership: initial,
             snapshot: None,
+            snapshot_deferred_until: LogIndex::ZERO,
             incoming: None,
             fault: None,
             #[cfg(test)]
@@ -683,7 +686,10 @@ impl<S: StateMachine> Raft<S> {
             self.become_follower(ctx, None);
         }
         let threshold = self.config.snapshot_threshold;
-        if threshold > 0 && self.last_applied.0 >= self.log.base_index().0 + threshold {
+        if threshold > 0
+            && self.last_applied.0 >= self.log.base_index().0 + threshold
+            && self.last_applied >= self.snapshot_deferred_until
+        {
             self.take_snapshot(ctx);
         }
         self.advance_reads(ctx);
