@@ -130,7 +130,8 @@ struct PendingRead<C> {
     command: C,
     /// The commit index recorded once the leader has committed an entry of its term.
     read_index: Option<LogIndex>,
-    /// The heartbeat round that must be acknowledged by a majority.
+    /// The heartbeat round that must be acknowledged by a majority (`reads::NEXT_ROUND`:
+    /// the next round, not started yet).
     round: u64,
 }
 
@@ -160,6 +161,8 @@ pub struct Raft<S: StateMachine> {
     progress: BTreeMap<NodeId, Progress>,
     durable_index: LogIndex,
     round: u64,
+    /// The last heartbeat round started for reads.
+    read_round: u64,
     waiting: BTreeMap<LogIndex, Waiting>,
     reads: Vec<PendingRead<S::Command>>,
     transfer: Option<(NodeId, Instant)>,
@@ -209,6 +212,7 @@ impl<S: StateMachine> Raft<S> {
             progress: BTreeMap::new(),
             durable_index: LogIndex::ZERO,
             round: 0,
+            read_round: 0,
             waiting: BTreeMap::new(),
             reads: Vec::new(),
             transfer: None,
