@@ -33,6 +33,8 @@ enum BenchWhat {
     /// The replicated KV store of a running cluster (synod up): throughput and p50/p99
     /// latency against the number of clients.
     Kv(crate::kv::KvBench),
+    /// Any etcd v3 endpoint (synod's or etcd's): put, linearizable or serializable range.
+    Etcd(crate::bench_etcd::EtcdBench),
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +76,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchWhat::Transport(b) => bench_transport(b),
         BenchWhat::Raft(b) => crate::sim_raft::bench(b),
         BenchWhat::Kv(b) => crate::kv::bench(b),
+        BenchWhat::Etcd(b) => crate::bench_etcd::bench(b),
         BenchWhat::Wal(b) => bench_wal(b),
     }
 }

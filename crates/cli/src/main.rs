@@ -7,6 +7,7 @@
 
 mod args;
 mod bench;
+mod bench_etcd;
 mod bench_net;
 mod check;
 mod cluster;
