@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # etcdctl check perf against a 3-node synod cluster and a 3-node etcd 3.4 cluster (Debian's
-# etcd-server), on this machine, in the same run. Usage: bench/etcd-compare.sh [LOADS]
-# (default "s m l"). Needs: apt-get install -y etcd-server etcd-client.
+# etcd-server), on this machine, in the same run; then, for the load "reads", `synod bench
+# etcd` (a closed-loop gRPC load generator) measures linearizable reads, serializable reads
+# and puts against both. Usage: bench/etcd-compare.sh [LOADS] [RUNS] (default "s m l reads",
+# 1 run; quote medians of 3 or more). READ_CLIENTS, READ_SECS tune the read benchmark;
+# SYNOD=path/to/synod skips the release build.
+# Needs: apt-get install -y etcd-server etcd-client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LOADS=${1:-"s m l"}
+LOADS=${1:-"s m l reads"}
+RUNS=${2:-1}
+READ_CLIENTS=${READ_CLIENTS:-200}
+READ_SECS=${READ_SECS:-10}
 command -v etcd >/dev/null || { echo "etcd-server is not installed: apt-get install -y etcd-server"; exit 2; }
 command -v etcdctl >/dev/null || { echo "etcd-client is not installed: apt-get install -y etcd-client"; exit 2; }
-cargo build --release -q -p synod
-SYNOD=./target/release/synod
+if [ -z "${SYNOD:-}" ]; then
+    cargo build --release -q -p synod
+    SYNOD=./target/release/synod
+fi
 WORK=$(mktemp -d /tmp/etcd-compare.XXXX)
 export ETCDCTL_API=3
 
@@ -26,7 +35,12 @@ start_etcd() {
     for _ in $(seq 50); do etcdctl --endpoints=$ETCD_EP put ready 1 >/dev/null 2>&1 && return; sleep 0.2; done
     echo "etcd did not start"; exit 1
 }
-stop_etcd() { xargs -r kill <"$WORK/etcd.pids" 2>/dev/null || true; rm -f "$WORK/etcd.pids"; }
+stop_etcd() {
+    [ -f "$WORK/etcd.pids" ] || return 0
+    xargs -r kill <"$WORK/etcd.pids" 2>/dev/null || true
+    rm -f "$WORK/etcd.pids"
+    for _ in $(seq 100); do ss -ltn | grep -qE ':3(2279|2280|2281|2380|2381|2382) ' || return 0; sleep 0.2; done
+}
 
 start_synod() {
     $SYNOD up --nodes 3 --dir "$WORK/synod" --peer-port 33001 --client-port 33101 --admin-port 33201 >/dev/null
@@ -34,17 +48,36 @@ start_synod() {
     for _ in $(seq 50); do etcdctl --endpoints=$SYNOD_EP put ready 1 >/dev/null 2>&1 && return; sleep 0.2; done
     echo "synod did not start"; exit 1
 }
-stop_synod() { $SYNOD down --dir "$WORK/synod" >/dev/null 2>&1 || true; }
+stop_synod() {
+    $SYNOD down --dir "$WORK/synod" >/dev/null 2>&1 || true
+    # The next cluster binds the same ports: wait until this one's are free.
+    for _ in $(seq 100); do ss -ltn | grep -qE ':33(00[1-3]|10[1-3]|20[1-3]) ' || return 0; sleep 0.2; done
+}
 trap 'stop_etcd; stop_synod' EXIT
 
-echo "etcdctl check perf, 3 nodes each, $(nproc) cores, $(date -u +%F)"
-for load in $LOADS; do
-    start_synod
-    echo "== synod --load=$load"
-    etcdctl --endpoints=$SYNOD_EP check perf --load="$load" 2>&1 | tr '\r' '\n' | grep -E 'PASS|FAIL|too' || true
-    stop_synod; rm -rf "$WORK/synod"
-    start_etcd
-    echo "== etcd $(etcd --version | head -1 | awk '{print $3}') --load=$load"
-    etcdctl --endpoints=$ETCD_EP check perf --load="$load" 2>&1 | tr '\r' '\n' | grep -E 'PASS|FAIL|too' || true
-    stop_etcd; rm -rf "$WORK"/etcd?
+reads() {
+    local ep=$1
+    for op in range-l range-s put; do
+        $SYNOD --log error bench etcd --endpoints "$ep" --op $op --clients "$READ_CLIENTS" \
+            --conns 12 --duration "${READ_SECS}s" --keys 1000 --value-size 256 2>&1 | grep ops/s || true
+    done
+}
+
+check_perf() {
+    local ep=$1 load=$2
+    etcdctl --endpoints="$ep" check perf --load="$load" 2>&1 | tr '\r' '\n' | grep -E 'PASS|FAIL|too' || true
+}
+
+echo "3 nodes each, $(nproc) cores, $(date -u +%F)"
+for run in $(seq "$RUNS"); do
+    for load in $LOADS; do
+        start_synod
+        echo "== run $run synod --load=$load"
+        if [ "$load" = reads ]; then reads "$SYNOD_EP"; else check_perf "$SYNOD_EP" "$load"; fi
+        stop_synod; rm -rf "$WORK/synod"
+        start_etcd
+        echo "== run $run etcd $(etcd --version | head -1 | awk '{print $3}') --load=$load"
+        if [ "$load" = reads ]; then reads "$ETCD_EP"; else check_perf "$ETCD_EP" "$load"; fi
+        stop_etcd; rm -rf "$WORK"/etcd?
+    done
 done

@@ -35,6 +35,8 @@ enum BenchWhat {
     Kv(crate::kv::KvBench),
     /// Stream processing: windowed-count throughput with checkpoints on and off, latency.
     Stream(crate::stream::StreamBench),
+    /// Any etcd v3 endpoint (synod's or etcd's): put, linearizable or serializable range.
+    Etcd(crate::bench_etcd::EtcdBench),
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +78,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchWhat::Transport(b) => bench_transport(b),
         BenchWhat::Raft(b) => crate::sim_raft::bench(b),
         BenchWhat::Kv(b) => crate::kv::bench(b),
+        BenchWhat::Etcd(b) => crate::bench_etcd::bench(b),
         BenchWhat::Wal(b) => bench_wal(b),
         BenchWhat::Stream(b) => crate::stream::bench_stream(b),
     }

@@ -8,6 +8,7 @@
 mod agent;
 mod args;
 mod bench;
+mod bench_etcd;
 mod bench_net;
 mod check;
 mod cluster;

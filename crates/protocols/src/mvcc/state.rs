@@ -1313,4 +1313,9 @@ impl StateMachine for MvccStateMachine {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         self.restore_snapshot(snapshot)
     }
+
+    fn snapshot_size_hint(&self) -> Option<u64> {
+        // The snapshot encodes every version's key, value and metadata: about db_size.
+        Some(self.db_size)
+    }
 }

@@ -196,6 +196,12 @@ pub trait StateMachine: Send + 'static {
     fn snapshot(&self) -> Vec<u8>;
     /// Replace the state with a snapshot's. An error means the snapshot is corrupt.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+    /// A cheap estimate of [`StateMachine::snapshot`]'s size in bytes, if the state
+    /// machine keeps one. Raft consults it against [`RaftConfig::max_snapshot_bytes`]
+    /// before paying for the encoding.
+    fn snapshot_size_hint(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// How a Raft server is set up. Every server of a group needs the same `voters`.
@@ -229,6 +235,12 @@ pub struct RaftConfig {
     pub snapshot_threshold: u64,
     /// Bytes of snapshot per `InstallSnapshot` chunk (Figure 13).
     pub snapshot_chunk_bytes: usize,
+    /// The largest snapshot a server stores (`None`: no bound). Snapshots are one storage
+    /// value, and a store may refuse values past a size (the disk WAL's bound is 64 MiB),
+    /// so a server whose snapshot would be larger keeps its log instead and tries again
+    /// after another `snapshot_threshold` entries; the log then grows until the state
+    /// shrinks. [`StateMachine::snapshot_size_hint`] lets it skip the encoding.
+    pub max_snapshot_bytes: Option<u64>,
     /// Opt-in leader-lease reads (thesis §6.4.1): `Some(ρ)` in parts per million is the
     /// largest clock rate error between any two servers that the lease may assume.
     /// `None` (the default): every read goes through ReadIndex. See the module header
@@ -256,6 +268,7 @@ impl RaftConfig {
             check_quorum: true,
             snapshot_threshold: 8192,
             snapshot_chunk_bytes: 64 << 10,
+            max_snapshot_bytes: None,
             lease_read_max_drift_ppm: None,
             max_sessions: 100_000,
         }

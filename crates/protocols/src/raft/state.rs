@@ -130,7 +130,8 @@ struct PendingRead<C> {
     command: C,
     /// The commit index recorded once the leader has committed an entry of its term.
     read_index: Option<LogIndex>,
-    /// The heartbeat round that must be acknowledged by a majority.
+    /// The heartbeat round that must be acknowledged by a majority (`reads::NEXT_ROUND`:
+    /// the next round, not started yet).
     round: u64,
 }
 
@@ -160,6 +161,8 @@ pub struct Raft<S: StateMachine> {
     progress: BTreeMap<NodeId, Progress>,
     durable_index: LogIndex,
     round: u64,
+    /// The last heartbeat round started for reads.
+    read_round: u64,
     waiting: BTreeMap<LogIndex, Waiting>,
     reads: Vec<PendingRead<S::Command>>,
     transfer: Option<(NodeId, Instant)>,
@@ -177,6 +180,8 @@ pub struct Raft<S: StateMachine> {
     membership_index: LogIndex,
     base_membership: Membership,
     snapshot: Option<Snapshot>,
+    /// No snapshot is attempted before this index is applied (set when one was too large).
+    snapshot_deferred_until: LogIndex,
     incoming: Option<IncomingSnapshot>,
     fault: Option<String>,
     #[cfg(test)]
@@ -207,6 +212,7 @@ impl<S: StateMachine> Raft<S> {
             progress: BTreeMap::new(),
             durable_index: LogIndex::ZERO,
             round: 0,
+            read_round: 0,
             waiting: BTreeMap::new(),
             reads: Vec::new(),
             transfer: None,
@@ -219,6 +225,7 @@ impl<S: StateMachine> Raft<S> {
             membership_index: LogIndex::ZERO,
             base_membership: initial,
             snapshot: None,
+            snapshot_deferred_until: LogIndex::ZERO,
             incoming: None,
             fault: None,
             #[cfg(test)]
@@ -683,7 +690,10 @@ impl<S: StateMachine> Raft<S> {
             self.become_follower(ctx, None);
         }
         let threshold = self.config.snapshot_threshold;
-        if threshold > 0 && self.last_applied.0 >= self.log.base_index().0 + threshold {
+        if threshold > 0
+            && self.last_applied.0 >= self.log.base_index().0 + threshold
+            && self.last_applied >= self.snapshot_deferred_until
+        {
             self.take_snapshot(ctx);
         }
         self.advance_reads(ctx);

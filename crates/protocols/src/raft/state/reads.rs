@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The round of a read that waits for the next heartbeat round to start.
+pub(super) const NEXT_ROUND: u64 = u64::MAX;
+
 impl<S: StateMachine> Raft<S> {
     pub(super) fn on_client_read(
         &mut self,
@@ -23,7 +26,15 @@ impl<S: StateMachine> Raft<S> {
             let output = self.state_machine.read(&command);
             return ctx.reply(client, RaftMsg::ClientReply { seq, output });
         }
-        let round = self.next_round(now);
+        // One heartbeat round at a time serves every read (etcd batches ReadIndex the
+        // same way): a read that arrives while a round is unconfirmed cannot use it, as
+        // that round left before the read arrived, so it waits for the next one, which
+        // starts as soon as the current one is confirmed.
+        let round = if self.read_round > self.confirmed_round() {
+            NEXT_ROUND
+        } else {
+            self.start_read_round(ctx)
+        };
         self.reads.push(PendingRead {
             client,
             seq,
@@ -31,10 +42,17 @@ impl<S: StateMachine> Raft<S> {
             read_index: None,
             round,
         });
+        self.advance_reads(ctx);
+    }
+
+    /// Start a heartbeat round for reads and send it to every peer.
+    fn start_read_round(&mut self, ctx: &mut RaftCtx<'_, S>) -> u64 {
+        let round = self.next_round(ctx.now());
+        self.read_round = round;
         for peer in self.peers() {
             self.send_append(ctx, peer, false);
         }
-        self.advance_reads(ctx);
+        round
     }
 
     /// The newest heartbeat round that a majority of voters has echoed in this term.
@@ -121,5 +139,12 @@ impl<S: StateMachine> Raft<S> {
             }
         }
         self.reads = still_waiting;
+        let queued = self.reads.iter().any(|r| r.round == NEXT_ROUND);
+        if queued && self.read_round <= confirmed {
+            let round = self.start_read_round(ctx);
+            for read in self.reads.iter_mut().filter(|r| r.round == NEXT_ROUND) {
+                read.round = round;
+            }
+        }
     }
 }

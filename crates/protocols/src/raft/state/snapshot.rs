@@ -44,9 +44,23 @@ impl<S: StateMachine> Raft<S> {
         let (Some(term), Some(hash)) = (self.log.term_at(index), self.log.hash_at(index)) else {
             return;
         };
+        let max = self.config.max_snapshot_bytes.unwrap_or(u64::MAX);
+        let defer = |this: &mut Self| {
+            this.snapshot_deferred_until = LogIndex(index.0 + this.config.snapshot_threshold);
+        };
+        if self
+            .state_machine
+            .snapshot_size_hint()
+            .is_some_and(|n| n > max)
+        {
+            return defer(self);
+        }
         let sessions = self.sessions.entries();
         let (_, membership) = self.membership_at(index);
         let data = codec::encode(&(self.state_machine.snapshot(), sessions, membership.clone()));
+        if data.len() as u64 > max {
+            return defer(self);
+        }
         let snapshot = Snapshot {
             index,
             term,

@@ -794,6 +794,31 @@ fn an_applied_prefix_is_snapshotted_compacted_and_restored_after_a_crash() {
 }
 
 #[test]
+fn a_snapshot_over_the_size_bound_is_not_stored_and_the_log_is_kept() {
+    let mut config = snapshotting_config(3);
+    config.max_snapshot_bytes = Some(1);
+    let mut node = TestNode::new(NodeId(1), Raft::new(config, KvStateMachine::default()), 7);
+    node.start();
+    node.deliver(
+        NodeId(0),
+        append(1, (0, 0), vec![put(1, 1, 5), put(1, 2, 6)], 2),
+    );
+    assert_eq!(node.actor.last_applied(), LogIndex(2));
+    assert_eq!(node.actor.snapshot_index(), LogIndex::ZERO);
+    assert_eq!(node.storage.log_bounds().0, LogIndex(1));
+    // A bound the snapshot fits under snapshots again, after the deferral.
+    let mut config = snapshotting_config(3);
+    config.max_snapshot_bytes = Some(1 << 20);
+    node.storage.sync();
+    node.crash_and_restart(Raft::new(config, KvStateMachine::default()));
+    node.deliver(
+        NodeId(0),
+        append(1, (2, 1), vec![put(1, 3, 7), put(1, 4, 8)], 4),
+    );
+    assert_eq!(node.actor.snapshot_index(), LogIndex(4));
+}
+
+#[test]
 fn a_leader_sends_a_compacted_prefix_as_a_chunked_snapshot() {
     let mut leader = TestNode::new(
         NodeId(0),
