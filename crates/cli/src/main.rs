@@ -14,6 +14,7 @@ mod compare;
 mod kv;
 mod members;
 mod mesh;
+mod run;
 mod sim;
 mod sim_chord;
 mod sim_clock_sync;
@@ -64,6 +65,8 @@ enum Command {
     Dht(kv::DhtCommand),
     /// Compare algorithms of one family: measured costs beside the textbook figures.
     Compare(compare::CompareCommand),
+    /// Run mutual exclusion or an election on the running cluster (`synod up`) and check it.
+    Run(run::RunCommand),
     /// Service mesh: the sidecar proxy, a test backend, and the load-balancing demo.
     Mesh(mesh::MeshCommand),
 }
@@ -91,6 +94,7 @@ fn main() -> std::process::ExitCode {
         Command::Kv(cmd) => kv::run(cmd),
         Command::Dht(cmd) => kv::dht(cmd),
         Command::Mesh(cmd) => mesh::run(cmd),
+        Command::Run(cmd) => run::run(cmd),
     };
     match result {
         Ok(code) => code,
