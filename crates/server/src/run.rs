@@ -510,8 +510,17 @@ impl RunHost {
                 }
             });
             // Keep the actor serving its peers (replies, grants, the token) until the
-            // CLI ends the run: others may still need this node.
-            std::future::pending::<()>().await;
+            // CLI ends the run: others may still need this node. Its message count
+            // still grows meanwhile.
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let Ok(c) = handle.inspect(|a| a.counters()).await else {
+                    break;
+                };
+                host.update(MUTEX_SERVICE, run, |s| {
+                    s["messages_sent"] = json!(c.messages_sent)
+                });
+            }
         });
         self.add_task(MUTEX_SERVICE, run, client.abort_handle());
         Ok(status)
