@@ -131,7 +131,7 @@ fn log_file(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("{node}.log"))
 }
 
-fn read_pid(dir: &Path, node: NodeId) -> Option<i32> {
+pub(crate) fn read_pid(dir: &Path, node: NodeId) -> Option<i32> {
     std::fs::read_to_string(pid_file(dir, node))
         .ok()?
         .trim()
@@ -142,7 +142,7 @@ fn read_pid(dir: &Path, node: NodeId) -> Option<i32> {
 /// Whether `pid` is a running `synod node` of the cluster in `dir`: it exists, is not a
 /// zombie, runs this synod executable, and was started with this cluster's file. A pid file
 /// can outlive its process and pids are reused, so anything less could signal a stranger.
-fn alive_in(dir: &Path, pid: i32) -> bool {
+pub(crate) fn alive_in(dir: &Path, pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };

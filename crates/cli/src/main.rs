@@ -17,6 +17,7 @@ mod kv;
 mod members;
 mod mesh;
 mod registry;
+mod run;
 mod sim;
 mod sim_chord;
 mod sim_clock_sync;
@@ -69,6 +70,8 @@ enum Command {
     Dht(kv::DhtCommand),
     /// Compare algorithms of one family: measured costs beside the textbook figures.
     Compare(compare::CompareCommand),
+    /// Run mutual exclusion or an election on the running cluster (`synod up`) and check it.
+    Run(run::RunCommand),
     /// Service mesh: the sidecar proxy, a test backend, and the load-balancing demo.
     Mesh(mesh::MeshCommand),
     /// Service registry: register, deregister and list instances in the cluster.
@@ -102,6 +105,7 @@ fn main() -> std::process::ExitCode {
         Command::Mesh(cmd) => mesh::run(cmd),
         Command::Svc(cmd) => svc::run(cmd),
         Command::Stream(cmd) => stream::run(cmd),
+        Command::Run(cmd) => run::run(cmd),
     };
     match result {
         Ok(code) => code,

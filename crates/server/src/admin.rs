@@ -54,6 +54,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<NodeState>) {
             "/v1/kv/{key}",
             get(kv_get).put(kv_put).delete(kv_delete).post(kv_cas),
         )
+        .merge(crate::run::routes())
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin endpoint failed");

@@ -4,6 +4,7 @@
 //! - [`node`]: one node process: transport, hosted services, routing, signals.
 //! - [`gateway`]: client requests into the Raft group from any node.
 //! - [`admin`]: `/status`, `/metrics` and the `/v1/kv` API over HTTP.
+//! - [`run`]: `synod run mutex|election` on the live cluster.
 #![warn(missing_docs)]
 // A driver-level crate: it reads the OS clock for uptime and uses std collections freely.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
@@ -13,3 +14,4 @@ pub mod config;
 pub mod etcd;
 pub mod gateway;
 pub mod node;
+pub mod run;

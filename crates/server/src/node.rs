@@ -117,6 +117,8 @@ pub struct NodeState {
     pub swim: ActorHandle<Swim>,
     /// Per-actor driver counters, by service name.
     pub actor_stats: Vec<(&'static str, Arc<ActorStats>)>,
+    /// `synod run mutex|election`: the coordination algorithms' runs.
+    pub run: Arc<crate::run::RunHost>,
     /// When the process started.
     pub started: std::time::Instant,
 }
@@ -261,6 +263,19 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         });
     }
 
+    let run = crate::run::RunHost::new(
+        me,
+        config.node_ids(),
+        config.resolve(std::path::Path::new("runs")),
+        outbox.clone(),
+    );
+    for service in [crate::run::MUTEX_SERVICE, crate::run::ELECTION_SERVICE] {
+        let run = run.clone();
+        services.route(service, move |from, payload| {
+            run.on_peer_message(service, from, payload)
+        });
+    }
+
     // Route what peers send to the service it names.
     let routes = services.take_routes();
     let router = tokio::spawn(async move {
@@ -294,6 +309,7 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         swim,
         chord,
         actor_stats: services.stats.clone(),
+        run,
         started: std::time::Instant::now(),
     });
     let listener = tokio::net::TcpListener::bind(node_cfg.admin_addr)

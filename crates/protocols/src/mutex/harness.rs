@@ -63,6 +63,16 @@ impl<A> MutexWorkload<A> {
         self
     }
 
+    /// Entries granted so far to the client of `node`.
+    pub(crate) fn granted(&self, node: NodeId) -> u32 {
+        self.granted.get(node.index()).copied().unwrap_or(0)
+    }
+
+    /// Entries each client makes.
+    pub(crate) fn requests(&self) -> u32 {
+        self.requests
+    }
+
     pub(crate) fn target(&self) -> u64 {
         u64::from(self.nodes) * u64::from(self.requests)
     }
@@ -201,6 +211,58 @@ pub(crate) fn run_mutex<A: MutualExclusion>(
 pub(crate) fn every_request_granted<A: MutualExclusion>(sim: &Sim<A>) -> bool {
     sim.workload::<MutexWorkload<A>>()
         .is_some_and(|w| w.completed >= w.target())
+}
+
+/// Crash `victim` at `crash_at`, require every other client to finish while it is down
+/// (the survivors exclude it), then restart it and require its client to finish too (it
+/// rejoins). Mutual exclusion is checked after every event throughout. For algorithms
+/// that tolerate a crash; the network must keep delays well below their timeouts.
+pub(crate) fn run_crash_and_rejoin<A: MutualExclusion>(
+    seed: u64,
+    nodes: u32,
+    requests: u32,
+    victim: NodeId,
+    crash_at: Duration,
+    net: NetConfig,
+    factory: impl FnMut(NodeId) -> A + 'static,
+) -> Result<Sim<A>, String> {
+    let err = |f: synod_sim::SimFailure| f.to_string();
+    let mut cfg = SimConfig::new(seed, nodes);
+    cfg.net = net;
+    let mut sim = Sim::new(cfg, factory);
+    // The victim's client re-asks after its node restarts with no memory of the request.
+    sim.set_workload(
+        MutexWorkload::<A>::new(Load::Heavy, nodes, requests)
+            .with_retry(Duration::from_millis(300)),
+    );
+    sim.invariant("mutual exclusion", mutual_exclusion::<A>);
+    sim.run_for(crash_at).map_err(err)?;
+    sim.crash(victim);
+    let survivors_done = |sim: &Sim<A>| {
+        sim.workload::<MutexWorkload<A>>().is_some_and(|w| {
+            (0..nodes)
+                .map(NodeId)
+                .filter(|&n| n != victim)
+                .all(|n| w.granted(n) >= w.requests())
+        })
+    };
+    let deadline = sim.now() + Duration::from_secs(10);
+    while !survivors_done(&sim) {
+        if sim.now() >= deadline {
+            return Err(format!(
+                "the survivors did not finish within 10 s of {victim}'s crash"
+            ));
+        }
+        sim.run_for(Duration::from_millis(5)).map_err(err)?;
+    }
+    sim.restart(victim);
+    sim.run_liveness(
+        Duration::ZERO,
+        Duration::from_secs(10),
+        every_request_granted::<A>,
+    )
+    .map_err(|f| format!("after {victim} restarted: {f}"))?;
+    Ok(sim)
 }
 
 /// Messages per critical-section entry over the whole run.

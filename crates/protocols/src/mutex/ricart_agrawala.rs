@@ -9,10 +9,31 @@
 //! delay one message.
 //!
 //! Fault and timing model: asynchronous, reliable channels (no loss; FIFO is *not*
-//! needed), no crashes. A crashed node never replies, so every other requester blocks;
-//! the remedy the literature gives is a failure detector that excludes the crashed node
-//! from the set of nodes to wait for (and a rejoin protocol). That is documented, not
-//! implemented: with crashes this actor stays safe but may block.
+//! needed), no crashes. A crashed node never replies, so every other requester blocks
+//! ([`RicartAgrawala::new`]: safe, but stuck after a crash).
+//!
+//! ## Crashes: a failure detector ([`RicartAgrawala::with_failure_detector`])
+//!
+//! The paper assumes nodes do not fail. The usual remedy is to exclude a crashed node
+//! from the set waited for, with a timeout-based failure detector (in the sense of
+//! Chandra & Toueg, "Unreliable Failure Detectors for Reliable Distributed Systems",
+//! JACM 43(2), 1996, which is *perfect* in a synchronous model):
+//!
+//! - every node sends `Alive` to every other every `heartbeat_interval`; any message
+//!   counts as a sign of life;
+//! - a node silent for `suspect_after` is *suspected*: a requester no longer waits for its
+//!   reply (a crashed node cannot be in the section: it lost its state with the crash);
+//! - rejoin: a node that (re)starts announces `Rejoin`. A requester that hears `Rejoin`
+//!   (or anything from a suspected node) forgets any reply the node gave before its crash
+//!   and sends it the outstanding `Request` again, so the node's fresh incarnation takes
+//!   part in the comparison of timestamps as if it had never left.
+//!
+//! Safety then rests on the detector never suspecting a live node, i.e. on message delay
+//! plus a heartbeat interval staying below `suspect_after` (the synchronous model). A pause
+//! or partition longer than that can let two nodes in at once: that is the price of
+//! progress with crashes, and why the suites test crashes on a network with bounded
+//! delay only. Heartbeats are not counted in [`MutexCounters::messages_sent`], so the
+//! 2(N−1) per entry still holds.
 //!
 //! Invariant: mutual exclusion. Two concurrent requesters both see each other's request;
 //! exactly one of them (the smaller timestamp) defers, so they cannot both hold N−1
@@ -26,8 +47,9 @@
 use super::{ClientMsg, ClientQueue, MutexCounters, MutualExclusion};
 use crate::clocks::{LamportClock, LamportTimestamp};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
-use synod_core::{Actor, Ctx, Endpoint, NodeId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use synod_core::{Actor, Ctx, Endpoint, Instant, NodeId};
 
 /// Messages of Ricart–Agrawala.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,11 +60,39 @@ pub enum RicartAgrawalaMsg {
     Request(LamportTimestamp),
     /// Permission for the request stamped so.
     Reply(LamportTimestamp),
+    /// Failure detector heartbeat.
+    Alive,
+    /// "I have (re)started with no memory of earlier requests."
+    Rejoin,
 }
 
-/// Timers of Ricart–Agrawala (none).
+/// Timers of Ricart–Agrawala (only with a failure detector).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RicartAgrawalaTimer {}
+pub enum RicartAgrawalaTimer {
+    /// Send `Alive` to every other node.
+    Heartbeat,
+    /// Suspect the nodes silent for too long.
+    Suspect,
+}
+
+/// A timeout-based failure detector's timing. Sound only when message delay plus
+/// `heartbeat_interval` stays below `suspect_after` (a synchronous network).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailureDetectorConfig {
+    /// How often a node sends `Alive`.
+    pub heartbeat_interval: Duration,
+    /// How long a node may stay silent before it is suspected.
+    pub suspect_after: Duration,
+}
+
+impl Default for FailureDetectorConfig {
+    fn default() -> Self {
+        FailureDetectorConfig {
+            heartbeat_interval: Duration::from_millis(10),
+            suspect_after: Duration::from_millis(50),
+        }
+    }
+}
 
 /// A node of Ricart–Agrawala.
 #[derive(Debug)]
@@ -55,6 +105,9 @@ pub struct RicartAgrawala {
     deferred: BTreeSet<(NodeId, LamportTimestamp)>,
     in_critical_section: bool,
     counters: MutexCounters,
+    detector: Option<FailureDetectorConfig>,
+    last_heard: BTreeMap<NodeId, Instant>,
+    suspected: BTreeSet<NodeId>,
 }
 
 impl RicartAgrawala {
@@ -69,6 +122,52 @@ impl RicartAgrawala {
             deferred: BTreeSet::new(),
             in_critical_section: false,
             counters: MutexCounters::default(),
+            detector: None,
+            last_heard: BTreeMap::new(),
+            suspected: BTreeSet::new(),
+        }
+    }
+
+    /// Node `me` among `nodes`, excluding crashed nodes with a timeout-based failure
+    /// detector (see the module docs for when that is safe).
+    pub fn with_failure_detector(
+        me: NodeId,
+        nodes: impl IntoIterator<Item = NodeId>,
+        detector: FailureDetectorConfig,
+    ) -> Self {
+        RicartAgrawala {
+            detector: Some(detector),
+            ..RicartAgrawala::new(me, nodes)
+        }
+    }
+
+    /// Nodes the failure detector suspects of having crashed.
+    pub fn suspected(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.suspected.iter().copied()
+    }
+
+    /// A sign of life from `node`: it is no longer suspected. If it was, or if it says it
+    /// restarted, it knows nothing of our outstanding request: send it again, and forget
+    /// a reply its earlier incarnation gave.
+    fn heard_from(
+        &mut self,
+        ctx: &mut Ctx<'_, RicartAgrawalaMsg, RicartAgrawalaTimer>,
+        node: NodeId,
+        restarted: bool,
+    ) {
+        if self.detector.is_none() || !self.peers.contains(&node) {
+            return;
+        }
+        self.last_heard.insert(node, ctx.now());
+        let was_suspected = self.suspected.remove(&node);
+        // Deferred replies to its earlier incarnation stay: a `Rejoin` can overtake the
+        // new incarnation's first request, and a stale reply is ignored anyway.
+        if (was_suspected || restarted) && !self.in_critical_section {
+            if let Some(stamp) = self.request {
+                self.replies.remove(&node);
+                self.counters.messages_sent += 1;
+                ctx.send(node, RicartAgrawalaMsg::Request(stamp));
+            }
         }
     }
 
@@ -94,7 +193,10 @@ impl RicartAgrawala {
     fn maybe_enter(&mut self, ctx: &mut Ctx<'_, RicartAgrawalaMsg, RicartAgrawalaTimer>) {
         if self.request.is_some()
             && !self.in_critical_section
-            && self.replies.len() == self.peers.len()
+            && self
+                .peers
+                .iter()
+                .all(|p| self.replies.contains(p) || self.suspected.contains(p))
         {
             if let Some(client) = self.clients.enter() {
                 self.in_critical_section = true;
@@ -127,7 +229,19 @@ impl Actor for RicartAgrawala {
     type Msg = RicartAgrawalaMsg;
     type Timer = RicartAgrawalaTimer;
 
-    fn on_start(&mut self, _ctx: &mut Ctx<'_, RicartAgrawalaMsg, RicartAgrawalaTimer>) {}
+    fn on_start(&mut self, ctx: &mut Ctx<'_, RicartAgrawalaMsg, RicartAgrawalaTimer>) {
+        if let Some(detector) = self.detector {
+            let now = ctx.now();
+            for &peer in &self.peers {
+                self.last_heard.insert(peer, now);
+            }
+            // After a crash, peers may hold our earlier incarnation's reply or wait for
+            // a reply we deferred and forgot: tell them to start over with us.
+            ctx.send_all(self.peers.clone(), RicartAgrawalaMsg::Rejoin);
+            ctx.set_timer(RicartAgrawalaTimer::Heartbeat, detector.heartbeat_interval);
+            ctx.set_timer(RicartAgrawalaTimer::Suspect, detector.heartbeat_interval);
+        }
+    }
 
     // The arms' conditions mutate state (client queues, custody), which reads better in
     // the arm's body than in a match guard.
@@ -138,6 +252,9 @@ impl Actor for RicartAgrawala {
         from: Endpoint,
         msg: RicartAgrawalaMsg,
     ) {
+        if let Endpoint::Node(node) = from {
+            self.heard_from(ctx, node, msg == RicartAgrawalaMsg::Rejoin);
+        }
         match (from, msg) {
             (Endpoint::Client(client), RicartAgrawalaMsg::Client(ClientMsg::Acquire)) => {
                 if self.clients.push(client) {
@@ -183,10 +300,29 @@ impl Actor for RicartAgrawala {
 
     fn on_timer(
         &mut self,
-        _ctx: &mut Ctx<'_, RicartAgrawalaMsg, RicartAgrawalaTimer>,
+        ctx: &mut Ctx<'_, RicartAgrawalaMsg, RicartAgrawalaTimer>,
         timer: RicartAgrawalaTimer,
     ) {
-        match timer {}
+        let Some(detector) = self.detector else {
+            return;
+        };
+        match timer {
+            RicartAgrawalaTimer::Heartbeat => {
+                ctx.send_all(self.peers.clone(), RicartAgrawalaMsg::Alive);
+                ctx.set_timer(RicartAgrawalaTimer::Heartbeat, detector.heartbeat_interval);
+            }
+            RicartAgrawalaTimer::Suspect => {
+                let now = ctx.now();
+                for &peer in &self.peers {
+                    let heard = self.last_heard.get(&peer).copied().unwrap_or(now);
+                    if now.saturating_duration_since(heard) > detector.suspect_after {
+                        self.suspected.insert(peer);
+                    }
+                }
+                self.maybe_enter(ctx);
+                ctx.set_timer(RicartAgrawalaTimer::Suspect, detector.heartbeat_interval);
+            }
+        }
     }
 }
 
@@ -306,6 +442,76 @@ mod tests {
         assert_eq!(
             entries, 0,
             "nobody can collect a reply from the crashed node"
+        );
+    }
+
+    /// With the failure detector a crashed node is excluded: the others keep entering
+    /// while it is down, and once it restarts it rejoins and enters too. Mutual exclusion
+    /// holds after every event, including around the rejoin.
+    #[test]
+    fn ricart_agrawala_with_a_failure_detector_excludes_a_crashed_node_and_readmits_it() {
+        use super::super::harness::run_crash_and_rejoin;
+        assert_seeds(
+            0..60,
+            |seed| {
+                let n = 3 + (seed % 4) as u32;
+                let victim = NodeId((seed / 4 % u64::from(n)) as u32);
+                let crash_at = std::time::Duration::from_micros(seed * 397 % 30_000);
+                run_crash_and_rejoin(seed, n, 5, victim, crash_at, NetConfig::lan(), move |me| {
+                    RicartAgrawala::with_failure_detector(
+                        me,
+                        (0..n).map(NodeId),
+                        FailureDetectorConfig::default(),
+                    )
+                })
+                .map(|_| ())
+            },
+            replay("ricart_agrawala"),
+        );
+    }
+
+    /// Random crashes and restarts (any number of nodes at once) with the detector:
+    /// safety after every event, then every request is granted once the faults stop.
+    #[test]
+    fn ricart_agrawala_with_a_failure_detector_survives_random_crashes() {
+        use super::super::harness::{every_request_granted, mutual_exclusion, MutexWorkload};
+        use synod_sim::{FaultConfig, Sim, SimConfig};
+        assert_seeds(
+            0..40,
+            |seed| {
+                let n = 3 + (seed % 4) as u32;
+                let mut cfg = SimConfig::new(seed, n);
+                cfg.faults = FaultConfig {
+                    crash: 1,
+                    partition: 0,
+                    pause: 0,
+                    clog: 0,
+                    mean_interval: std::time::Duration::from_millis(100),
+                    min_duration: std::time::Duration::from_millis(20),
+                    max_duration: std::time::Duration::from_millis(300),
+                    ..FaultConfig::chaos()
+                };
+                let mut sim = Sim::new(cfg, move |me| {
+                    RicartAgrawala::with_failure_detector(
+                        me,
+                        (0..n).map(NodeId),
+                        FailureDetectorConfig::default(),
+                    )
+                });
+                sim.set_workload(
+                    MutexWorkload::<RicartAgrawala>::new(Load::Heavy, n, 20)
+                        .with_retry(std::time::Duration::from_millis(300)),
+                );
+                sim.invariant("mutual exclusion", mutual_exclusion::<RicartAgrawala>);
+                sim.run_liveness(
+                    std::time::Duration::from_secs(1),
+                    std::time::Duration::from_secs(10),
+                    every_request_granted::<RicartAgrawala>,
+                )
+                .map(|_| ())
+                .map_err(|f| f.to_string())
+            },
+            replay("ricart_agrawala"),
         );
     }
 
