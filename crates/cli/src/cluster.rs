@@ -34,6 +34,9 @@ pub(crate) struct UpCommand {
     /// Plaintext between nodes (loopback only) instead of mutual TLS.
     #[arg(long)]
     insecure: bool,
+    /// Also run the Dynamo-style AP store (HTTP /kv/{bucket}/{key}, synod ap).
+    #[arg(long)]
+    ap: bool,
     /// Peer port of n1; n2 gets the next one, and so on.
     #[arg(long, default_value = "7001")]
     peer_port: u16,
@@ -197,6 +200,7 @@ fn write_config(u: &UpCommand) -> Result<ClusterConfig> {
     let config = ClusterConfig {
         cluster_id: u.cluster_id.clone(),
         insecure: u.insecure,
+        ap: u.ap,
         certs_dir: PathBuf::from("certs"),
         tuning: Tuning::default(),
         nodes,

@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 mod agent;
+mod ap;
 mod args;
 mod bench;
 mod bench_etcd;
@@ -21,6 +22,7 @@ mod run;
 mod sim;
 mod sim_chord;
 mod sim_clock_sync;
+mod sim_dynamo;
 mod sim_mvcc;
 mod sim_paxos;
 mod sim_raft;
@@ -64,6 +66,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Check a recorded history (JSONL) for linearizability.
     Check(check::CheckCommand),
+    /// Read, write and delete in the Dynamo-style AP store (`synod up --ap`).
+    Ap(ap::ApCommand),
     /// Read and write the cluster's replicated (Raft) KV store.
     Kv(kv::KvCommand),
     /// Put and get keys on the Chord ring the cluster's nodes form.
@@ -100,6 +104,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Check(cmd) => check::run(cmd),
         Command::Compare(cmd) => compare::run(cmd),
+        Command::Ap(cmd) => ap::run(cmd),
         Command::Kv(cmd) => kv::run(cmd),
         Command::Dht(cmd) => kv::dht(cmd),
         Command::Mesh(cmd) => mesh::run(cmd),

@@ -53,6 +53,8 @@ enum Protocol {
     MultiPaxos(crate::sim_paxos::MultiPaxosArgs),
     /// OM(m) and SM(m) Byzantine agreement: the exhaustive IC1/IC2 check.
     Byzantine(crate::sim_paxos::ByzantineArgs),
+    /// The Dynamo-style store per fault mix: no lost acknowledged write, convergence after healing, R + W > N reads, with convergence time, siblings and handoff volume.
+    Dynamo(crate::sim_dynamo::DynamoArgs),
 }
 
 /// Flags every single-run simulation takes.
@@ -135,6 +137,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::Paxos(a) => crate::sim_paxos::paxos(a),
         Protocol::MultiPaxos(a) => crate::sim_paxos::multi_paxos(a),
         Protocol::Byzantine(a) => crate::sim_paxos::byzantine(a),
+        Protocol::Dynamo(a) => crate::sim_dynamo::run_cli(a),
     }
 }
 

@@ -37,6 +37,7 @@ pub mod beacon;
 pub mod bft;
 pub mod chord;
 pub mod clocks;
+pub mod dynamo;
 pub mod election;
 pub mod hashing;
 #[cfg(any(test, feature = "harness"))]

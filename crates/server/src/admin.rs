@@ -51,6 +51,12 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<NodeState>) {
         .route("/v1/members", get(members))
         .route("/v1/dht/{key}", get(dht_get).put(dht_put))
         .route(
+            "/kv/{bucket}/{key}",
+            get(crate::ap::get)
+                .put(crate::ap::put)
+                .delete(crate::ap::delete),
+        )
+        .route(
             "/v1/kv/{key}",
             get(kv_get).put(kv_put).delete(kv_delete).post(kv_cas),
         )

@@ -133,6 +133,9 @@ pub struct ClusterConfig {
     /// Plaintext between nodes. Refused unless every address is loopback.
     #[serde(default)]
     pub insecure: bool,
+    /// Run the Dynamo-style AP store on every node (`synod up --ap`).
+    #[serde(default)]
+    pub ap: bool,
     /// Directory of `ca.pem` and `n<id>.pem`/`n<id>.key`, relative to the cluster file.
     #[serde(default = "default_certs_dir")]
     pub certs_dir: PathBuf,

@@ -10,6 +10,7 @@
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 pub mod admin;
+pub mod ap;
 pub mod config;
 pub mod etcd;
 pub mod gateway;

@@ -41,6 +41,8 @@ pub mod service {
     /// Client requests forwarded from a follower to the Raft leader
     /// ([`crate::gateway::Gateway`]).
     pub const RAFT_GATEWAY: u16 = 6;
+    /// The Dynamo-style AP store (`synod up --ap`).
+    pub const DYNAMO: u16 = 7;
 }
 
 /// The replicated store every node serves: etcd's MVCC store with leases, over Raft.
@@ -115,6 +117,8 @@ pub struct NodeState {
     pub kv: Arc<Gateway<MvccStateMachine>>,
     /// The SWIM member: the membership view.
     pub swim: ActorHandle<Swim>,
+    /// The Dynamo-style store, when the cluster runs it (`ap = true`).
+    pub dynamo: Option<ActorHandle<synod_protocols::dynamo::Dynamo>>,
     /// Per-actor driver counters, by service name.
     pub actor_stats: Vec<(&'static str, Arc<ActorStats>)>,
     /// `synod run mutex|election`: the coordination algorithms' runs.
@@ -275,6 +279,20 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
             run.on_peer_message(service, from, payload)
         });
     }
+    let dynamo = if config.ap {
+        Some(services.spawn(
+            "dynamo",
+            placement(service::DYNAMO),
+            crate::ap::actor(me, config.node_ids()),
+            Box::new(DiskStorage::open(
+                data_dir.join("dynamo"),
+                DiskOptions::default(),
+            )?),
+            outbox.clone(),
+        ))
+    } else {
+        None
+    };
 
     // Route what peers send to the service it names.
     let routes = services.take_routes();
@@ -308,6 +326,7 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         kv,
         swim,
         chord,
+        dynamo,
         actor_stats: services.stats.clone(),
         run,
         started: std::time::Instant::now(),

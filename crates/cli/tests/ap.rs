@@ -1,0 +1,265 @@
+//! The Dynamo-style AP store on real processes (`synod up --ap`): clients read-modify-write
+//! through any node while two of five nodes are killed with SIGKILL; writes keep being
+//! acknowledged (sloppy quorum); after the nodes restart, handoff and anti-entropy make
+//! every owner's copy identical, and no acknowledged write is lost.
+
+// A driver-level test of real processes: wall-clock time is the point here.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+use common::{eventually, free_ports, pid, synod, synod_cmd, Cluster};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod common;
+
+const NODES: u16 = 5;
+
+/// One HTTP/1.1 request with extra headers: status, the context header and the body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    context: Option<&str>,
+    body: &str,
+) -> Option<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let header = context.map_or(String::new(), |c| format!("X-Synod-Context: {c}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{header}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let context = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-synod-context")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_default();
+    Some((code, context, body.to_string()))
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// The integer siblings of a read.
+fn values(body: &str) -> Vec<u64> {
+    json(body)["siblings"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn start_ap_cluster(name: &str) -> (Cluster, impl Fn(u16) -> SocketAddr + Clone) {
+    let base = free_ports(NODES);
+    let dir = std::env::temp_dir().join(format!("synod-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = Cluster { dir };
+    let up = synod_cmd()
+        .args(["up", "--ap", "--nodes", &NODES.to_string(), "--dir"])
+        .arg(&cluster.dir)
+        .args(["--peer-port", &base.to_string()])
+        .args(["--client-port", &(base + 100).to_string()])
+        .args(["--admin-port", &(base + 200).to_string()])
+        .output()
+        .expect("run synod up");
+    assert!(
+        up.status.success(),
+        "synod up --ap failed: {}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    (cluster, move |i: u16| {
+        SocketAddr::from(([127, 0, 0, 1], base + 200 + i - 1))
+    })
+}
+
+/// A client that owns `keys`: read, then write the next number with the read's context.
+fn client(
+    id: u64,
+    admin: impl Fn(u16) -> SocketAddr,
+    alive: Arc<Mutex<Vec<u16>>>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<String, u64>>>,
+) {
+    let mut next = 0u64;
+    let mut i = id as usize;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let node = {
+            let a = alive.lock().unwrap();
+            a[i % a.len()]
+        };
+        let key = format!("c{id}-{}", i % 4);
+        let path = format!("/kv/load/{key}");
+        let Some((code, context, body)) = http(admin(node), "GET", &path, None, "") else {
+            continue;
+        };
+        if code != 200 && code != 404 {
+            continue;
+        }
+        next = next.max(values(&body).into_iter().max().unwrap_or(0)) + 1;
+        let answer = http(admin(node), "PUT", &path, Some(&context), &next.to_string());
+        if matches!(answer, Some((200, _, _))) {
+            let mut a = acked.lock().unwrap();
+            let e = a.entry(key).or_insert(0);
+            *e = (*e).max(next);
+        }
+    }
+}
+
+#[test]
+fn ap_store_survives_two_kills_and_converges() {
+    let (cluster, admin) = start_ap_cluster("ap-kill");
+    eventually("the AP store takes writes", || {
+        matches!(
+            http(admin(1), "PUT", "/kv/t/probe", None, "x"),
+            Some((200, _, _))
+        )
+    });
+
+    // Siblings and contexts through the HTTP API.
+    let (_, c1, _) = http(admin(1), "PUT", "/kv/t/s", None, "a").unwrap();
+    http(admin(2), "PUT", "/kv/t/s", None, "b").unwrap();
+    let (code, context, body) = http(admin(3), "GET", "/kv/t/s?r=3", None, "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let mut sib: Vec<String> = json(&body)["siblings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    sib.sort();
+    assert_eq!(sib, ["a", "b"], "two blind writes are siblings");
+    assert!(!c1.is_empty());
+    http(admin(4), "PUT", "/kv/t/s?w=3", Some(&context), "c").unwrap();
+    let (_, _, body) = http(admin(5), "GET", "/kv/t/s?r=3", None, "").unwrap();
+    assert_eq!(json(&body)["siblings"], serde_json::json!(["c"]), "{body}");
+    let (code, _, _) = http(admin(1), "DELETE", "/kv/t/s?w=3", Some(&context), "").unwrap();
+    assert_eq!(code, 200);
+
+    // Bad input: a clear 400, never a crash.
+    let bad = http(admin(1), "PUT", "/kv/t/s", Some("garbage"), "x").unwrap();
+    assert!(bad.0 == 400 && bad.2.contains("X-Synod-Context"), "{bad:?}");
+    let bad = http(admin(1), "GET", "/kv/t/s?r=9", None, "").unwrap();
+    assert!(bad.0 == 400 && bad.2.contains("r must be"), "{bad:?}");
+    let bad = http(admin(1), "GET", "/kv/t/s?r=abc", None, "").unwrap();
+    assert_eq!(bad.0, 400, "{bad:?}");
+
+    let alive = Arc::new(Mutex::new((1..=NODES).collect::<Vec<u16>>()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let count = |a: &Arc<Mutex<BTreeMap<String, u64>>>| a.lock().unwrap().values().sum::<u64>();
+    let clients: Vec<_> = (1..=4)
+        .map(|id| {
+            let (admin, alive, stop, acked) =
+                (admin.clone(), alive.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || client(id, admin, alive, stop, acked))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = count(&acked);
+    assert!(before > 0, "no write acknowledged before the kills");
+    alive.lock().unwrap().retain(|&n| n <= 3);
+    for victim in ["n4", "n5"] {
+        let p = pid(&cluster.dir, victim);
+        assert_eq!(unsafe { libc::kill(p, libc::SIGKILL) }, 0);
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = count(&acked);
+    assert!(
+        after > before,
+        "no write acknowledged with two nodes down (sloppy quorum)"
+    );
+    let again = synod_cmd()
+        .arg("up")
+        .arg("--dir")
+        .arg(&cluster.dir)
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    *alive.lock().unwrap() = (1..=NODES).collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+
+    // Convergence: every owner's own copy of every key is identical, and holds the newest
+    // value acknowledged for the key (its client only counts up).
+    let acked = acked.lock().unwrap().clone();
+    eventually("all owners hold identical siblings", || {
+        acked.iter().all(|(key, &newest)| {
+            let path = format!("/kv/load/{key}?local=true");
+            let Some((200, _, body)) = http(admin(1), "GET", &path, None, "") else {
+                return false;
+            };
+            let owners: Vec<u16> = json(&body)["owners"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|o| o.as_u64())
+                        .map(|o| o as u16)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let copies: Vec<Option<(String, String)>> = owners
+                .iter()
+                .map(|&o| {
+                    http(admin(o), "GET", &path, None, "").map(|(_, c, b)| {
+                        let v = json(&b);
+                        (c, v["siblings"].to_string())
+                    })
+                })
+                .collect();
+            owners.len() == 3
+                && copies.iter().all(|c| c.is_some() && *c == copies[0])
+                && copies[0].as_ref().is_some_and(|(_, s)| {
+                    values(&format!("{{\"siblings\":{s}}}")).contains(&newest)
+                        || values(&format!("{{\"siblings\":{s}}}"))
+                            .iter()
+                            .any(|&v| v > newest)
+                })
+        })
+    });
+
+    // The CLI reads the same data.
+    let dir = cluster.dir.to_string_lossy().to_string();
+    let key = acked.keys().next().unwrap().clone();
+    let (code, out, err) = synod(&["ap", "get", "load", &key, "--dir", &dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("context: "), "{out}");
+    let (code, out, err) = synod(&["ap", "put", "t", "cli", "hello", "--dir", &dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = synod(&[
+        "ap",
+        "put",
+        "t",
+        "cli",
+        "x",
+        "--context",
+        "oops",
+        "--dir",
+        &dir,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--context"), "{err}");
+    let (code, _, err) = synod(&["ap", "get", "t", "cli", "--r", "0", "--dir", &dir]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--r"), "{err}");
+}
