@@ -11,6 +11,7 @@ mod bench_net;
 mod check;
 mod cluster;
 mod compare;
+mod job;
 mod kv;
 mod members;
 mod mesh;
@@ -66,6 +67,8 @@ enum Command {
     Compare(compare::CompareCommand),
     /// Service mesh: the sidecar proxy, a test backend, and the load-balancing demo.
     Mesh(mesh::MeshCommand),
+    /// MapReduce jobs: run one, run a worker, generate input, run a reference.
+    Job(job::JobCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +94,7 @@ fn main() -> std::process::ExitCode {
         Command::Kv(cmd) => kv::run(cmd),
         Command::Dht(cmd) => kv::dht(cmd),
         Command::Mesh(cmd) => mesh::run(cmd),
+        Command::Job(cmd) => job::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -32,5 +32,17 @@
 
 pub mod master;
 
+pub mod api;
+pub mod driver;
+pub mod gen;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
+pub mod jobs;
+pub mod shuffle;
+pub mod task;
+pub mod wire;
+pub mod worker;
+
+pub mod baseline;
+#[cfg(test)]
+mod tests;
