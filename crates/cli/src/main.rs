@@ -18,6 +18,7 @@ mod mesh;
 mod sim;
 mod sim_chord;
 mod sim_clock_sync;
+mod sim_mapreduce;
 mod sim_mvcc;
 mod sim_paxos;
 mod sim_raft;

@@ -53,6 +53,8 @@ enum Protocol {
     MultiPaxos(crate::sim_paxos::MultiPaxosArgs),
     /// OM(m) and SM(m) Byzantine agreement: the exhaustive IC1/IC2 check.
     Byzantine(crate::sim_paxos::ByzantineArgs),
+    /// The MapReduce master's task state machine under worker/master crashes and loss.
+    Mapreduce(crate::sim_mapreduce::MapReduceArgs),
 }
 
 /// Flags every single-run simulation takes.
@@ -135,6 +137,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::Paxos(a) => crate::sim_paxos::paxos(a),
         Protocol::MultiPaxos(a) => crate::sim_paxos::multi_paxos(a),
         Protocol::Byzantine(a) => crate::sim_paxos::byzantine(a),
+        Protocol::Mapreduce(a) => crate::sim_mapreduce::run_swarm(a),
     }
 }
 

@@ -20,6 +20,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// Run one job with `workers` worker threads; return its counters.
+#[allow(clippy::too_many_arguments)]
 fn run_stage(
     job: &str,
     params: Params,

@@ -182,6 +182,7 @@ fn run_map(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_reduce(
     runner: &dyn TaskRunner,
     spec: &JobSpec,
