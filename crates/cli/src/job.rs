@@ -417,10 +417,10 @@ fn run_stage(stage: &Stage<'_>) -> Result<StageResult> {
         // A local worker that died is replaced by a new one (with a new id and an empty
         // disk); the master re-executes what the old one held.
         for (i, slot) in children.iter_mut().enumerate() {
-            let exited = match slot.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(_))) | Some(Err(_)) => true,
-                _ => false,
-            };
+            let exited = matches!(
+                slot.as_mut().map(Child::try_wait),
+                Some(Ok(Some(_))) | Some(Err(_))
+            );
             if exited && !server.finished() {
                 restarts += 1;
                 if restarts > 100 {
@@ -502,8 +502,7 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
         totals.dead_workers += p.dead_workers;
     };
     let mut extra = Vec::new();
-    let final_dir;
-    if a.job == JobName::Pagerank {
+    let final_dir = if a.job == JobName::Pagerank {
         let run = jobs::run_pagerank(
             &a.input,
             &a.output,
@@ -527,7 +526,7 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
             "pagerank: {} nodes, {} iterations, last L1 change {:.3e} (tolerance {:e})",
             run.nodes, run.iterations, run.delta, a.tolerance
         ));
-        final_dir = run.ranks;
+        run.ranks
     } else {
         let r = run_stage(&Stage {
             args: &a,
@@ -551,8 +550,8 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
                 extra.push(format!("  {n:>10}  {u}"));
             }
         }
-        final_dir = a.output.clone();
-    }
+        a.output.clone()
+    };
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{name}: {:.1} MiB in {secs:.2} s ({:.1} MiB/s), {} map + {} reduce tasks, {} attempts, {} backups, {} map re-executions, {} dead workers",
