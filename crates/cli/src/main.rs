@@ -14,6 +14,7 @@ mod bench_net;
 mod check;
 mod cluster;
 mod compare;
+mod job;
 mod kv;
 mod members;
 mod mesh;
@@ -23,6 +24,7 @@ mod sim;
 mod sim_chord;
 mod sim_clock_sync;
 mod sim_dynamo;
+mod sim_mapreduce;
 mod sim_mvcc;
 mod sim_paxos;
 mod sim_raft;
@@ -82,6 +84,8 @@ enum Command {
     Svc(svc::SvcCommand),
     /// Stream processing: run the built-in jobs with exactly-once checkpoints.
     Stream(stream::StreamCommand),
+    /// MapReduce jobs: run one, run a worker, generate input, run a reference.
+    Job(job::JobCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -111,6 +115,7 @@ fn main() -> std::process::ExitCode {
         Command::Svc(cmd) => svc::run(cmd),
         Command::Stream(cmd) => stream::run(cmd),
         Command::Run(cmd) => run::run(cmd),
+        Command::Job(cmd) => job::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -55,6 +55,8 @@ enum Protocol {
     Byzantine(crate::sim_paxos::ByzantineArgs),
     /// The Dynamo-style store per fault mix: no lost acknowledged write, convergence after healing, R + W > N reads, with convergence time, siblings and handoff volume.
     Dynamo(crate::sim_dynamo::DynamoArgs),
+    /// The MapReduce master's task state machine under worker/master crashes and loss.
+    Mapreduce(crate::sim_mapreduce::MapReduceArgs),
 }
 
 /// Flags every single-run simulation takes.
@@ -138,6 +140,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::MultiPaxos(a) => crate::sim_paxos::multi_paxos(a),
         Protocol::Byzantine(a) => crate::sim_paxos::byzantine(a),
         Protocol::Dynamo(a) => crate::sim_dynamo::run_cli(a),
+        Protocol::Mapreduce(a) => crate::sim_mapreduce::run_swarm(a),
     }
 }
 

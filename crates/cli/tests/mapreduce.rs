@@ -1,0 +1,369 @@
+//! `synod job`: MapReduce with real worker processes, killed with SIGKILL mid-map and
+//! mid-reduce, and a master killed and restarted mid-job (issue 12).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+mod common;
+
+use common::{scratch, synod, synod_cmd};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+fn parts(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir).expect("output directory") {
+        let e = e.expect("entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("part-") {
+            out.insert(name, std::fs::read(e.path()).expect("read part"));
+        }
+    }
+    out
+}
+
+fn sorted_lines(parts: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
+    let mut lines: Vec<String> = parts
+        .values()
+        .flat_map(|b| {
+            String::from_utf8_lossy(b)
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn sigkill(child: &mut Child) {
+    // SAFETY: sending a signal to our own child process by its pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
+fn count_files(dir: &Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct Procs(Vec<Child>);
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn worker(master: &str, dir: &Path, delay: &str) -> Child {
+    synod_cmd()
+        .args([
+            "job",
+            "worker",
+            "--master",
+            master,
+            "--task-delay",
+            delay,
+            "--dir",
+        ])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start worker")
+}
+
+/// Start a master that waits for external workers; return it and its address.
+fn master(input: &Path, output: &Path, listen: &str) -> (Child, String) {
+    let mut m = synod_cmd()
+        .args([
+            "job",
+            "run",
+            "wordcount",
+            "--workers",
+            "0",
+            "--reduces",
+            "4",
+        ])
+        .args([
+            "--split-size",
+            "256KiB",
+            "--worker-timeout",
+            "1s",
+            "--quiet",
+        ])
+        .args(["--listen", listen, "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start master");
+    let stderr = m.stderr.take().expect("stderr");
+    let mut line = String::new();
+    BufReader::new(stderr)
+        .read_line(&mut line)
+        .expect("master prints its address");
+    let addr = line
+        .split_whitespace()
+        .nth(3)
+        .map(|s| s.trim_end_matches(';').to_string())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (m, addr)
+}
+
+fn generate(dir: &Path) -> PathBuf {
+    let input = dir.join("in");
+    let (code, _, err) = synod(&[
+        "job",
+        "gen",
+        "text",
+        "--output",
+        input.to_str().expect("utf-8 path"),
+        "--size",
+        "3MiB",
+        "--files",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    input
+}
+
+/// The job runs with local workers, prints a summary, and equals the reference.
+#[test]
+fn wordcount_runs_and_equals_the_reference() {
+    let dir = scratch("mapreduce", "run");
+    let input = generate(&dir);
+    let out = dir.join("out");
+    let (code, stdout, err) = synod(&[
+        "job",
+        "run",
+        "wordcount",
+        "--quiet",
+        "--workers",
+        "2",
+        "--split-size",
+        "512KiB",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("wordcount:") && stdout.contains("map + 4 reduce tasks"),
+        "{stdout}"
+    );
+    let reference = dir.join("ref.txt");
+    let (code, _, err) = synod(&[
+        "job",
+        "reference",
+        "wordcount",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        reference.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let want: Vec<String> = std::fs::read_to_string(&reference)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(sorted_lines(&parts(&out)), want);
+    assert!(out.join("_SUCCESS").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bad flags and bad input get a clear error, not a panic.
+#[test]
+fn bad_flags_get_clear_errors() {
+    let (code, _, err) = synod(&[
+        "job",
+        "run",
+        "wordcount",
+        "--input",
+        "x",
+        "--output",
+        "y",
+        "--workers",
+        "two",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--workers"), "{err}");
+    let (code, _, err) = synod(&[
+        "job",
+        "run",
+        "wordcount",
+        "--input",
+        "x",
+        "--output",
+        "y",
+        "--split-size",
+        "12XB",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown size unit"), "{err}");
+    let (code, _, err) = synod(&["job", "run", "sorting", "--input", "x", "--output", "y"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid value 'sorting'"), "{err}");
+    let (code, _, err) = synod(&[
+        "job",
+        "run",
+        "wordcount",
+        "--input",
+        "/nonexistent/in",
+        "--output",
+        "y",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not a directory"), "{err}");
+    let (code, _, err) = synod(&["job", "gen", "graph", "--output", "g", "--scale", "99"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--scale"), "{err}");
+}
+
+/// §3.3: a worker SIGKILLed in the middle of the map phase, and another in the middle of
+/// the reduce phase: the job completes, the dead workers' completed map tasks run again,
+/// and every output file is byte-identical to a run without failures.
+#[test]
+fn sigkill_mid_map_and_mid_reduce_gives_byte_identical_output() {
+    let dir = scratch("mapreduce", "kill");
+    let input = generate(&dir);
+    let clean = dir.join("clean");
+    let (code, _, err) = synod(&[
+        "job",
+        "run",
+        "wordcount",
+        "--quiet",
+        "--workers",
+        "2",
+        "--reduces",
+        "4",
+        "--split-size",
+        "256KiB",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        clean.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+
+    let out = dir.join("faulty");
+    let (m, addr) = master(&input, &out, "127.0.0.1:0");
+    let mut procs = Procs(vec![m]);
+    let w0 = dir.join("w0");
+    procs.0.push(worker(&addr, &w0, "100ms"));
+    procs.0.push(worker(&addr, &dir.join("w1"), "100ms"));
+    // Mid-map: worker 0 has finished a map task, and the map phase is not over.
+    wait_for("a map output on worker 0", Duration::from_secs(60), || {
+        count_files(&w0, ".idx") >= 1
+    });
+    assert!(!out.join("part-00000").exists());
+    sigkill(&mut procs.0[1]);
+    procs.0.push(worker(&addr, &dir.join("w2"), "100ms"));
+    // Mid-reduce: the first reduce task has committed and others have not.
+    wait_for(
+        "the first committed reduce",
+        Duration::from_secs(60),
+        || !parts(&out).is_empty(),
+    );
+    assert!(parts(&out).len() < 4, "the reduce phase already ended");
+    sigkill(&mut procs.0[2]);
+    procs.0.push(worker(&addr, &dir.join("w3"), "100ms"));
+    let master = &mut procs.0[0];
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = master.try_wait().expect("wait master") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "job did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut summary = String::new();
+    std::io::Read::read_to_string(master.stdout.as_mut().expect("stdout"), &mut summary).ok();
+    assert!(status.success(), "{summary}");
+    assert!(!summary.contains(" 0 map re-executions"), "{summary}");
+    assert_eq!(parts(&out), parts(&clean), "output differs after failures");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A master SIGKILLed mid-job and started again on the same output directory resumes from
+/// its persisted state: completed work is kept and the output equals a clean run's.
+#[test]
+fn restarted_master_resumes_the_job() {
+    let dir = scratch("mapreduce", "master");
+    let input = generate(&dir);
+    let clean = dir.join("clean");
+    let (code, _, err) = synod(&[
+        "job",
+        "run",
+        "wordcount",
+        "--quiet",
+        "--workers",
+        "2",
+        "--reduces",
+        "4",
+        "--split-size",
+        "256KiB",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        clean.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let out = dir.join("out");
+    let (m, addr) = master(&input, &out, &listen);
+    let mut procs = Procs(vec![m]);
+    procs.0.push(worker(&addr, &dir.join("w0"), "100ms"));
+    procs.0.push(worker(&addr, &dir.join("w1"), "100ms"));
+    wait_for("some map outputs", Duration::from_secs(60), || {
+        count_files(&dir.join("w0"), ".idx") + count_files(&dir.join("w1"), ".idx") >= 3
+    });
+    sigkill(&mut procs.0[0]);
+    // The workers keep retrying the master's address; a new master resumes the job.
+    let (m2, _) = master(&input, &out, &listen);
+    procs.0[0] = m2;
+    let master = &mut procs.0[0];
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = master.try_wait().expect("wait master") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "job did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    assert_eq!(parts(&out), parts(&clean));
+    let _ = std::fs::remove_dir_all(&dir);
+}

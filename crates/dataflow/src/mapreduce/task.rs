@@ -1,0 +1,331 @@
+//! Running one map or one reduce attempt of a typed job on a worker.
+
+use super::api::{Combiner, MapOutput, Mapper, Record, ReduceOutput, Reducer};
+use super::shuffle::{decode_value, CheckedSink, MapBuffer, Merger, SegmentInfo, SegmentReader};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A byte range of an input file. A line belongs to the split holding its first byte.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// The input file.
+    pub path: PathBuf,
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+/// Job counters: name → sum.
+pub type Counters = BTreeMap<String, f64>;
+
+/// What a finished map attempt reports.
+#[derive(Clone, Debug, Default)]
+pub struct MapResult {
+    /// One segment per reduce partition.
+    pub segments: Vec<SegmentInfo>,
+    /// Input records read.
+    pub records_in: u64,
+    /// Pairs emitted by the mapper (before combining).
+    pub emitted: u64,
+    /// Spill files written.
+    pub spills: usize,
+}
+
+fn cancelled() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "attempt cancelled")
+}
+
+/// Call `f` on every line of `split` (§3.1: the split's lines, whole).
+pub fn for_each_line(
+    split: &Split,
+    cancel: &AtomicBool,
+    mut f: impl FnMut(Record<'_>),
+) -> io::Result<u64> {
+    let mut file = File::open(&split.path)?;
+    let name = split
+        .path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_string();
+    let mut pos = split.start;
+    if split.start > 0 {
+        // Start after the first newline at or after start-1: a line that began in the
+        // previous split belongs to it.
+        file.seek(SeekFrom::Start(split.start - 1))?;
+    }
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::with_capacity(4096);
+    if split.start > 0 {
+        let n = reader.read_until(b'\n', &mut line)?;
+        pos = split.start - 1 + n as u64;
+        line.clear();
+    }
+    let mut records = 0u64;
+    while pos < split.end {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            break;
+        }
+        let mut body = line.as_slice();
+        if body.last() == Some(&b'\n') {
+            body = &body[..body.len() - 1];
+        }
+        if body.last() == Some(&b'\r') {
+            body = &body[..body.len() - 1];
+        }
+        f(Record {
+            file: &name,
+            offset: pos,
+            line: body,
+        });
+        pos += n as u64;
+        records += 1;
+        if records.is_multiple_of(65_536) && cancel.load(Ordering::Relaxed) {
+            return Err(cancelled());
+        }
+    }
+    Ok(records)
+}
+
+/// A job with its types erased, as a worker runs it.
+pub trait TaskRunner: Send + Sync {
+    /// Run a map attempt over `split`, writing `<dir>/<name>.out`.
+    fn run_map(
+        &self,
+        split: &Split,
+        partitions: u32,
+        sort_mem: usize,
+        dir: &Path,
+        name: &str,
+        cancel: &AtomicBool,
+    ) -> io::Result<MapResult>;
+
+    /// Run a reduce attempt over sorted segments, writing lines to `out`.
+    fn run_reduce(
+        &self,
+        inputs: &[(PathBuf, SegmentInfo)],
+        out: &mut dyn Write,
+        cancel: &AtomicBool,
+    ) -> io::Result<Counters>;
+}
+
+/// A typed job: a mapper, an optional combiner and a reducer over the same key and value
+/// types.
+pub struct Job<M: Mapper, R> {
+    mapper: M,
+    combiner: Option<Arc<dyn Combiner<M::Value>>>,
+    reducer: R,
+}
+
+impl<M, R> Job<M, R>
+where
+    M: Mapper,
+    R: Reducer<Key = M::Key, Value = M::Value>,
+{
+    /// A job without a combiner.
+    pub fn new(mapper: M, reducer: R) -> Self {
+        Job {
+            mapper,
+            combiner: None,
+            reducer,
+        }
+    }
+
+    /// Add a combiner.
+    pub fn with_combiner(mut self, combiner: impl Combiner<M::Value>) -> Self {
+        self.combiner = Some(Arc::new(combiner));
+        self
+    }
+}
+
+/// Yields the decoded values of one key from the merge.
+struct Values<'a, V> {
+    merger: &'a mut Merger,
+    key: &'a [u8],
+    pending: Option<V>,
+    error: &'a mut Option<io::Error>,
+}
+
+impl<V: serde::de::DeserializeOwned> Iterator for Values<'_, V> {
+    type Item = V;
+    fn next(&mut self) -> Option<V> {
+        if let Some(v) = self.pending.take() {
+            return Some(v);
+        }
+        if self.error.is_some() || self.merger.peek_key() != Some(self.key) {
+            return None;
+        }
+        let head = self.merger.pop()?;
+        let v = decode_value(&head.value);
+        if let Err(e) = self.merger.refill(head) {
+            *self.error = Some(e);
+            return None;
+        }
+        match v {
+            Ok(v) => Some(v),
+            Err(e) => {
+                *self.error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+impl<M, R> TaskRunner for Job<M, R>
+where
+    M: Mapper,
+    R: Reducer<Key = M::Key, Value = M::Value>,
+{
+    fn run_map(
+        &self,
+        split: &Split,
+        partitions: u32,
+        sort_mem: usize,
+        dir: &Path,
+        name: &str,
+        cancel: &AtomicBool,
+    ) -> io::Result<MapResult> {
+        let mut buffer = MapBuffer::new(partitions, self.combiner.clone(), sort_mem, dir, name);
+        let mut sink = CheckedSink {
+            buffer: &mut buffer,
+            error: None,
+        };
+        let records_in = {
+            let mut out = MapOutput::new(&mut sink);
+            for_each_line(split, cancel, |record| self.mapper.map(record, &mut out))?
+        };
+        if let Some(e) = sink.error {
+            return Err(e);
+        }
+        let emitted = buffer.emitted;
+        let spills = buffer.spills();
+        let segments = buffer.finish()?;
+        Ok(MapResult {
+            segments,
+            records_in,
+            emitted,
+            spills,
+        })
+    }
+
+    fn run_reduce(
+        &self,
+        inputs: &[(PathBuf, SegmentInfo)],
+        out: &mut dyn Write,
+        cancel: &AtomicBool,
+    ) -> io::Result<Counters> {
+        let readers = inputs
+            .iter()
+            .map(|(p, s)| SegmentReader::open(p, *s))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut merger = Merger::new(readers)?;
+        let mut counters = Counters::new();
+        let mut error: Option<io::Error> = None;
+        let mut key_buf = Vec::new();
+        let mut groups = 0u64;
+        while let Some(head) = merger.pop() {
+            key_buf.clear();
+            key_buf.extend_from_slice(&head.key);
+            let key: M::Key = postcard::from_bytes(&key_buf).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("intermediate key: {e}"))
+            })?;
+            let first: M::Value = decode_value(&head.value)?;
+            merger.refill(head)?;
+            let mut output = ReduceOutput {
+                writer: out,
+                counters: &mut counters,
+                error: None,
+            };
+            {
+                let mut values = Values {
+                    merger: &mut merger,
+                    key: &key_buf,
+                    pending: Some(first),
+                    error: &mut error,
+                };
+                self.reducer.reduce(key, &mut values, &mut output);
+                // Skip values the reducer did not read.
+                for _ in values.by_ref() {}
+            }
+            if let Some(e) = output.error.take().or_else(|| error.take()) {
+                return Err(e);
+            }
+            groups += 1;
+            if groups.is_multiple_of(65_536) && cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+        }
+        out.flush()?;
+        Ok(counters)
+    }
+}
+
+/// Read a whole input for a reference implementation: every line of every file in `dir`,
+/// in name order.
+pub fn read_lines(dir: &Path, mut f: impl FnMut(Record<'_>)) -> io::Result<()> {
+    let never = AtomicBool::new(false);
+    for path in list_inputs(dir)? {
+        let len = std::fs::metadata(&path)?.len();
+        for_each_line(
+            &Split {
+                path,
+                start: 0,
+                end: len,
+            },
+            &never,
+            &mut f,
+        )?;
+    }
+    Ok(())
+}
+
+/// The input files of a directory (not starting with `.` or `_`), in name order.
+pub fn list_inputs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name.starts_with('_') || !entry.file_type()?.is_file() {
+            continue;
+        }
+        files.push(entry.path());
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Cut the files of `dir` into splits of about `split_size` bytes.
+pub fn make_splits(dir: &Path, split_size: u64) -> io::Result<Vec<Split>> {
+    let split_size = split_size.max(1);
+    let mut splits = Vec::new();
+    for path in list_inputs(dir)? {
+        let len = std::fs::metadata(&path)?.len();
+        let mut start = 0;
+        while start < len {
+            let end = (start + split_size).min(len);
+            splits.push(Split {
+                path: path.clone(),
+                start,
+                end,
+            });
+            start = end;
+        }
+    }
+    Ok(splits)
+}
+
+/// Read a whole file into memory (tests and small side files).
+pub fn read_to_string(path: &Path) -> io::Result<String> {
+    let mut s = String::new();
+    File::open(path)?.read_to_string(&mut s)?;
+    Ok(s)
+}

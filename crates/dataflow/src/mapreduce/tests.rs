@@ -1,0 +1,216 @@
+//! End-to-end tests: a real master and real workers (as threads) over loopback TCP and
+//! files, each built-in job compared with its single-threaded reference.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use super::driver::{JobOptions, MasterServer};
+use super::gen;
+use super::jobs::{self, Params};
+use super::master::MasterConfig;
+use super::task::{list_inputs, Counters};
+use super::worker::{run_worker, WorkerOptions};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("synod-mr-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Run one job with `workers` worker threads; return its counters.
+#[allow(clippy::too_many_arguments)]
+fn run_stage(
+    job: &str,
+    params: Params,
+    input: &Path,
+    output: &Path,
+    workers: u32,
+    reduces: u32,
+    split_size: u64,
+    sort_mem: u64,
+) -> anyhow::Result<Counters> {
+    let opts = JobOptions {
+        job: job.to_string(),
+        params,
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        reduces,
+        split_size,
+        sort_mem,
+        master: MasterConfig::default(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+    };
+    let server = MasterServer::start(&opts)?;
+    let handles: Vec<_> = (0..workers)
+        .map(|i| {
+            let o = WorkerOptions {
+                master: server.addr(),
+                dir: output.with_extension(format!("w{i}")),
+                heartbeat: Duration::from_millis(20),
+                master_grace: Duration::from_secs(5),
+                task_delay: Duration::ZERO,
+            };
+            std::thread::spawn(move || run_worker(&o))
+        })
+        .collect();
+    let mut waited = 0;
+    while !server.finished() {
+        std::thread::sleep(Duration::from_millis(20));
+        server.tick()?;
+        waited += 1;
+        assert!(waited < 3000, "job did not finish in 60 s");
+    }
+    server.finalize(output)?;
+    for h in handles {
+        h.join().expect("worker thread").expect("worker ran");
+    }
+    Ok(server.counters())
+}
+
+fn output_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for f in list_inputs(dir).unwrap() {
+        if f.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("part-")
+        {
+            lines.extend(
+                std::fs::read_to_string(&f)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+    }
+    lines.sort();
+    lines
+}
+
+fn part_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    list_inputs(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|f| {
+            f.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("part-")
+        })
+        .map(|f| {
+            (
+                f.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&f).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Word count equals the reference, with a memory budget small enough to spill, and the
+/// output files are byte-identical for different worker counts.
+#[test]
+fn wordcount_equals_reference_and_spills() {
+    let dir = scratch("wc");
+    let input = dir.join("in");
+    gen::text(&input, 400_000, 3, 7).unwrap();
+    let want: Vec<String> = jobs::wordcount_reference(&input)
+        .unwrap()
+        .into_iter()
+        .map(|(w, n)| format!("{w}\t{n}"))
+        .collect();
+    let mut want = want;
+    want.sort();
+    let mut outputs = Vec::new();
+    for (workers, sort_mem) in [(2, 1 << 16), (1, 1 << 30)] {
+        let out = dir.join(format!("out{workers}"));
+        run_stage(
+            "wordcount",
+            Params::new(),
+            &input,
+            &out,
+            workers,
+            3,
+            50_000,
+            sort_mem,
+        )
+        .unwrap();
+        assert_eq!(output_lines(&out), want);
+        outputs.push(part_files(&out));
+    }
+    assert_eq!(
+        outputs[0], outputs[1],
+        "output depends only on the input and R"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The inverted index equals the reference: sorted documents, sorted positions.
+#[test]
+fn inverted_index_equals_reference() {
+    let dir = scratch("index");
+    let input = dir.join("in");
+    gen::text(&input, 60_000, 4, 3).unwrap();
+    let mut want: Vec<String> = jobs::index_reference(&input)
+        .unwrap()
+        .into_iter()
+        .map(|(w, p)| format!("{w}\t{p}"))
+        .collect();
+    want.sort();
+    let out = dir.join("out");
+    run_stage("index", Params::new(), &input, &out, 2, 2, 7_000, 1 << 20).unwrap();
+    assert_eq!(output_lines(&out), want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Log analysis equals the reference (status per hour, URL counts, p99 per endpoint), and
+/// the top-k URLs agree.
+#[test]
+fn log_analysis_equals_reference() {
+    let dir = scratch("logs");
+    let input = dir.join("in");
+    gen::logs(&input, 300_000, 3, 5).unwrap();
+    let want = jobs::logs_reference(&input).unwrap();
+    let out = dir.join("out");
+    run_stage("logs", Params::new(), &input, &out, 2, 3, 40_000, 1 << 20).unwrap();
+    let got = output_lines(&out);
+    assert_eq!(got, want);
+    assert_eq!(jobs::top_urls(&got, 5), jobs::top_urls(&want, 5));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// PageRank (with dangling nodes, to a tolerance) equals the reference within floating
+/// point rounding, and takes the same number of iterations.
+#[test]
+fn pagerank_equals_reference() {
+    let dir = scratch("pr");
+    let input = dir.join("in");
+    gen::rmat(&input, 9, 3000, 2, 11).unwrap();
+    let (want, want_iters) = jobs::pagerank_reference(&input, 0.85, 1e-8, 100).unwrap();
+    let out = dir.join("out");
+    let run = jobs::run_pagerank(
+        &input,
+        &out,
+        0.85,
+        1e-8,
+        100,
+        &mut |job, params, i, o, _| run_stage(job, params, i, o, 2, 2, 8_000, 1 << 20),
+    )
+    .unwrap();
+    assert_eq!(run.iterations, want_iters);
+    let got: BTreeMap<u64, f64> = output_lines(&run.ranks)
+        .iter()
+        .map(|l| {
+            let (n, r, _) = jobs::parse_rank_line(l.as_bytes(), 1.0).unwrap();
+            (n, r)
+        })
+        .collect();
+    assert_eq!(got.len(), want.len());
+    let total: f64 = got.values().sum();
+    assert!((total - 1.0).abs() < 1e-9, "ranks sum to {total}");
+    for (n, r) in &want {
+        assert!((got[n] - r).abs() < 1e-12, "node {n}: {} vs {r}", got[n]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

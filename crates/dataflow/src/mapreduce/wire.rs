@@ -1,0 +1,73 @@
+//! What travels over TCP between the master, the workers, and a reducer and the worker
+//! serving map output. Every frame is length-prefixed postcard with a size bound.
+
+use super::jobs::Params;
+use super::master::{Request, Response};
+use super::task::Split;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The largest control frame accepted (a job spec lists every split).
+pub const MAX_CONTROL_FRAME: usize = 16 << 20;
+
+/// Everything a worker needs to run the job's tasks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Built-in job name.
+    pub job: String,
+    /// Job parameters.
+    pub params: Params,
+    /// Input splits, one per map task.
+    pub splits: Vec<Split>,
+    /// Number of reduce tasks (output partitions).
+    pub reduces: u32,
+    /// Map-side sort buffer budget in bytes; beyond it the buffer spills to disk.
+    pub sort_mem: u64,
+    /// The output directory (shared by the workers: a local or network file system).
+    pub output: PathBuf,
+}
+
+/// Worker → master.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ToMaster {
+    /// Ask for the job spec.
+    Hello,
+    /// A request for the state machine.
+    Req(Request),
+}
+
+/// Master → worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FromMaster {
+    /// The job.
+    Job(JobSpec),
+    /// The state machine's response.
+    Resp(Response),
+}
+
+/// Reducer → map worker: stream one partition of one map output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// The map task.
+    pub map: u32,
+    /// The map attempt.
+    pub attempt: u64,
+    /// The partition.
+    pub partition: u32,
+}
+
+/// Map worker → reducer, before the segment's bytes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FetchHeader {
+    /// `len` bytes follow, with this CRC-32C and record count.
+    Segment {
+        /// Bytes that follow.
+        len: u64,
+        /// Their CRC-32C, computed when the map wrote them.
+        crc: u32,
+        /// Records in them.
+        records: u64,
+    },
+    /// This worker does not have it.
+    Missing(String),
+}

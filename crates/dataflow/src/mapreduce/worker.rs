@@ -1,0 +1,395 @@
+//! A worker process: polls the master, runs map and reduce attempts, and serves its map
+//! output to reducers over TCP.
+
+// A driver: real time, real sockets and files.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use super::jobs;
+use super::master::{Assignment, AttemptId, MapOutput, Request, Response, WorkerId};
+use super::shuffle::{read_frame, write_frame, SegmentInfo};
+use super::task::TaskRunner;
+use super::wire::{FetchHeader, FetchRequest, FromMaster, JobSpec, ToMaster, MAX_CONTROL_FRAME};
+use anyhow::{anyhow, bail, Context};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// The master's address.
+    pub master: SocketAddr,
+    /// Local scratch directory for map output (emptied at start).
+    pub dir: PathBuf,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// How long to keep retrying when the master is unreachable (it may be restarting).
+    pub master_grace: Duration,
+    /// Testing aid: sleep this long at the start of every attempt.
+    pub task_delay: Duration,
+}
+
+fn map_name(map: u32, attempt: u64) -> String {
+    format!("map-{map}-{attempt}")
+}
+
+fn serve_fetch(dir: &Path, stream: TcpStream) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = BufWriter::with_capacity(1 << 20, stream);
+    loop {
+        let req: FetchRequest = match read_frame(&mut reader, 1024) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let name = map_name(req.map, req.attempt);
+        let seg = std::fs::read(dir.join(format!("{name}.idx")))
+            .ok()
+            .and_then(|b| synod_core::codec::decode::<Vec<SegmentInfo>>(&b).ok())
+            .and_then(|segs| segs.get(req.partition as usize).copied());
+        let Some(seg) = seg else {
+            write_frame(&mut out, &FetchHeader::Missing(format!("no output {name}")))?;
+            continue;
+        };
+        let mut f = File::open(dir.join(format!("{name}.out")))?;
+        f.seek(SeekFrom::Start(seg.offset))?;
+        write_frame(
+            &mut out,
+            &FetchHeader::Segment {
+                len: seg.len,
+                crc: seg.crc,
+                records: seg.records,
+            },
+        )?;
+        let copied = io::copy(&mut f.take(seg.len), &mut out)?;
+        if copied != seg.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "short map output",
+            ));
+        }
+        out.flush()?;
+    }
+}
+
+/// Start the data server that streams map output segments; returns its address.
+fn start_data_server(dir: PathBuf) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = serve_fetch(&dir, stream) {
+                    tracing::debug!("fetch connection: {e}");
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Fetch one segment into `dest`, checking its CRC-32C as it streams (§3.1 step 5).
+fn fetch(source: &MapOutput, partition: u32, dest: &Path) -> anyhow::Result<SegmentInfo> {
+    let addr: SocketAddr = source
+        .addr
+        .parse()
+        .with_context(|| format!("bad data address `{}`", source.addr))?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut w = BufWriter::new(stream.try_clone()?);
+    write_frame(
+        &mut w,
+        &FetchRequest {
+            map: source.map,
+            attempt: source.attempt.0,
+            partition,
+        },
+    )?;
+    let mut r = BufReader::with_capacity(1 << 20, stream);
+    let (len, crc, records) = match read_frame::<FetchHeader>(&mut r, 4096)? {
+        FetchHeader::Segment { len, crc, records } => (len, crc, records),
+        FetchHeader::Missing(why) => bail!("{why}"),
+    };
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(dest)?);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut left = len;
+    let mut sum = 0u32;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = r.read(&mut buf[..want])?;
+        if n == 0 {
+            bail!("connection closed with {left} bytes to go");
+        }
+        sum = crc32c::crc32c_append(sum, &buf[..n]);
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    out.flush()?;
+    if sum != crc {
+        bail!(
+            "checksum mismatch on map {} partition {partition}",
+            source.map
+        );
+    }
+    Ok(SegmentInfo {
+        offset: 0,
+        len,
+        records,
+        crc,
+    })
+}
+
+enum Outcome {
+    Report(Request),
+    Failed(String),
+}
+
+fn run_map(
+    runner: &dyn TaskRunner,
+    spec: &JobSpec,
+    dir: &Path,
+    worker: WorkerId,
+    attempt: AttemptId,
+    index: u32,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Request> {
+    let split = spec
+        .splits
+        .get(index as usize)
+        .ok_or_else(|| anyhow!("no split {index}"))?;
+    let name = map_name(index, attempt.0);
+    let result = runner.run_map(
+        split,
+        spec.reduces,
+        spec.sort_mem as usize,
+        dir,
+        &name,
+        cancel,
+    )?;
+    let tmp = dir.join(format!("{name}.idx.tmp"));
+    std::fs::write(&tmp, synod_core::codec::encode(&result.segments))?;
+    std::fs::rename(&tmp, dir.join(format!("{name}.idx")))?;
+    Ok(Request::MapDone {
+        worker,
+        attempt,
+        index,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_reduce(
+    runner: &dyn TaskRunner,
+    spec: &JobSpec,
+    dir: &Path,
+    worker: WorkerId,
+    attempt: AttemptId,
+    index: u32,
+    sources: &[MapOutput],
+    cancel: &AtomicBool,
+) -> anyhow::Result<Request> {
+    let mut inputs = Vec::with_capacity(sources.len());
+    for s in sources {
+        let dest = dir.join(format!("fetch-{}-{}", attempt.0, s.map));
+        let mut tries = 0;
+        let seg = loop {
+            match fetch(s, index, &dest) {
+                Ok(seg) => break seg,
+                Err(e) if tries < 2 => {
+                    tracing::debug!("fetch of map {} failed: {e:#}; retrying", s.map);
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => {
+                    tracing::info!("fetch of map {} from {} failed: {e:#}", s.map, s.worker);
+                    for (p, _) in &inputs {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    return Ok(Request::FetchFailed {
+                        worker,
+                        attempt,
+                        map: s.map,
+                    });
+                }
+            }
+        };
+        inputs.push((dest, seg));
+        if cancel.load(Ordering::Relaxed) {
+            bail!("cancelled");
+        }
+    }
+    let tmp_dir = spec.output.join("_temporary");
+    std::fs::create_dir_all(&tmp_dir)?;
+    let tmp = tmp_dir.join(format!("part-{index:05}.{}", attempt.0));
+    let file = File::create(&tmp)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let result = runner.run_reduce(&inputs, &mut out, cancel);
+    for (p, _) in &inputs {
+        let _ = std::fs::remove_file(p);
+    }
+    let counters = result?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    // The commit (§3.3): an atomic rename of this attempt's file to the final name. A
+    // backup attempt may rename too; both files hold the same bytes.
+    std::fs::rename(&tmp, spec.output.join(format!("part-{index:05}")))?;
+    if let Ok(d) = File::open(&spec.output) {
+        let _ = d.sync_all();
+    }
+    Ok(Request::ReduceDone {
+        worker,
+        attempt,
+        index,
+        summary: synod_core::codec::encode(&counters),
+    })
+}
+
+struct Connection {
+    addr: SocketAddr,
+    stream: Option<(BufReader<TcpStream>, BufWriter<TcpStream>)>,
+    grace: Duration,
+}
+
+impl Connection {
+    fn call(&mut self, msg: &ToMaster) -> anyhow::Result<FromMaster> {
+        let started = Instant::now();
+        loop {
+            if self.stream.is_none() {
+                match TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)) {
+                    Ok(s) => {
+                        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                        let _ = s.set_nodelay(true);
+                        self.stream = Some((BufReader::new(s.try_clone()?), BufWriter::new(s)));
+                    }
+                    Err(e) if started.elapsed() < self.grace => {
+                        tracing::debug!("master unreachable: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                    Err(e) => bail!("master {} unreachable: {e}", self.addr),
+                }
+            }
+            let Some((r, w)) = self.stream.as_mut() else {
+                continue;
+            };
+            let result =
+                write_frame(w, msg).and_then(|()| read_frame::<FromMaster>(r, MAX_CONTROL_FRAME));
+            match result {
+                Ok(resp) => return Ok(resp),
+                Err(e) if started.elapsed() < self.grace => {
+                    tracing::debug!("master connection: {e}");
+                    self.stream = None;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => bail!("master {}: {e}", self.addr),
+            }
+        }
+    }
+}
+
+/// Run a worker until the master says the job is finished.
+pub fn run_worker(opts: &WorkerOptions) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(&opts.dir);
+    std::fs::create_dir_all(&opts.dir)
+        .with_context(|| format!("create worker directory {}", opts.dir.display()))?;
+    let data_addr = start_data_server(opts.dir.clone())?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let worker = WorkerId((u64::from(std::process::id()) << 32) ^ (nanos & 0xffff_ffff));
+    let mut conn = Connection {
+        addr: opts.master,
+        stream: None,
+        grace: opts.master_grace,
+    };
+    let spec = match conn.call(&ToMaster::Hello)? {
+        FromMaster::Job(spec) => Arc::new(spec),
+        FromMaster::Resp(r) => bail!("master answered hello with {r:?}"),
+    };
+    let runner: Arc<dyn TaskRunner> = Arc::from(jobs::build(&spec.job, &spec.params)?);
+    tracing::info!("worker {worker} serving map output on {data_addr}");
+    type Running = (AttemptId, Arc<AtomicBool>, JoinHandle<Outcome>);
+    let mut running: Option<Running> = None;
+    let mut reports: Vec<Request> = Vec::new();
+    loop {
+        if running.as_ref().is_some_and(|(_, _, h)| h.is_finished()) {
+            if let Some((attempt, _, handle)) = running.take() {
+                match handle.join() {
+                    Ok(Outcome::Report(r)) => reports.push(r),
+                    Ok(Outcome::Failed(e)) => tracing::warn!("attempt {attempt} failed: {e}"),
+                    Err(_) => tracing::warn!("attempt {attempt} panicked"),
+                }
+            }
+        }
+        while let Some(r) = reports.first() {
+            match conn.call(&ToMaster::Req(r.clone()))? {
+                FromMaster::Resp(Response::Finished) => return Ok(()),
+                _ => {
+                    reports.remove(0);
+                }
+            }
+        }
+        let current: Vec<AttemptId> = running.iter().map(|(a, _, _)| *a).collect();
+        let poll = Request::Poll {
+            worker,
+            addr: data_addr.to_string(),
+            want_work: current.is_empty(),
+            running: current,
+        };
+        let resp = match conn.call(&ToMaster::Req(poll))? {
+            FromMaster::Resp(r) => r,
+            FromMaster::Job(_) => bail!("master sent a job spec to a poll"),
+        };
+        let (work, abort) = match resp {
+            Response::Finished => return Ok(()),
+            Response::Assign { work, abort } => (Some(work), abort),
+            Response::Wait { abort } => (None, abort),
+            Response::Ack => (None, Vec::new()),
+        };
+        if let Some((a, cancel, _)) = &running {
+            if abort.contains(a) {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+        let Some(work) = work else {
+            std::thread::sleep(opts.heartbeat);
+            continue;
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (spec2, runner2, dir, cancel2, delay) = (
+            spec.clone(),
+            runner.clone(),
+            opts.dir.clone(),
+            cancel.clone(),
+            opts.task_delay,
+        );
+        let attempt = work.attempt();
+        let handle = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let result = match &work {
+                Assignment::Map { attempt, index } => {
+                    run_map(&*runner2, &spec2, &dir, worker, *attempt, *index, &cancel2)
+                }
+                Assignment::Reduce {
+                    attempt,
+                    index,
+                    sources,
+                } => run_reduce(
+                    &*runner2, &spec2, &dir, worker, *attempt, *index, sources, &cancel2,
+                ),
+            };
+            match result {
+                Ok(r) => Outcome::Report(r),
+                Err(e) => Outcome::Failed(format!("{e:#}")),
+            }
+        });
+        running = Some((attempt, cancel, handle));
+    }
+}
