@@ -1,0 +1,310 @@
+//! Unit tests of the range state machine and simulation tests of the bank.
+
+use super::harness::{self, as_is};
+use super::*;
+use crate::raft::StateMachine;
+use synod_core::LogIndex;
+
+fn meta(id: u64, anchor: &str, start: u64, expires_at: u64) -> TxnMeta {
+    TxnMeta {
+        id: TxnId(id),
+        anchor: anchor.into(),
+        start_ts: Timestamp(start),
+        expires_at,
+    }
+}
+
+fn apply(sm: &mut RangeSm, command: RangeCommand) -> RangeResult {
+    sm.apply(LogIndex(1), &command).result
+}
+
+/// The bank test (issue 11 part 3) under random faults, over many seeds.
+#[test]
+fn bank_total_is_conserved_and_histories_are_linearizable_under_faults() {
+    synod_sim::assert_seeds(
+        0..24,
+        |seed| harness::bank_scenario(seed, as_is),
+        |seed| format!("synod sim bank --seed {seed}"),
+    );
+}
+
+fn root() -> RangeSm {
+    RangeSm::new(RangeSm::root())
+}
+
+/// Percolator §2.2: a write commits only if no other transaction committed the key
+/// after the writer's start timestamp (first committer wins).
+#[test]
+fn prewrite_refuses_a_key_committed_after_the_snapshot() {
+    let mut sm = root();
+    let w = meta(1, "a", 1, u64::MAX);
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::OnePhase {
+                txn: w,
+                writes: vec![("a".into(), 5)],
+                commit_ts: Timestamp(3)
+            }
+        ),
+        RangeResult::Status(TxnStatus::Committed(Timestamp(3)))
+    );
+    let late = meta(2, "a", 2, u64::MAX);
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Prewrite {
+                txn: late,
+                key: "a".into(),
+                value: 6
+            }
+        ),
+        RangeResult::WriteConflict
+    );
+    let fresh = meta(3, "a", 4, u64::MAX);
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Prewrite {
+                txn: fresh,
+                key: "a".into(),
+                value: 7
+            }
+        ),
+        RangeResult::Prewritten
+    );
+}
+
+/// Percolator: a reader whose snapshot is at or after an intent's start must learn the
+/// writer's fate; an intent that started after the snapshot is invisible.
+#[test]
+fn a_read_meets_an_intent_only_if_the_writer_started_before_the_snapshot() {
+    let mut sm = root();
+    let w = meta(1, "a", 5, u64::MAX);
+    apply(
+        &mut sm,
+        RangeCommand::Prewrite {
+            txn: w.clone(),
+            key: "a".into(),
+            value: 1,
+        },
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Get {
+                key: "a".into(),
+                read_ts: Timestamp(4)
+            }
+        ),
+        RangeResult::Value(None)
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Get {
+                key: "a".into(),
+                read_ts: Timestamp(6)
+            }
+        ),
+        RangeResult::Locked(w.clone())
+    );
+    let committed = TxnStatus::Committed(Timestamp(7));
+    apply(
+        &mut sm,
+        RangeCommand::Resolve {
+            txn: w.id,
+            key: "a".into(),
+            status: committed,
+        },
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Get {
+                key: "a".into(),
+                read_ts: Timestamp(6)
+            }
+        ),
+        RangeResult::Value(None)
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Get {
+                key: "a".into(),
+                read_ts: Timestamp(7)
+            }
+        ),
+        RangeResult::Value(Some(1))
+    );
+}
+
+/// The transaction record decides once: a push after expiry aborts a pending
+/// transaction, and the coordinator's later commit learns the abort.
+#[test]
+fn the_record_decides_once_and_a_push_aborts_only_after_expiry() {
+    let mut sm = root();
+    let t = meta(9, "a", 1, 100);
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Push {
+                txn: t.clone(),
+                now: 50
+            }
+        ),
+        RangeResult::Status(TxnStatus::Pending)
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Push {
+                txn: t.clone(),
+                now: 100
+            }
+        ),
+        RangeResult::Status(TxnStatus::Aborted)
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::EndTxn {
+                txn: t.clone(),
+                commit: Some(Timestamp(4))
+            }
+        ),
+        RangeResult::Status(TxnStatus::Aborted)
+    );
+    let u = meta(10, "a", 1, 100);
+    apply(
+        &mut sm,
+        RangeCommand::EndTxn {
+            txn: u.clone(),
+            commit: Some(Timestamp(4)),
+        },
+    );
+    assert_eq!(
+        apply(&mut sm, RangeCommand::Push { txn: u, now: 1_000 }),
+        RangeResult::Status(TxnStatus::Committed(Timestamp(4)))
+    );
+}
+
+/// The one-phase path writes with no intent, so it must commit above every read the
+/// range served (the replicated read-timestamp cache), and it is idempotent.
+#[test]
+fn one_phase_commit_stays_above_served_reads_and_applies_once() {
+    let mut sm = root();
+    apply(
+        &mut sm,
+        RangeCommand::Get {
+            key: "a".into(),
+            read_ts: Timestamp(10),
+        },
+    );
+    let t = meta(1, "a", 2, u64::MAX);
+    let writes = vec![("a".into(), 1), ("b".into(), 2)];
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::OnePhase {
+                txn: t.clone(),
+                writes: writes.clone(),
+                commit_ts: Timestamp(9)
+            }
+        ),
+        RangeResult::TooOld
+    );
+    let ok = RangeResult::Status(TxnStatus::Committed(Timestamp(11)));
+    let again = RangeCommand::OnePhase {
+        txn: t,
+        writes,
+        commit_ts: Timestamp(11),
+    };
+    assert_eq!(apply(&mut sm, again.clone()), ok);
+    assert_eq!(apply(&mut sm, again), ok);
+}
+
+/// A split moves the right half (versions, intents, records anchored there) into a new
+/// range with a fresh id, once, however often it is proposed.
+#[test]
+fn a_split_moves_the_right_half_once() {
+    let mut sm = root();
+    for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
+        let t = meta(i as u64 + 1, k, 1, u64::MAX);
+        apply(
+            &mut sm,
+            RangeCommand::OnePhase {
+                txn: t,
+                writes: vec![((*k).into(), 1)],
+                commit_ts: Timestamp(2 + i as u64),
+            },
+        );
+    }
+    let w = meta(20, "d", 10, u64::MAX);
+    apply(
+        &mut sm,
+        RangeCommand::Prewrite {
+            txn: w.clone(),
+            key: "d".into(),
+            value: 4,
+        },
+    );
+    apply(
+        &mut sm,
+        RangeCommand::EndTxn {
+            txn: w,
+            commit: None,
+        },
+    );
+    assert_eq!(sm.split_point(3), Some("c".into()));
+    let split = RangeCommand::Split {
+        generation: 0,
+        split_key: "c".into(),
+    };
+    apply(&mut sm, split.clone());
+    apply(&mut sm, split);
+    let children = sm.take_children();
+    assert_eq!(children.len(), 1);
+    let child = &children[0];
+    assert_eq!(child.desc.start, "c");
+    assert_ne!(child.desc.id, sm.state().desc.id);
+    assert_eq!(child.versions.len(), 2);
+    assert_eq!(child.intents.len(), 1);
+    assert_eq!(child.records.len(), 1);
+    assert_eq!(sm.state().versions.len(), 2);
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Get {
+                key: "d".into(),
+                read_ts: Timestamp(9)
+            }
+        ),
+        RangeResult::RangeMismatch
+    );
+}
+
+/// Without faults: the accounts spread over several ranges by splits, and transfers
+/// commit on both paths (one-phase within a range, two-phase across ranges).
+#[test]
+fn ranges_split_and_both_commit_paths_are_taken() {
+    let bank = harness::BankConfig {
+        stop_at: std::time::Duration::from_secs(2),
+        abandon: 0.0,
+        ..Default::default()
+    };
+    let (sim, result) = harness::measure(7, 3, 3, bank);
+    result.unwrap();
+    let clients = sim.workload::<harness::BankClients>().unwrap();
+    assert!(!clients.stats.one_phase.is_empty(), "no one-phase commit");
+    assert!(!clients.stats.two_phase.is_empty(), "no two-phase commit");
+    assert!(!clients.stats.reads.is_empty(), "no snapshot read");
+    for (node, actor) in sim.actors() {
+        let ranges = actor.groups().count();
+        assert!(
+            ranges >= 4,
+            "{node} hosts only {ranges} ranges (meta + data)"
+        );
+    }
+}
