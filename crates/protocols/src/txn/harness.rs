@@ -144,6 +144,8 @@ struct Txn {
     /// The decision once known (committed or aborted), before resolving intents.
     decided: Option<TxnStatus>,
     outcome: Option<Outcome>,
+    /// The last few results, for failure reports.
+    recent: Vec<String>,
 }
 
 struct Request {
@@ -222,6 +224,35 @@ impl BankClients {
     /// Whether the opening balances are written.
     pub fn initialized(&self) -> bool {
         self.initialized
+    }
+
+    /// What each client is doing now (for failure reports).
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "initialized {}, one-phase {}, two-phase {}, aborted {}, unknown {}, reads {} \
+             (last at {} ns)",
+            self.initialized,
+            self.stats.one_phase.len(),
+            self.stats.two_phase.len(),
+            self.stats.aborted,
+            self.stats.unknown,
+            self.stats.reads.len(),
+            self.stats.last_read_at
+        );
+        for c in &self.clients {
+            let txn = c.txn.as_ref().map(|t| {
+                format!(
+                    "{:?} {} since {} phase {:?} conflicts {} blocker {:?} recent {:#?}",
+                    t.kind, t.meta.id, t.invoked_at, t.phase, t.conflicts, t.blocker, t.recent
+                )
+            });
+            let req = c
+                .request
+                .as_ref()
+                .map(|r| format!("{:?} attempts {} sent {}", r.command, r.attempts, r.sent));
+            out.push_str(&format!("\n  {}: {txn:?} request {req:?}", c.id));
+        }
+        out
     }
 
     fn slot(client: ClientId) -> usize {
@@ -413,6 +444,7 @@ impl BankClients {
             one_phase: false,
             decided: None,
             outcome: None,
+            recent: Vec::new(),
         });
         self.run_phase(ctl, client);
     }
@@ -522,15 +554,6 @@ impl BankClients {
         self.goto(ctl, client, Phase::Push);
     }
 
-    fn current_key(t: &Txn) -> Key {
-        match &t.phase {
-            Phase::Read(i) => t.reads[*i].clone(),
-            Phase::Prewrite(i) => t.writes[*i].0.clone(),
-            Phase::FastCommit => t.writes[0].0.clone(),
-            _ => t.meta.anchor.clone(),
-        }
-    }
-
     /// Give up this attempt before the commit point: abort the record if intents may
     /// exist, remove them, and count an abort.
     fn abort(&mut self, ctl: &mut ClientCtl<'_, Node>, client: ClientId) {
@@ -569,6 +592,10 @@ impl BankClients {
         let abandon = self.config.abandon;
         let abandon_roll = ctl.rng().gen_bool(abandon);
         let Some(t) = self.txn(client) else { return };
+        if t.recent.len() >= 8 {
+            t.recent.remove(0);
+        }
+        t.recent.push(format!("{now}: {:?} -> {result:?}", t.phase));
         use RangeResult as R;
         match (t.phase.clone(), result) {
             (_, R::RangeMismatch) => {
@@ -615,10 +642,7 @@ impl BankClients {
                     self.decide(ctl, client, fast_path);
                 }
             }
-            (Phase::Read(i), R::Locked(meta)) => {
-                let key = t.reads[i].clone();
-                self.blocked(ctl, client, meta, key);
-            }
+            (Phase::Read(_), R::Locked { txn, key }) => self.blocked(ctl, client, txn, key),
             (Phase::CommitTs, R::Timestamp(ts)) => {
                 t.commit_ts = Some(ts);
                 let next = if t.one_phase {
@@ -640,9 +664,8 @@ impl BankClients {
                 self.goto(ctl, client, Phase::CommitTs);
             }
             (Phase::FastCommit | Phase::Prewrite(_), R::WriteConflict) => self.abort(ctl, client),
-            (Phase::FastCommit | Phase::Prewrite(_), R::Locked(meta)) => {
-                let key = Self::current_key(t);
-                self.blocked(ctl, client, meta, key);
+            (Phase::FastCommit | Phase::Prewrite(_), R::Locked { txn, key }) => {
+                self.blocked(ctl, client, txn, key)
             }
             (Phase::Prewrite(i), R::Prewritten) => {
                 let key = t.writes[i].0.clone();
@@ -999,9 +1022,11 @@ pub fn run_bank(sim: &mut Sim<Node>, faults: Duration, grace: Duration) -> Resul
             .is_some_and(|c| c.initialized() && c.stats.last_read_at > heal_ns)
     });
     // A safety violation found before the liveness deadline is the better report.
-    let checked = check_bank(sim);
-    checked?;
-    result.map(|_| ()).map_err(|f| f.to_string())
+    check_bank(sim)?;
+    result.map(|_| ()).map_err(|f| {
+        let clients = sim.workload::<BankClients>().map(BankClients::describe);
+        format!("{f}\n{}", clients.unwrap_or_default())
+    })
 }
 
 /// A fault-free run with the given bank and cluster parameters, for measurements.

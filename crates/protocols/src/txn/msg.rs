@@ -179,8 +179,14 @@ pub enum RangeResult {
     Timestamp(Timestamp),
     /// The value read (`None`: absent at the snapshot).
     Value(Option<Value>),
-    /// An intent of another transaction stands in the way: push it, resolve it, retry.
-    Locked(TxnMeta),
+    /// An intent of another transaction on `key` stands in the way: push it, resolve
+    /// it, retry.
+    Locked {
+        /// The intent's transaction.
+        txn: TxnMeta,
+        /// The key it holds.
+        key: Key,
+    },
     /// A version newer than the writer's snapshot exists (first committer wins).
     WriteConflict,
     /// One-phase commit: a read at or after `commit_ts` already happened; retry with a

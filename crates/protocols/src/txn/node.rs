@@ -26,6 +26,9 @@ pub struct TxnConfig {
     pub split_max_keys: usize,
     /// How often leaders look for ranges to split.
     pub split_check_interval: Duration,
+    /// Test-only planted bug (see `RangeSm::lost_updates`).
+    #[cfg(test)]
+    pub(crate) lost_updates: bool,
 }
 
 impl TxnConfig {
@@ -40,6 +43,8 @@ impl TxnConfig {
             raft,
             split_max_keys,
             split_check_interval: Duration::from_millis(50),
+            #[cfg(test)]
+            lost_updates: false,
         }
     }
 }
@@ -64,7 +69,7 @@ struct Group {
 
 /// A node hosting one Raft replica per range (see the module header of [`super`]).
 pub struct TxnNode {
-    config: TxnConfig,
+    pub(crate) config: TxnConfig,
     groups: BTreeMap<RangeId, Group>,
     split_session: SessionId,
     split_seq: u64,
@@ -114,7 +119,13 @@ impl TxnNode {
 
     fn start_group(&mut self, ctx: &mut NodeCtx<'_>, id: RangeId, state: RangeState) {
         let rng = ActorRng::seed_from_u64(ctx.rng().gen());
-        let raft = Raft::new(self.config.raft.clone(), RangeSm::new(state));
+        #[allow(unused_mut)]
+        let mut sm = RangeSm::new(state);
+        #[cfg(test)]
+        {
+            sm.lost_updates = self.config.lost_updates;
+        }
+        let raft = Raft::new(self.config.raft.clone(), sm);
         self.groups.insert(id, Group { raft, rng });
         self.with_group(ctx, id, |raft, sub| raft.on_start(sub));
     }

@@ -54,6 +54,10 @@ pub struct RangeState {
 pub struct RangeSm {
     state: RangeState,
     children: RefCell<Vec<RangeState>>,
+    /// Test-only planted bug: skip the first-committer-wins check, so that lost
+    /// updates happen; the bank test must catch it.
+    #[cfg(test)]
+    pub(crate) lost_updates: bool,
 }
 
 impl RangeSm {
@@ -62,6 +66,8 @@ impl RangeSm {
         RangeSm {
             state,
             children: RefCell::new(Vec::new()),
+            #[cfg(test)]
+            lost_updates: false,
         }
     }
 
@@ -140,7 +146,7 @@ impl RangeState {
             .and_then(|v| v.iter().next_back().map(|(t, v)| (*t, v)))
     }
 
-    fn apply(&mut self, command: &RangeCommand) -> RangeResult {
+    fn apply(&mut self, command: &RangeCommand, check_conflicts: bool) -> RangeResult {
         use RangeCommand as C;
         use RangeResult as R;
         let keyed = match command {
@@ -173,7 +179,10 @@ impl RangeState {
                 // writer commits above the snapshot and is invisible anyway.
                 if let Some(intent) = self.intents.get(key) {
                     if intent.txn.start_ts <= *read_ts {
-                        return R::Locked(intent.txn.clone());
+                        return R::Locked {
+                            txn: intent.txn.clone(),
+                            key: key.clone(),
+                        };
                     }
                 }
                 R::Value(self.read_at(key, *read_ts).map(|v| v.value))
@@ -181,14 +190,17 @@ impl RangeState {
             C::Prewrite { txn, key, value } => {
                 if let Some(intent) = self.intents.get(key) {
                     if intent.txn.id != txn.id {
-                        return R::Locked(intent.txn.clone());
+                        return R::Locked {
+                            txn: intent.txn.clone(),
+                            key: key.clone(),
+                        };
                     }
                 }
                 if let Some((ts, version)) = self.newest_commit(key) {
                     // First committer wins (snapshot isolation): someone committed this
                     // key after our snapshot was taken. (Our own version means a late
                     // duplicate of an already committed prewrite.)
-                    if ts > txn.start_ts {
+                    if ts > txn.start_ts && check_conflicts {
                         return if version.txn == txn.id {
                             R::Prewritten
                         } else {
@@ -266,7 +278,10 @@ impl RangeState {
                 }
                 for (key, _) in writes {
                     if let Some(intent) = self.intents.get(key) {
-                        return R::Locked(intent.txn.clone());
+                        return R::Locked {
+                            txn: intent.txn.clone(),
+                            key: key.clone(),
+                        };
                     }
                     if self
                         .newest_commit(key)
@@ -324,7 +339,11 @@ impl StateMachine for RangeSm {
     type Output = RangeOutput;
 
     fn apply(&mut self, _index: LogIndex, command: &RangeCommand) -> RangeOutput {
-        let mut result = self.state.apply(command);
+        #[cfg(test)]
+        let check_conflicts = !self.lost_updates;
+        #[cfg(not(test))]
+        let check_conflicts = true;
+        let mut result = self.state.apply(command, check_conflicts);
         if let RangeCommand::Split {
             generation,
             split_key,
