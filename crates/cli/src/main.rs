@@ -15,6 +15,7 @@ mod kv;
 mod members;
 mod mesh;
 mod sim;
+mod sim_bank;
 mod sim_chord;
 mod sim_clock_sync;
 mod sim_mvcc;

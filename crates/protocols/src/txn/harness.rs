@@ -91,8 +91,8 @@ pub struct BankStats {
     pub unknown: u64,
     /// Completed snapshot reads of every balance, with their latencies.
     pub reads: Vec<u64>,
-    /// True completion times of committed transfers.
-    pub commit_times: Vec<u64>,
+    /// True completion time and anchor key (first key written) of committed transfers.
+    pub commit_times: Vec<(u64, Key)>,
     /// True time of the newest completed snapshot read.
     pub last_read_at: u64,
 }
@@ -829,7 +829,7 @@ impl BankClients {
                 } else {
                     self.stats.two_phase.push(latency);
                 }
-                self.stats.commit_times.push(now);
+                self.stats.commit_times.push((now, t.meta.anchor.clone()));
             }
             (Kind::Transfer { .. }, Outcome::Committed) => {}
             (Kind::Transfer { .. }, Outcome::Aborted) => self.stats.aborted += 1,
@@ -1044,4 +1044,114 @@ pub fn measure(
     sim.set_workload(BankClients::new(bank));
     let r = run_bank(&mut sim, stop, Duration::from_secs(5));
     (sim, r)
+}
+
+// ---- measurements (synod bench txn) ----------------------------------------------------
+
+/// What one fault-free measurement run gave.
+#[derive(Clone, Debug)]
+pub struct BenchRun {
+    /// The clients' statistics.
+    pub stats: BankStats,
+    /// Simulated seconds during which clients started transactions.
+    pub seconds: f64,
+    /// Data ranges at the end (on node 0).
+    pub ranges: usize,
+}
+
+/// A fault-free bank run on a LAN: `accounts` accounts, ranges split past
+/// `split_max_keys` keys, `clients` transfer clients picking among the first `hot`
+/// accounts, for `seconds` of simulated time.
+pub fn bench_run(
+    seed: u64,
+    accounts: u32,
+    split_max_keys: usize,
+    hot: Option<u32>,
+    clients: u64,
+    seconds: u64,
+) -> Result<BenchRun, String> {
+    let bank = BankConfig {
+        accounts,
+        transfer_clients: clients,
+        read_clients: 0,
+        stop_at: Duration::from_secs(seconds),
+        abandon: 0.0,
+        hot,
+        ..BankConfig::default()
+    };
+    let (sim, result) = measure(seed, 3, split_max_keys, bank);
+    result?;
+    let clients = sim.workload::<BankClients>().ok_or("no workload")?;
+    let ranges = sim
+        .actor(NodeId(0))
+        .map(|n| n.groups().count().saturating_sub(1))
+        .unwrap_or(0);
+    Ok(BenchRun {
+        stats: clients.stats.clone(),
+        seconds: seconds as f64,
+        ranges,
+    })
+}
+
+/// Recovery after a coordinator-group leader crash: a fault-free bank run in which, at
+/// `crash_at`, the leader of the range that holds `acct/000` (the transaction records of
+/// every transfer anchored there) crashes, and restarts 2 s later. Returns the time from
+/// the crash to the first committed transfer anchored in that range, and the time to
+/// the first committed transfer of any kind.
+pub fn recovery_run(seed: u64, crash_at: Duration) -> Result<(Duration, Duration), String> {
+    let bank = BankConfig {
+        accounts: 8,
+        transfer_clients: 4,
+        read_clients: 1,
+        stop_at: crash_at + Duration::from_secs(4),
+        abandon: 0.0,
+        ..BankConfig::default()
+    };
+    let mut cfg = SimConfig::new(seed, 3);
+    cfg.net = NetConfig::lan();
+    let mut sim = cluster(cfg, test_config(3, 3), as_is);
+    sim.set_workload(BankClients::new(bank));
+    sim.run_until(crash_at).map_err(|f| f.to_string())?;
+    let key = account(0);
+    let found = sim.actors().find_map(|(node, actor)| {
+        actor.groups().find_map(|(id, raft)| {
+            let desc = &raft.state_machine().state().desc;
+            (raft.role() == crate::raft::Role::Leader && desc.contains(&key))
+                .then(|| (node, id, desc.clone()))
+        })
+    });
+    let (leader, _range, desc) = found.ok_or("no leader of the range of acct/000")?;
+    sim.crash(leader);
+    let crash_ns = u64::try_from(sim.now().as_nanos()).unwrap_or(u64::MAX);
+    sim.run_for(Duration::from_secs(2))
+        .map_err(|f| f.to_string())?;
+    sim.restart(leader);
+    sim.run_for(Duration::from_secs(3))
+        .map_err(|f| f.to_string())?;
+    check_bank(&sim)?;
+    let clients = sim.workload::<BankClients>().ok_or("no workload")?;
+    let after = |anchored: bool| {
+        clients
+            .stats
+            .commit_times
+            .iter()
+            .filter(|(t, k)| *t > crash_ns && (!anchored || desc.contains(k)))
+            .map(|(t, _)| Duration::from_nanos(t - crash_ns))
+            .min()
+    };
+    match (after(true), after(false)) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err("no transfer committed after the crash".into()),
+    }
+}
+
+/// The `p`-quantile (0..=1) of `v`, in milliseconds.
+pub fn quantile_ms(v: &[u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    v[i.min(v.len() - 1)] as f64 / 1e6
 }

@@ -24,7 +24,7 @@ fn bank_total_is_conserved_and_histories_are_linearizable_under_faults() {
     synod_sim::assert_seeds(
         0..48,
         |seed| harness::bank_scenario(seed, as_is),
-        |seed| format!("synod sim bank --seed {seed}"),
+        |seed| format!("synod sim bank --first-seed {seed} --seeds 1"),
     );
 }
 
