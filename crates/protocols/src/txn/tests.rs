@@ -351,3 +351,36 @@ fn replay_bank_seed() {
         panic!("{e}");
     }
 }
+
+/// The figures of `synod bench txn`, printed (run with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn bench_figures() {
+    let print = |label: &str, r: &harness::BenchRun| {
+        let s = &r.stats;
+        let attempts = s.one_phase.len() + s.two_phase.len() + s.aborted as usize;
+        eprintln!(
+            "{label}: {} ranges | 1PC {:.1}/s p50 {:.2} ms p99 {:.2} ms | 2PC {:.1}/s p50 {:.2} ms p99 {:.2} ms | aborts {:.1}% of {attempts}",
+            r.ranges,
+            s.one_phase.len() as f64 / r.seconds,
+            harness::quantile_ms(&s.one_phase, 0.5),
+            harness::quantile_ms(&s.one_phase, 0.99),
+            s.two_phase.len() as f64 / r.seconds,
+            harness::quantile_ms(&s.two_phase, 0.5),
+            harness::quantile_ms(&s.two_phase, 0.99),
+            100.0 * s.aborted as f64 / attempts.max(1) as f64,
+        );
+    };
+    let r = harness::bench_run(1, 64, usize::MAX, None, 8, 5).unwrap();
+    print("single range (no split), 64 accts", &r);
+    let r = harness::bench_run(1, 64, 8, None, 8, 5).unwrap();
+    print("split at 8 keys, 64 accts", &r);
+    for hot in [2u32, 4, 8, 16, 64] {
+        let r = harness::bench_run(1, 64, 8, Some(hot), 8, 5).unwrap();
+        print(&format!("contention {hot} hot"), &r);
+    }
+    for seed in 1..3 {
+        let (a, b) = harness::recovery_run(seed, std::time::Duration::from_secs(2)).unwrap();
+        eprintln!("recovery seed {seed}: anchored {a:?}, any {b:?}");
+    }
+}
