@@ -30,6 +30,8 @@ enum BenchWhat {
     /// Raft in the simulator, fault-free: commits per virtual second and simulated
     /// commits per wall-clock second, against the number of clients.
     Raft(crate::sim_raft::BenchArgs),
+    /// Multi-Raft transactions in the simulator: single- vs cross-range, contention, recovery.
+    Txn(crate::sim_bank::TxnBenchArgs),
     /// The replicated KV store of a running cluster (synod up): throughput and p50/p99
     /// latency against the number of clients.
     Kv(crate::kv::KvBench),
@@ -77,6 +79,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchWhat::Checker(b) => crate::check::bench(b.ops, b.keys, b.clients, b.runs),
         BenchWhat::Transport(b) => bench_transport(b),
         BenchWhat::Raft(b) => crate::sim_raft::bench(b),
+        BenchWhat::Txn(b) => crate::sim_bank::bench(b),
         BenchWhat::Kv(b) => crate::kv::bench(b),
         BenchWhat::Etcd(b) => crate::bench_etcd::bench(b),
         BenchWhat::Wal(b) => bench_wal(b),

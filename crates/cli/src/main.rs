@@ -21,6 +21,7 @@ mod mesh;
 mod registry;
 mod run;
 mod sim;
+mod sim_bank;
 mod sim_chord;
 mod sim_clock_sync;
 mod sim_dynamo;

@@ -44,6 +44,8 @@ enum Protocol {
     /// Two-phase commit with presumed abort, recovery and cooperative termination: every
     /// fault mix, the blocking case, a crash-point sweep, and costs beside the textbook.
     Twopc(crate::sim_twopc::TwoPcArgs),
+    /// Jepsen-style bank over multi-Raft transactions: total conserved, no partial transfer seen, per-key linearizability, on many seeds.
+    Bank(crate::sim_bank::BankArgs),
     /// etcd's MVCC store and leases replicated by Raft under random faults: checks
     /// linearizability, replica agreement and gap-free watch delivery over many seeds.
     Mvcc(crate::sim_mvcc::MvccArgs),
@@ -134,6 +136,7 @@ pub(crate) fn run(cmd: SimCommand) -> Result<ExitCode> {
         Protocol::Raft(a) => crate::sim_raft::run(a),
         Protocol::RaftElection(a) => crate::sim_raft::election(a),
         Protocol::Twopc(a) => crate::sim_twopc::run(a),
+        Protocol::Bank(a) => crate::sim_bank::run(a),
         Protocol::Mvcc(a) => crate::sim_mvcc::run(a),
         Protocol::Chord(a) => crate::sim_chord::run(a),
         Protocol::Paxos(a) => crate::sim_paxos::paxos(a),

@@ -48,3 +48,4 @@ pub mod paxos;
 pub mod raft;
 pub mod swim;
 pub mod twopc;
+pub mod txn;

@@ -1,0 +1,112 @@
+//! # Transactions across Raft groups (multi-Raft, Percolator-style 2PC)
+//!
+//! The keyspace is split into **ranges**, each served by its own Raft group, and all
+//! groups run on the same nodes (issue 11, parts 2–3). Cross-range transactions commit
+//! with two-phase commit in which the coordinator's decision and every participant's
+//! locks are replicated Raft state, so one node crash blocks nothing.
+//!
+//! Sources: Peng & Dabek, "Large-scale Incremental Processing Using Distributed
+//! Transactions and Notifications" (Percolator), OSDI 2010, §2.2 (snapshot isolation
+//! over a timestamp oracle, primary lock as commit point, lazy lock cleanup); Corbett et
+//! al., "Spanner", OSDI 2012, §4.2.1 (2PC whose participants and coordinator are Paxos
+//! groups); the CockroachDB design docs on transaction records, write intents and
+//! `PushTxn`, range splits and the one-phase commit fast path; TiKV's documentation of
+//! multi-Raft regions and region splits; Ongaro & Ousterhout (Raft) for every group.
+//!
+//! ## Multi-Raft: one actor per node, many groups
+//!
+//! [`TxnNode`] is one actor per node that hosts one replica of every range. Each
+//! replica is the unchanged [`crate::raft::Raft`] over a [`RangeSm`]; the node gives it
+//! a `Ctx` of its own (a storage namespace whose log lives in keys of the node's store,
+//! a private random stream, re-addressed effects). Every range is replicated on every
+//! node, as in a small CockroachDB or TiKV cluster with replication factor = nodes.
+//!
+//! - **Range descriptors and routing.** Range 0 is the *meta* group; it serves no keys
+//!   and runs the timestamp oracle. Range 1 starts with the whole keyspace. Each range's
+//!   descriptor (`[start, end)`, generation) is part of its replicated state; a node
+//!   routes a client request to the local replica whose applied descriptor holds the
+//!   key. Every reply carries the answering range's descriptor, so clients cache the
+//!   layout; a command for a key outside the range (stale routing after a split) is
+//!   answered `RangeMismatch` and retried.
+//! - **Splits.** A leader whose range holds more than `split_max_keys` keys proposes
+//!   `Split { generation, split_key }` (the median key) *through the range's own log*.
+//!   On apply, every replica moves the right half (versions, intents, transaction
+//!   records anchored there, read-cache entries) into a new range whose id is derived
+//!   from the parent's (`id | 1 << depth`, unique without an allocator); the node writes
+//!   that initial state durably and starts the new group. The generation makes a split
+//!   proposed twice apply once. Because a new range is born from its parent's log, Raft
+//!   log compaction is off for now (see "Not done").
+//!
+//! ## Transactions: snapshot isolation with a timestamp oracle
+//!
+//! Isolation is **snapshot isolation** with timestamps from a **timestamp oracle**
+//! (Percolator), not HLC. Why: the oracle is a Raft group whose counter is replicated,
+//! so timestamps are unique and increase in real time, and a snapshot read at a
+//! timestamp taken after a commit returned always sees it. That gives real-time
+//! (per-key linearizable) reads without clock-uncertainty restarts, which HLC needs
+//! (CockroachDB's uncertainty intervals) under the simulator's skewed, drifting clocks.
+//! The price is one oracle round per timestamp.
+//!
+//! A transaction (driven by its client, the coordinator, as in Percolator):
+//! 1. takes `start_ts` from the oracle and reads at it; a read that meets another
+//!    transaction's intent with `start_ts ≤ read_ts` must learn its fate first (below);
+//! 2. buffers its writes. **Fast path**: if all writes fall in one range it takes
+//!    `commit_ts` and sends one `OnePhase` command that checks conflicts and writes
+//!    committed versions in one Raft round, with no intents and no record;
+//! 3. otherwise **prewrites** an intent on every key (refused on another intent, or on
+//!    a committed version newer than `start_ts`: first committer wins, which forbids
+//!    lost updates), takes `commit_ts`, and sends `EndTxn` to the range of its first
+//!    written key (the *anchor*), which holds the **transaction record**. The record's
+//!    first decision wins; this replicated write is the commit point;
+//! 4. resolves its intents into versions at `commit_ts` (or removes them).
+//!
+//! **Recovery (intent resolution after coordinator failure).** A client that meets an
+//! intent sends `Push` to the anchor's range: a decided record tells it the outcome;
+//! a pending (or missing) record past the transaction's `expires_at` is set to
+//! *aborted* there, so the dead coordinator's later `EndTxn` fails. Either way the
+//! pusher resolves the intent and retries. Safety never depends on clocks: only the
+//! record decides, through one Raft log.
+//!
+//! The one-phase path writes no intent before its commit timestamp, so a reader at a
+//! higher timestamp could have read the key first. Reads therefore go through the log
+//! and leave a replicated **read-timestamp cache** (`max_read` per key); `OnePhase` is
+//! refused with `TooOld` (retried with a fresh timestamp) if a read at or above its
+//! `commit_ts` was served — CockroachDB's timestamp cache, made replicated.
+//!
+//! ## Fault model and invariants
+//!
+//! Crash-recovery nodes with durable storage, a lossy, duplicating, reordering network
+//! with partitions, skewed and drifting clocks (Raft's model). Coordinators (clients)
+//! may vanish at any point. Checked by the bank test in [`harness`] over many seeds:
+//! the total of all balances never changes, no snapshot read sees part of a transfer,
+//! and every key's history of reads and writes is linearizable (synod-check).
+//!
+//! ## Not done
+//!
+//! Parallel commits (the record's STAGING state), transaction heartbeats (a record
+//! expires a fixed time after the transaction started), garbage collection of old
+//! versions and records, snapshots/log compaction for ranges (needs splits carried in
+//! snapshots), range merges and rebalancing replicas across nodes, and serving this on
+//! `synod up` (node service ids 13..=15 are reserved for it).
+//!
+//! ## Differences from the chapter's sketch
+//!
+//! The chapter (§14.7) shows blocking 2PC with a single coordinator process: its
+//! decision lives in one process's log, so a coordinator crash after the votes blocks
+//! every participant. Here the decision is a replicated record and any client may
+//! finish (or abort) an abandoned transaction.
+
+#[cfg(any(test, feature = "harness"))]
+pub mod harness;
+mod msg;
+mod node;
+mod range;
+#[cfg(test)]
+mod tests;
+
+pub use msg::{
+    Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeRaftMsg, RangeResult, Route,
+    Timestamp, TxnId, TxnMeta, TxnMsg, TxnStatus, Value,
+};
+pub use node::{TxnConfig, TxnNode, TxnTimer};
+pub use range::{Intent, RangeSm, RangeState, Version};

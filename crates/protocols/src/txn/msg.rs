@@ -1,0 +1,253 @@
+//! The types the transaction layer exchanges: ranges, timestamps, transaction metadata,
+//! the commands a range's Raft group applies, and the node-level envelope.
+
+use crate::raft::RaftMsg;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A key of the transactional keyspace. Keys order as strings; ranges are intervals of it.
+pub type Key = String;
+
+/// A stored value. Bank balances and register values are `u64`, as in synod-check.
+pub type Value = u64;
+
+/// Identifies a range and the Raft group that serves it. Range 0 is the meta group,
+/// which serves no keys and runs the timestamp oracle.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
+pub struct RangeId(pub u64);
+
+impl RangeId {
+    /// The meta group: timestamp oracle, no keys.
+    pub const META: RangeId = RangeId(0);
+    /// The first data range, which covers the whole keyspace until it splits.
+    pub const ROOT: RangeId = RangeId(1);
+}
+
+impl fmt::Display for RangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+/// A timestamp from the timestamp oracle: start and commit timestamps of transactions,
+/// and the versions of the MVCC store.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
+pub struct Timestamp(pub u64);
+
+/// A transaction's identity, chosen by its coordinator.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
+pub struct TxnId(pub u64);
+
+impl fmt::Display for TxnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "txn{:x}", self.0)
+    }
+}
+
+/// The half-open key interval `[start, end)` a range serves (`end: None` is +∞), with
+/// the generation that every split bumps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeDescriptor {
+    /// The range and its Raft group.
+    pub id: RangeId,
+    /// First key served.
+    pub start: Key,
+    /// First key not served; `None` means the end of the keyspace.
+    pub end: Option<Key>,
+    /// Bumped by every split, so a split proposed twice applies once.
+    pub generation: u64,
+    /// Number of splits in this range's ancestry; the next right-hand child gets the id
+    /// `id | 1 << depth`, so ids are unique without a central allocator.
+    pub depth: u32,
+    /// False for the meta group, which serves no keys.
+    pub serves_keys: bool,
+}
+
+impl RangeDescriptor {
+    /// Whether `key` falls in this range.
+    pub fn contains(&self, key: &str) -> bool {
+        let below_end = match self.end.as_deref() {
+            Some(end) => key < end,
+            None => true,
+        };
+        self.serves_keys && key >= self.start.as_str() && below_end
+    }
+}
+
+/// What every intent and transaction record carries about its transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnMeta {
+    /// The transaction.
+    pub id: TxnId,
+    /// The key whose range holds the transaction record (the first key written).
+    pub anchor: Key,
+    /// The snapshot the transaction reads; every write must not conflict past it.
+    pub start_ts: Timestamp,
+    /// Coordinator time (nanoseconds) after which any other client may abort the
+    /// transaction if it is still pending. Only liveness depends on it.
+    pub expires_at: u64,
+}
+
+/// The state of a transaction record, or of a transaction as a push found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnStatus {
+    /// Not decided yet (or no record exists yet).
+    Pending,
+    /// Committed at this timestamp.
+    Committed(Timestamp),
+    /// Aborted; its intents are to be removed.
+    Aborted,
+}
+
+/// A command a range's Raft group applies. Every command is idempotent, so a retry that
+/// reaches a different group after a split (whose session table is fresh) is harmless.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RangeCommand {
+    /// Meta group: hand out the next timestamp of the oracle.
+    AllocTimestamp,
+    /// Snapshot-read `key` at `read_ts`. Goes through the log, which also records the
+    /// read in the range's read-timestamp cache (used by the one-phase fast path).
+    Get {
+        /// The key.
+        key: Key,
+        /// The snapshot.
+        read_ts: Timestamp,
+    },
+    /// Phase 1 of the cross-range commit: check `key` for conflicts and lay an intent.
+    Prewrite {
+        /// The writer.
+        txn: TxnMeta,
+        /// The key.
+        key: Key,
+        /// The new value.
+        value: Value,
+    },
+    /// The commit point: decide the transaction record that lives in the range of
+    /// `txn.anchor`. The first decision wins; a later one learns it.
+    EndTxn {
+        /// The transaction.
+        txn: TxnMeta,
+        /// `Some(ts)`: commit at `ts`. `None`: abort.
+        commit: Option<Timestamp>,
+    },
+    /// Another client met an intent of `txn`: learn its fate, and abort it if it is
+    /// still pending after `txn.expires_at` (by the pusher's clock, `now`).
+    Push {
+        /// The transaction pushed.
+        txn: TxnMeta,
+        /// The pusher's clock.
+        now: u64,
+    },
+    /// Turn `txn`'s intent on `key` into a committed version, or remove it.
+    Resolve {
+        /// The transaction.
+        txn: TxnId,
+        /// The key.
+        key: Key,
+        /// Its decided status (never `Pending`).
+        status: TxnStatus,
+    },
+    /// The single-range fast path: check and write every key at `commit_ts` at once,
+    /// with no intents and no record (one Raft round).
+    OnePhase {
+        /// The transaction.
+        txn: TxnMeta,
+        /// Its writes, all in this range.
+        writes: Vec<(Key, Value)>,
+        /// Its commit timestamp, from the oracle.
+        commit_ts: Timestamp,
+    },
+    /// Split this range at `split_key`; proposed by the leader when the range is too big.
+    Split {
+        /// The generation the split was planned against.
+        generation: u64,
+        /// First key of the new right-hand range.
+        split_key: Key,
+    },
+}
+
+/// What a [`RangeCommand`] returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RangeResult {
+    /// A timestamp from the oracle.
+    Timestamp(Timestamp),
+    /// The value read (`None`: absent at the snapshot).
+    Value(Option<Value>),
+    /// An intent of another transaction on `key` stands in the way: push it, resolve
+    /// it, retry.
+    Locked {
+        /// The intent's transaction.
+        txn: TxnMeta,
+        /// The key it holds.
+        key: Key,
+    },
+    /// A version newer than the writer's snapshot exists (first committer wins).
+    WriteConflict,
+    /// One-phase commit: a read at or after `commit_ts` already happened; retry with a
+    /// newer timestamp.
+    TooOld,
+    /// The intent is laid.
+    Prewritten,
+    /// The fate of a transaction (from `EndTxn` or `Push`).
+    Status(TxnStatus),
+    /// The intent is resolved (or was already).
+    Resolved,
+    /// A split applied or was a no-op.
+    Split,
+    /// The key is not (or no longer) in this range: refresh routing and retry.
+    RangeMismatch,
+}
+
+/// A range's answer, with the descriptor of the range that answered, so clients can
+/// cache the range layout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeOutput {
+    /// The range that applied the command.
+    pub range: RangeDescriptor,
+    /// The result.
+    pub result: RangeResult,
+}
+
+/// A Raft message of one range's group.
+pub type RangeRaftMsg = RaftMsg<RangeCommand, RangeOutput>;
+
+/// Where a node sends a client request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Route {
+    /// The meta group (timestamp oracle).
+    Meta,
+    /// Whichever local range serves this key.
+    Key(Key),
+}
+
+/// Every message of the multi-Raft node service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnMsg {
+    /// Node ↔ node: a Raft message of group `range`.
+    Raft {
+        /// The group.
+        range: RangeId,
+        /// The Raft message.
+        msg: RangeRaftMsg,
+    },
+    /// Client → node: a Raft client request, routed by the node.
+    Request {
+        /// Which group should serve it.
+        route: Route,
+        /// A `ClientWrite` (reads also go through the log).
+        msg: RangeRaftMsg,
+    },
+    /// Node → client: the group's answer (`ClientReply` or `NotLeader`).
+    Reply {
+        /// The group that answered.
+        range: RangeId,
+        /// The answer.
+        msg: RangeRaftMsg,
+    },
+}

@@ -1,0 +1,381 @@
+//! The state machine every range's Raft group replicates: an MVCC store with intents,
+//! the transaction records anchored in the range, a read-timestamp cache, and (in the
+//! meta group) the timestamp oracle.
+
+use super::msg::{
+    Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeResult, Timestamp, TxnId,
+    TxnMeta, TxnStatus, Value,
+};
+use crate::raft::StateMachine;
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use synod_core::{codec, LogIndex};
+
+/// One committed version of a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// The value.
+    pub value: Value,
+    /// The transaction that wrote it (makes the one-phase commit idempotent).
+    pub txn: TxnId,
+}
+
+/// A provisional write (Percolator's lock plus data): the writer's metadata and value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// The writer.
+    pub txn: TxnMeta,
+    /// The value it will have if the writer commits.
+    pub value: Value,
+}
+
+/// The replicated state of one range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeState {
+    /// What the range serves.
+    pub desc: RangeDescriptor,
+    /// Committed versions, newest last.
+    pub versions: BTreeMap<Key, BTreeMap<Timestamp, Version>>,
+    /// At most one intent per key.
+    pub intents: BTreeMap<Key, Intent>,
+    /// Transaction records, by anchor key and transaction.
+    pub records: BTreeMap<(Key, TxnId), TxnStatus>,
+    /// The highest snapshot any read of the key was served at (the one-phase commit must
+    /// commit above it).
+    pub max_read: BTreeMap<Key, Timestamp>,
+    /// The timestamp oracle's last timestamp (meta group only).
+    pub oracle: Timestamp,
+}
+
+/// [`RangeState`] as a Raft [`StateMachine`]. A split hands the right half to the node
+/// through [`RangeSm::take_children`], which creates the new group.
+#[derive(Debug)]
+pub struct RangeSm {
+    state: RangeState,
+    children: RefCell<Vec<RangeState>>,
+    /// Test-only planted bug: skip the first-committer-wins check, so that lost
+    /// updates happen; the bank test must catch it.
+    #[cfg(test)]
+    pub(crate) lost_updates: bool,
+}
+
+impl RangeSm {
+    /// A range with this state (a new group's initial state).
+    pub fn new(state: RangeState) -> Self {
+        RangeSm {
+            state,
+            children: RefCell::new(Vec::new()),
+            #[cfg(test)]
+            lost_updates: false,
+        }
+    }
+
+    /// The initial meta group.
+    pub fn meta() -> RangeState {
+        RangeState::empty(RangeDescriptor {
+            id: RangeId::META,
+            start: String::new(),
+            end: None,
+            generation: 0,
+            depth: 0,
+            serves_keys: false,
+        })
+    }
+
+    /// The initial data range: the whole keyspace.
+    pub fn root() -> RangeState {
+        RangeState::empty(RangeDescriptor {
+            id: RangeId::ROOT,
+            start: String::new(),
+            end: None,
+            generation: 0,
+            depth: 1,
+            serves_keys: true,
+        })
+    }
+
+    /// The replicated state.
+    pub fn state(&self) -> &RangeState {
+        &self.state
+    }
+
+    /// Right halves produced by splits since the last call, for the node to host.
+    pub fn take_children(&self) -> Vec<RangeState> {
+        std::mem::take(&mut *self.children.borrow_mut())
+    }
+
+    /// Where the range would split if it has more than `max_keys` keys: the median key.
+    pub fn split_point(&self, max_keys: usize) -> Option<Key> {
+        let s = &self.state;
+        if !s.desc.serves_keys || s.desc.depth >= 62 {
+            return None;
+        }
+        let mut keys: Vec<&Key> = s.versions.keys().chain(s.intents.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        if keys.len() <= max_keys || keys.len() < 2 {
+            return None;
+        }
+        Some(keys[keys.len() / 2].clone())
+    }
+}
+
+impl RangeState {
+    fn empty(desc: RangeDescriptor) -> Self {
+        RangeState {
+            desc,
+            versions: BTreeMap::new(),
+            intents: BTreeMap::new(),
+            records: BTreeMap::new(),
+            max_read: BTreeMap::new(),
+            oracle: Timestamp(0),
+        }
+    }
+
+    /// The newest committed version of `key` at or before `ts`.
+    pub fn read_at(&self, key: &str, ts: Timestamp) -> Option<&Version> {
+        self.versions
+            .get(key)
+            .and_then(|v| v.range(..=ts).next_back().map(|(_, v)| v))
+    }
+
+    fn newest_commit(&self, key: &str) -> Option<(Timestamp, &Version)> {
+        self.versions
+            .get(key)
+            .and_then(|v| v.iter().next_back().map(|(t, v)| (*t, v)))
+    }
+
+    fn apply(&mut self, command: &RangeCommand, check_conflicts: bool) -> RangeResult {
+        use RangeCommand as C;
+        use RangeResult as R;
+        let keyed = match command {
+            C::AllocTimestamp | C::Split { .. } => None,
+            C::Get { key, .. } | C::Prewrite { key, .. } | C::Resolve { key, .. } => Some(key),
+            C::EndTxn { txn, .. } | C::Push { txn, .. } => Some(&txn.anchor),
+            C::OnePhase { writes, .. } => {
+                if writes.iter().any(|(k, _)| !self.desc.contains(k)) {
+                    return R::RangeMismatch;
+                }
+                None
+            }
+        };
+        if keyed.is_some_and(|k| !self.desc.contains(k)) {
+            return R::RangeMismatch;
+        }
+        match command {
+            C::AllocTimestamp => {
+                if self.desc.serves_keys {
+                    return R::RangeMismatch;
+                }
+                self.oracle = Timestamp(self.oracle.0 + 1);
+                R::Timestamp(self.oracle)
+            }
+            C::Get { key, read_ts } => {
+                let cached = self.max_read.entry(key.clone()).or_default();
+                *cached = (*cached).max(*read_ts);
+                // Percolator: an intent whose writer started at or before the snapshot
+                // may commit below it, so the reader must learn its fate first. A later
+                // writer commits above the snapshot and is invisible anyway.
+                if let Some(intent) = self.intents.get(key) {
+                    if intent.txn.start_ts <= *read_ts {
+                        return R::Locked {
+                            txn: intent.txn.clone(),
+                            key: key.clone(),
+                        };
+                    }
+                }
+                R::Value(self.read_at(key, *read_ts).map(|v| v.value))
+            }
+            C::Prewrite { txn, key, value } => {
+                if let Some(intent) = self.intents.get(key) {
+                    if intent.txn.id != txn.id {
+                        return R::Locked {
+                            txn: intent.txn.clone(),
+                            key: key.clone(),
+                        };
+                    }
+                }
+                if let Some((ts, version)) = self.newest_commit(key) {
+                    // First committer wins (snapshot isolation): someone committed this
+                    // key after our snapshot was taken. (Our own version means a late
+                    // duplicate of an already committed prewrite.)
+                    if ts > txn.start_ts && check_conflicts {
+                        return if version.txn == txn.id {
+                            R::Prewritten
+                        } else {
+                            R::WriteConflict
+                        };
+                    }
+                }
+                self.intents.insert(
+                    key.clone(),
+                    Intent {
+                        txn: txn.clone(),
+                        value: *value,
+                    },
+                );
+                R::Prewritten
+            }
+            C::EndTxn { txn, commit } => {
+                let slot = self
+                    .records
+                    .entry((txn.anchor.clone(), txn.id))
+                    .or_insert(TxnStatus::Pending);
+                if *slot == TxnStatus::Pending {
+                    *slot = match commit {
+                        Some(ts) => TxnStatus::Committed(*ts),
+                        None => TxnStatus::Aborted,
+                    };
+                }
+                R::Status(*slot)
+            }
+            C::Push { txn, now } => {
+                let slot = self
+                    .records
+                    .entry((txn.anchor.clone(), txn.id))
+                    .or_insert(TxnStatus::Pending);
+                if *slot == TxnStatus::Pending && *now >= txn.expires_at {
+                    // The record (or its absence) is the single point of decision: an
+                    // abort written here makes any later commit attempt fail.
+                    *slot = TxnStatus::Aborted;
+                }
+                R::Status(*slot)
+            }
+            C::Resolve { txn, key, status } => {
+                if self.intents.get(key).is_some_and(|i| i.txn.id == *txn) {
+                    if let Some(intent) = self.intents.remove(key) {
+                        if let TxnStatus::Committed(ts) = status {
+                            self.versions.entry(key.clone()).or_default().insert(
+                                *ts,
+                                Version {
+                                    value: intent.value,
+                                    txn: *txn,
+                                },
+                            );
+                        } else if *status == TxnStatus::Pending {
+                            // Never sent; keep the intent.
+                            self.intents.insert(key.clone(), intent);
+                        }
+                    }
+                }
+                R::Resolved
+            }
+            C::OnePhase {
+                txn,
+                writes,
+                commit_ts,
+            } => {
+                let Some((first, _)) = writes.first() else {
+                    return R::Status(TxnStatus::Committed(*commit_ts));
+                };
+                if self
+                    .versions
+                    .get(first)
+                    .is_some_and(|v| v.get(commit_ts).is_some_and(|v| v.txn == txn.id))
+                {
+                    return R::Status(TxnStatus::Committed(*commit_ts));
+                }
+                for (key, _) in writes {
+                    if let Some(intent) = self.intents.get(key) {
+                        return R::Locked {
+                            txn: intent.txn.clone(),
+                            key: key.clone(),
+                        };
+                    }
+                    if self
+                        .newest_commit(key)
+                        .is_some_and(|(ts, _)| ts > txn.start_ts)
+                    {
+                        return R::WriteConflict;
+                    }
+                    // Without intents, a reader at or above commit_ts that came first
+                    // would not have seen this write: commit above every served read.
+                    if self.max_read.get(key).is_some_and(|ts| *ts >= *commit_ts) {
+                        return R::TooOld;
+                    }
+                }
+                for (key, value) in writes {
+                    self.versions.entry(key.clone()).or_default().insert(
+                        *commit_ts,
+                        Version {
+                            value: *value,
+                            txn: txn.id,
+                        },
+                    );
+                }
+                R::Status(TxnStatus::Committed(*commit_ts))
+            }
+            C::Split { .. } => R::Split,
+        }
+    }
+
+    /// Move every key at or after `split_key` (and the records anchored there) into a new
+    /// range, and shrink this one.
+    fn split(&mut self, split_key: &Key) -> RangeState {
+        let depth = self.desc.depth;
+        let child_desc = RangeDescriptor {
+            id: RangeId(self.desc.id.0 | (1 << depth)),
+            start: split_key.clone(),
+            end: self.desc.end.clone(),
+            generation: 0,
+            depth: depth + 1,
+            serves_keys: true,
+        };
+        self.desc.end = Some(split_key.clone());
+        self.desc.generation += 1;
+        self.desc.depth = depth + 1;
+        let mut child = RangeState::empty(child_desc);
+        child.versions = self.versions.split_off(split_key);
+        child.intents = self.intents.split_off(split_key);
+        child.max_read = self.max_read.split_off(split_key);
+        child.records = self.records.split_off(&(split_key.clone(), TxnId(0)));
+        child
+    }
+}
+
+impl StateMachine for RangeSm {
+    type Command = RangeCommand;
+    type Output = RangeOutput;
+
+    fn apply(&mut self, _index: LogIndex, command: &RangeCommand) -> RangeOutput {
+        #[cfg(test)]
+        let check_conflicts = !self.lost_updates;
+        #[cfg(not(test))]
+        let check_conflicts = true;
+        let mut result = self.state.apply(command, check_conflicts);
+        if let RangeCommand::Split {
+            generation,
+            split_key,
+        } = command
+        {
+            let d = &self.state.desc;
+            if *generation == d.generation && d.contains(split_key) && *split_key != d.start {
+                let child = self.state.split(split_key);
+                self.children.borrow_mut().push(child);
+                result = RangeResult::Split;
+            }
+        }
+        RangeOutput {
+            range: self.state.desc.clone(),
+            result,
+        }
+    }
+
+    fn read(&self, _command: &RangeCommand) -> RangeOutput {
+        // Every command goes through the log (reads update the read-timestamp cache).
+        RangeOutput {
+            range: self.state.desc.clone(),
+            result: RangeResult::RangeMismatch,
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        codec::encode(&self.state)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.state = codec::decode(snapshot).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}

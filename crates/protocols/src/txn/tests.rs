@@ -1,0 +1,386 @@
+//! Unit tests of the range state machine and simulation tests of the bank.
+
+use super::harness::{self, as_is};
+use super::*;
+use crate::raft::StateMachine;
+use synod_core::LogIndex;
+
+fn meta(id: u64, anchor: &str, start: u64, expires_at: u64) -> TxnMeta {
+    TxnMeta {
+        id: TxnId(id),
+        anchor: anchor.into(),
+        start_ts: Timestamp(start),
+        expires_at,
+    }
+}
+
+fn apply(sm: &mut RangeSm, command: RangeCommand) -> RangeResult {
+    sm.apply(LogIndex(1), &command).result
+}
+
+/// The bank test (issue 11 part 3) under random faults, over many seeds.
+#[test]
+fn bank_total_is_conserved_and_histories_are_linearizable_under_faults() {
+    synod_sim::assert_seeds(
+        0..48,
+        |seed| harness::bank_scenario(seed, as_is),
+        |seed| format!("synod sim bank --first-seed {seed} --seeds 1"),
+    );
+}
+
+fn root() -> RangeSm {
+    RangeSm::new(RangeSm::root())
+}
+
+/// Percolator §2.2: a write commits only if no other transaction committed the key
+/// after the writer's start timestamp (first committer wins).
+#[test]
+fn prewrite_refuses_a_key_committed_after_the_snapshot() {
+    let mut sm = root();
+    let w = meta(1, "a", 1, u64::MAX);
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::OnePhase {
+                txn: w,
+                writes: vec![("a".into(), 5)],
+                commit_ts: Timestamp(3)
+            }
+        ),
+        RangeResult::Status(TxnStatus::Committed(Timestamp(3)))
+    );
+    let late = meta(2, "a", 2, u64::MAX);
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Prewrite {
+                txn: late,
+                key: "a".into(),
+                value: 6
+            }
+        ),
+        RangeResult::WriteConflict
+    );
+    let fresh = meta(3, "a", 4, u64::MAX);
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Prewrite {
+                txn: fresh,
+                key: "a".into(),
+                value: 7
+            }
+        ),
+        RangeResult::Prewritten
+    );
+}
+
+/// Percolator: a reader whose snapshot is at or after an intent's start must learn the
+/// writer's fate; an intent that started after the snapshot is invisible.
+#[test]
+fn a_read_meets_an_intent_only_if_the_writer_started_before_the_snapshot() {
+    let mut sm = root();
+    let w = meta(1, "a", 5, u64::MAX);
+    apply(
+        &mut sm,
+        RangeCommand::Prewrite {
+            txn: w.clone(),
+            key: "a".into(),
+            value: 1,
+        },
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Get {
+                key: "a".into(),
+                read_ts: Timestamp(4)
+            }
+        ),
+        RangeResult::Value(None)
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Get {
+                key: "a".into(),
+                read_ts: Timestamp(6)
+            }
+        ),
+        RangeResult::Locked {
+            txn: w.clone(),
+            key: "a".into()
+        }
+    );
+    let committed = TxnStatus::Committed(Timestamp(7));
+    apply(
+        &mut sm,
+        RangeCommand::Resolve {
+            txn: w.id,
+            key: "a".into(),
+            status: committed,
+        },
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Get {
+                key: "a".into(),
+                read_ts: Timestamp(6)
+            }
+        ),
+        RangeResult::Value(None)
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Get {
+                key: "a".into(),
+                read_ts: Timestamp(7)
+            }
+        ),
+        RangeResult::Value(Some(1))
+    );
+}
+
+/// The transaction record decides once: a push after expiry aborts a pending
+/// transaction, and the coordinator's later commit learns the abort.
+#[test]
+fn the_record_decides_once_and_a_push_aborts_only_after_expiry() {
+    let mut sm = root();
+    let t = meta(9, "a", 1, 100);
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Push {
+                txn: t.clone(),
+                now: 50
+            }
+        ),
+        RangeResult::Status(TxnStatus::Pending)
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Push {
+                txn: t.clone(),
+                now: 100
+            }
+        ),
+        RangeResult::Status(TxnStatus::Aborted)
+    );
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::EndTxn {
+                txn: t.clone(),
+                commit: Some(Timestamp(4))
+            }
+        ),
+        RangeResult::Status(TxnStatus::Aborted)
+    );
+    let u = meta(10, "a", 1, 100);
+    apply(
+        &mut sm,
+        RangeCommand::EndTxn {
+            txn: u.clone(),
+            commit: Some(Timestamp(4)),
+        },
+    );
+    assert_eq!(
+        apply(&mut sm, RangeCommand::Push { txn: u, now: 1_000 }),
+        RangeResult::Status(TxnStatus::Committed(Timestamp(4)))
+    );
+}
+
+/// The one-phase path writes with no intent, so it must commit above every read the
+/// range served (the replicated read-timestamp cache), and it is idempotent.
+#[test]
+fn one_phase_commit_stays_above_served_reads_and_applies_once() {
+    let mut sm = root();
+    apply(
+        &mut sm,
+        RangeCommand::Get {
+            key: "a".into(),
+            read_ts: Timestamp(10),
+        },
+    );
+    let t = meta(1, "a", 2, u64::MAX);
+    let writes = vec![("a".into(), 1), ("b".into(), 2)];
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::OnePhase {
+                txn: t.clone(),
+                writes: writes.clone(),
+                commit_ts: Timestamp(9)
+            }
+        ),
+        RangeResult::TooOld
+    );
+    let ok = RangeResult::Status(TxnStatus::Committed(Timestamp(11)));
+    let again = RangeCommand::OnePhase {
+        txn: t,
+        writes,
+        commit_ts: Timestamp(11),
+    };
+    assert_eq!(apply(&mut sm, again.clone()), ok);
+    assert_eq!(apply(&mut sm, again), ok);
+}
+
+/// A split moves the right half (versions, intents, records anchored there) into a new
+/// range with a fresh id, once, however often it is proposed.
+#[test]
+fn a_split_moves_the_right_half_once() {
+    let mut sm = root();
+    for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
+        let t = meta(i as u64 + 1, k, 1, u64::MAX);
+        apply(
+            &mut sm,
+            RangeCommand::OnePhase {
+                txn: t,
+                writes: vec![((*k).into(), 1)],
+                commit_ts: Timestamp(2 + i as u64),
+            },
+        );
+    }
+    let w = meta(20, "d", 10, u64::MAX);
+    apply(
+        &mut sm,
+        RangeCommand::Prewrite {
+            txn: w.clone(),
+            key: "d".into(),
+            value: 4,
+        },
+    );
+    apply(
+        &mut sm,
+        RangeCommand::EndTxn {
+            txn: w,
+            commit: None,
+        },
+    );
+    assert_eq!(sm.split_point(3), Some("c".into()));
+    let split = RangeCommand::Split {
+        generation: 0,
+        split_key: "c".into(),
+    };
+    apply(&mut sm, split.clone());
+    apply(&mut sm, split);
+    let children = sm.take_children();
+    assert_eq!(children.len(), 1);
+    let child = &children[0];
+    assert_eq!(child.desc.start, "c");
+    assert_ne!(child.desc.id, sm.state().desc.id);
+    assert_eq!(child.versions.len(), 2);
+    assert_eq!(child.intents.len(), 1);
+    assert_eq!(child.records.len(), 1);
+    assert_eq!(sm.state().versions.len(), 2);
+    assert_eq!(
+        apply(
+            &mut sm,
+            RangeCommand::Get {
+                key: "d".into(),
+                read_ts: Timestamp(9)
+            }
+        ),
+        RangeResult::RangeMismatch
+    );
+}
+
+/// Without faults: the accounts spread over several ranges by splits, and transfers
+/// commit on both paths (one-phase within a range, two-phase across ranges).
+#[test]
+fn ranges_split_and_both_commit_paths_are_taken() {
+    let bank = harness::BankConfig {
+        stop_at: std::time::Duration::from_secs(2),
+        abandon: 0.0,
+        ..Default::default()
+    };
+    let (sim, result) = harness::measure(7, 3, 3, bank);
+    result.unwrap();
+    let clients = sim.workload::<harness::BankClients>().unwrap();
+    assert!(!clients.stats.one_phase.is_empty(), "no one-phase commit");
+    assert!(!clients.stats.two_phase.is_empty(), "no two-phase commit");
+    assert!(!clients.stats.reads.is_empty(), "no snapshot read");
+    for (node, actor) in sim.actors() {
+        let ranges = actor.groups().count();
+        assert!(
+            ranges >= 4,
+            "{node} hosts only {ranges} ranges (meta + data)"
+        );
+    }
+}
+
+fn lose_updates(node: &mut TxnNode) {
+    node.config.lost_updates = true;
+}
+
+/// The checker can fail: without first-committer-wins, concurrent transfers from one
+/// account overwrite each other and the bank's total changes.
+#[test]
+fn the_bank_test_catches_lost_updates() {
+    let failed = (0..6).any(|seed| {
+        let mut cfg = synod_sim::SimConfig::new(seed, 3);
+        cfg.faults = synod_sim::FaultConfig::none();
+        let mut sim = harness::cluster(cfg, harness::test_config(3, 3), lose_updates);
+        sim.set_workload(harness::BankClients::new(harness::BankConfig {
+            stop_at: std::time::Duration::from_secs(1),
+            hot: Some(3),
+            ..Default::default()
+        }));
+        harness::run_bank(
+            &mut sim,
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(3),
+        )
+        .is_err()
+    });
+    assert!(failed, "lost updates went unnoticed");
+}
+
+/// Replays one seed of the bank test: `SYNOD_SEED=n cargo test ... replay_bank_seed -- --ignored`.
+#[test]
+#[ignore]
+fn replay_bank_seed() {
+    let seed = std::env::var("SYNOD_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if let Err(e) = harness::bank_scenario(seed, as_is) {
+        panic!("{e}");
+    }
+}
+
+/// The figures of `synod bench txn`, printed (run with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn bench_figures() {
+    let print = |label: &str, r: &harness::BenchRun| {
+        let s = &r.stats;
+        let attempts = s.one_phase.len() + s.two_phase.len() + s.aborted as usize;
+        eprintln!(
+            "{label}: {} ranges | 1PC {:.1}/s p50 {:.2} ms p99 {:.2} ms | 2PC {:.1}/s p50 {:.2} ms p99 {:.2} ms | aborts {:.1}% of {attempts}",
+            r.ranges,
+            s.one_phase.len() as f64 / r.seconds,
+            harness::quantile_ms(&s.one_phase, 0.5),
+            harness::quantile_ms(&s.one_phase, 0.99),
+            s.two_phase.len() as f64 / r.seconds,
+            harness::quantile_ms(&s.two_phase, 0.5),
+            harness::quantile_ms(&s.two_phase, 0.99),
+            100.0 * s.aborted as f64 / attempts.max(1) as f64,
+        );
+    };
+    let r = harness::bench_run(1, 64, usize::MAX, None, 8, 5).unwrap();
+    print("single range (no split), 64 accts", &r);
+    let r = harness::bench_run(1, 64, 8, None, 8, 5).unwrap();
+    print("split at 8 keys, 64 accts", &r);
+    for hot in [2u32, 4, 8, 16, 64] {
+        let r = harness::bench_run(1, 64, 8, Some(hot), 8, 5).unwrap();
+        print(&format!("contention {hot} hot"), &r);
+    }
+    for seed in 1..3 {
+        let (a, b) = harness::recovery_run(seed, std::time::Duration::from_secs(2)).unwrap();
+        eprintln!("recovery seed {seed}: anchored {a:?}, any {b:?}");
+    }
+}
