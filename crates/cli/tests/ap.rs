@@ -5,7 +5,7 @@
 
 // A driver-level test of real processes: wall-clock time is the point here.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
-use common::{eventually, free_ports, pid, synod, synod_cmd, Cluster};
+use common::{eventually, start_cluster_with, synod, Cluster};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,27 +62,8 @@ fn values(body: &str) -> Vec<u64> {
 }
 
 fn start_ap_cluster(name: &str) -> (Cluster, impl Fn(u16) -> SocketAddr + Clone) {
-    let base = free_ports(NODES);
-    let dir = std::env::temp_dir().join(format!("synod-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let cluster = Cluster { dir };
-    let up = synod_cmd()
-        .args(["up", "--ap", "--nodes", &NODES.to_string(), "--dir"])
-        .arg(&cluster.dir)
-        .args(["--peer-port", &base.to_string()])
-        .args(["--client-port", &(base + 100).to_string()])
-        .args(["--admin-port", &(base + 200).to_string()])
-        .output()
-        .expect("run synod up");
-    assert!(
-        up.status.success(),
-        "synod up --ap failed: {}{}",
-        String::from_utf8_lossy(&up.stdout),
-        String::from_utf8_lossy(&up.stderr)
-    );
-    (cluster, move |i: u16| {
-        SocketAddr::from(([127, 0, 0, 1], base + 200 + i - 1))
-    })
+    let (cluster, admin, _) = start_cluster_with(name, NODES, &["--ap"]);
+    (cluster, admin)
 }
 
 /// A client that owns `keys`: read, then write the next number with the read's context.
@@ -172,9 +153,8 @@ fn ap_store_survives_two_kills_and_converges() {
     let before = count(&acked);
     assert!(before > 0, "no write acknowledged before the kills");
     alive.lock().unwrap().retain(|&n| n <= 3);
-    for victim in ["n4", "n5"] {
-        let p = pid(&cluster.dir, victim);
-        assert_eq!(unsafe { libc::kill(p, libc::SIGKILL) }, 0);
+    for victim in [4, 5] {
+        cluster.kill(victim);
     }
     std::thread::sleep(Duration::from_millis(2500));
     let after = count(&acked);
@@ -182,17 +162,7 @@ fn ap_store_survives_two_kills_and_converges() {
         after > before,
         "no write acknowledged with two nodes down (sloppy quorum)"
     );
-    let again = synod_cmd()
-        .arg("up")
-        .arg("--dir")
-        .arg(&cluster.dir)
-        .output()
-        .unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    cluster.restart();
     *alive.lock().unwrap() = (1..=NODES).collect();
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);

@@ -5,7 +5,7 @@
 
 // A driver-level test of real processes: wall-clock time is the point here.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
-use common::{eventually, pid, raft_leader, start_cluster_ports, synod_cmd, Recorder};
+use common::{eventually, raft_leader, start_cluster_ports, synod_cmd, Recorder};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
     LeaseTimeToLiveOptions, LockOptions, ProclaimOptions, PutOptions, ResignOptions, SortOrder,
@@ -441,19 +441,7 @@ fn grpc_history_is_linearizable_when_the_leader_is_killed() {
         wait_ready(&mut c).await;
         c.put("shared", "1000", None).await.unwrap();
     });
-    {
-        let mut h = rec.history.lock().unwrap();
-        let id = h.invoke(
-            Process(0),
-            Op::Write {
-                key: "shared".into(),
-                value: 1000,
-            },
-            0,
-        );
-        let t = rec.now();
-        h.ok(id, OpResult::WriteOk, t).unwrap();
-    }
+    rec.seed_write("shared", 1000);
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
     let clients: Vec<_> = (1..=6)
@@ -474,8 +462,7 @@ fn grpc_history_is_linearizable_when_the_leader_is_killed() {
         acked_before > 0,
         "no write was acknowledged before the kill"
     );
-    let victim = pid(&cluster.dir, &format!("n{old}"));
-    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    cluster.kill(old);
     eventually("another node is elected leader", || {
         raft_leader(&admin, 3).is_some_and(|l| l != old)
     });
@@ -484,13 +471,7 @@ fn grpc_history_is_linearizable_when_the_leader_is_killed() {
         acked.lock().unwrap().len() > acked_before,
         "no write was acknowledged after the leader died"
     );
-    let again = synod_cmd()
-        .arg("up")
-        .arg("--dir")
-        .arg(&cluster.dir)
-        .output()
-        .unwrap();
-    assert!(again.status.success());
+    cluster.restart();
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);
     rt.block_on(async {
@@ -584,21 +565,10 @@ fn mvcc_and_lease_state_survive_sigkill_of_every_node() {
         (before, lease, compacted)
     });
     for n in 1..=3 {
-        let victim = pid(&cluster.dir, &format!("n{n}"));
-        assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+        cluster.kill(n);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let again = synod_cmd()
-        .arg("up")
-        .arg("--dir")
-        .arg(&cluster.dir)
-        .output()
-        .unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    cluster.restart();
     eventually("a leader is elected after the restart", || {
         raft_leader(&admin, 3).is_some()
     });

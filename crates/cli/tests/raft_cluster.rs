@@ -4,7 +4,7 @@
 
 // A driver-level test of real processes: wall-clock time is the point here.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
-use common::{eventually, pid, raft_leader, request, start_cluster, status, synod_cmd, Recorder};
+use common::{eventually, raft_leader, request, start_cluster, status, Recorder};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -134,19 +134,7 @@ fn run(nodes: u16) {
         Duration::from_secs(10),
     );
     assert!(matches!(seed, Some((200, _))), "{seed:?}");
-    {
-        let mut h = rec.history.lock().unwrap();
-        let id = h.invoke(
-            Process(0),
-            Op::Write {
-                key: "shared".into(),
-                value: 1000,
-            },
-            0,
-        );
-        let t = rec.now();
-        h.ok(id, OpResult::WriteOk, t).unwrap();
-    }
+    rec.seed_write("shared", 1000);
     let clients: Vec<_> = (1..=6)
         .map(|id| {
             let (addrs, rec, stop, acked) =
@@ -157,13 +145,12 @@ fn run(nodes: u16) {
 
     std::thread::sleep(Duration::from_millis(1500));
     let old = raft_leader(&admin, nodes).expect("a leader under load");
-    let victim = pid(&cluster.dir, &format!("n{old}"));
     let acked_before = acked.lock().unwrap().len();
     assert!(
         acked_before > 0,
         "no write was acknowledged before the kill"
     );
-    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    cluster.kill(old);
     eventually("another node is elected leader", || {
         raft_leader(&admin, nodes).is_some_and(|l| l != old)
     });
@@ -174,17 +161,7 @@ fn run(nodes: u16) {
         "no write was acknowledged after the leader died"
     );
     // Bring the killed node back; it catches up from its own log and the leader.
-    let again = synod_cmd()
-        .arg("up")
-        .arg("--dir")
-        .arg(&cluster.dir)
-        .output()
-        .unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    cluster.restart();
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);
     for c in clients {

@@ -37,6 +37,29 @@ pub(crate) struct Cluster {
     pub(crate) dir: PathBuf,
 }
 
+impl Cluster {
+    /// `synod up --dir` again: starts every node that is not running (after a kill).
+    pub(crate) fn restart(&self) {
+        let again = synod_cmd()
+            .arg("up")
+            .arg("--dir")
+            .arg(&self.dir)
+            .output()
+            .expect("run synod up");
+        assert!(
+            again.status.success(),
+            "synod up (restart) failed: {}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+    }
+
+    /// SIGKILL node `n<i>`.
+    pub(crate) fn kill(&self, i: u16) {
+        let victim = pid(&self.dir, &format!("n{i}"));
+        assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = synod_cmd().arg("down").arg("--dir").arg(&self.dir).output();
@@ -139,15 +162,30 @@ pub(crate) fn start_cluster_ports(
     nodes: u16,
 ) -> (
     Cluster,
-    impl Fn(u16) -> SocketAddr,
-    impl Fn(u16) -> SocketAddr,
+    impl Fn(u16) -> SocketAddr + Clone,
+    impl Fn(u16) -> SocketAddr + Clone,
+) {
+    start_cluster_with(name, nodes, &[])
+}
+
+/// [`start_cluster_ports`] with extra `synod up` flags (such as `--ap`).
+pub(crate) fn start_cluster_with(
+    name: &str,
+    nodes: u16,
+    extra: &[&str],
+) -> (
+    Cluster,
+    impl Fn(u16) -> SocketAddr + Clone,
+    impl Fn(u16) -> SocketAddr + Clone,
 ) {
     let base = free_ports(nodes);
     let dir = std::env::temp_dir().join(format!("synod-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let cluster = Cluster { dir };
     let up = synod_cmd()
-        .args(["up", "--nodes", &nodes.to_string(), "--dir"])
+        .arg("up")
+        .args(extra)
+        .args(["--nodes", &nodes.to_string(), "--dir"])
         .arg(&cluster.dir)
         .args(["--peer-port", &base.to_string()])
         .args(["--client-port", &(base + 100).to_string()])
@@ -184,6 +222,22 @@ impl Recorder {
             history: std::sync::Mutex::new(synod_check::history::History::new()),
             started: Instant::now(),
         }
+    }
+
+    /// Record a write of `value` to `key` that completed before the clients started.
+    pub(crate) fn seed_write(&self, key: &str, value: u64) {
+        use synod_check::history::{Op, OpResult, Process};
+        let mut h = self.history.lock().unwrap();
+        let id = h.invoke(
+            Process(0),
+            Op::Write {
+                key: key.into(),
+                value,
+            },
+            0,
+        );
+        let t = self.now();
+        h.ok(id, OpResult::WriteOk, t).unwrap();
     }
 
     /// Nanoseconds since the recorder was made.
