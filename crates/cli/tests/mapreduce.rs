@@ -131,6 +131,40 @@ fn master(input: &Path, output: &Path, listen: &str) -> (Child, String) {
     (m, addr)
 }
 
+/// The failure-free word count the fault tests compare against, in `clean`.
+fn clean_run(input: &Path, clean: &Path) -> PathBuf {
+    let (code, _, err) = synod(&[
+        "job",
+        "run",
+        "wordcount",
+        "--quiet",
+        "--workers",
+        "2",
+        "--reduces",
+        "4",
+        "--split-size",
+        "256KiB",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        clean.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    clean.to_path_buf()
+}
+
+/// Wait for the master process to exit, or fail after `timeout`.
+fn wait_exit(master: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = master.try_wait().expect("wait master") {
+            return s;
+        }
+        assert!(start.elapsed() < timeout, "job did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn generate(dir: &Path) -> PathBuf {
     let input = dir.join("in");
     let (code, _, err) = synod(&[
@@ -249,24 +283,7 @@ fn bad_flags_get_clear_errors() {
 fn sigkill_mid_map_and_mid_reduce_gives_byte_identical_output() {
     let dir = scratch("mapreduce", "kill");
     let input = generate(&dir);
-    let clean = dir.join("clean");
-    let (code, _, err) = synod(&[
-        "job",
-        "run",
-        "wordcount",
-        "--quiet",
-        "--workers",
-        "2",
-        "--reduces",
-        "4",
-        "--split-size",
-        "256KiB",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        clean.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let clean = clean_run(&input, &dir.join("clean"));
 
     let out = dir.join("faulty");
     let (m, addr) = master(&input, &out, "127.0.0.1:0");
@@ -291,17 +308,7 @@ fn sigkill_mid_map_and_mid_reduce_gives_byte_identical_output() {
     sigkill(&mut procs.0[2]);
     procs.0.push(worker(&addr, &dir.join("w3"), "100ms"));
     let master = &mut procs.0[0];
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = master.try_wait().expect("wait master") {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "job did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(master, Duration::from_secs(90));
     let mut summary = String::new();
     std::io::Read::read_to_string(master.stdout.as_mut().expect("stdout"), &mut summary).ok();
     assert!(status.success(), "{summary}");
@@ -316,24 +323,7 @@ fn sigkill_mid_map_and_mid_reduce_gives_byte_identical_output() {
 fn restarted_master_resumes_the_job() {
     let dir = scratch("mapreduce", "master");
     let input = generate(&dir);
-    let clean = dir.join("clean");
-    let (code, _, err) = synod(&[
-        "job",
-        "run",
-        "wordcount",
-        "--quiet",
-        "--workers",
-        "2",
-        "--reduces",
-        "4",
-        "--split-size",
-        "256KiB",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        clean.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let clean = clean_run(&input, &dir.join("clean"));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -352,17 +342,7 @@ fn restarted_master_resumes_the_job() {
     let (m2, _) = master(&input, &out, &listen);
     procs.0[0] = m2;
     let master = &mut procs.0[0];
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = master.try_wait().expect("wait master") {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "job did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(master, Duration::from_secs(90));
     assert!(status.success());
     assert_eq!(parts(&out), parts(&clean));
     let _ = std::fs::remove_dir_all(&dir);
