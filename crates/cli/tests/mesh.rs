@@ -4,23 +4,13 @@
 // A driver-level test of real processes: the detection window is wall-clock time.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use common::synod;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use common::{get_response, header, synod, Process};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-
-/// A child process killed when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Start `synod args...` and read the first `lines` lines of the form
 /// `listening <name> <address>`.
@@ -53,35 +43,6 @@ fn start(args: &[&str], lines: usize) -> (Process, Vec<(String, SocketAddr)>) {
 }
 
 /// One HTTP/1.1 GET on a fresh connection: (status, headers and body as text).
-fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect to the proxy");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: mesh\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("read the response");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
-}
-
-fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
-    response.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.eq_ignore_ascii_case(name).then(|| value.trim())
-    })
-}
-
 #[test]
 fn a_killed_backend_leaves_rotation_within_the_check_bound_and_no_request_fails() {
     let backends: Vec<(Process, SocketAddr)> = ["b1", "b2", "b3"]
@@ -116,7 +77,7 @@ fn a_killed_backend_leaves_rotation_within_the_check_bound_and_no_request_fails(
     // All three serve.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        let (status, response) = get(proxy, "/work");
+        let (status, response) = get_response(proxy, "/work");
         assert_eq!(status, 200, "{response}");
         seen.insert(header(&response, "x-backend").unwrap_or("").to_string());
     }
@@ -133,7 +94,7 @@ fn a_killed_backend_leaves_rotation_within_the_check_bound_and_no_request_fails(
     let mut served_after_bound = 0;
     while killed_at.elapsed() < Duration::from_millis(1500) {
         let started = killed_at.elapsed();
-        let (status, response) = get(proxy, "/work");
+        let (status, response) = get_response(proxy, "/work");
         if status != 200 {
             failures.push(response.clone());
         }
@@ -188,7 +149,7 @@ fn a_hung_backend_is_detected_and_per_try_timeouts_hide_it() {
         "[service.retry]\nmax_retries = 2\nper_try_timeout_ms = 300\n",
     );
     for _ in 0..9 {
-        assert_eq!(get(proxy, "/work").0, 200);
+        assert_eq!(get_response(proxy, "/work").0, 200);
     }
     let pid = backends[0].0.id() as i32;
     // SAFETY: signalling a child process this test started and still owns.
@@ -200,7 +161,7 @@ fn a_hung_backend_is_detected_and_per_try_timeouts_hide_it() {
     while stopped_at.elapsed() < Duration::from_millis(2000) {
         let started = stopped_at.elapsed();
         let t = Instant::now();
-        let (status, response) = get(proxy, "/work");
+        let (status, response) = get_response(proxy, "/work");
         if status != 200 {
             failures.push(response.clone());
         }

@@ -6,23 +6,13 @@
 // A driver-level test of real processes: detection windows are wall-clock time.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use common::{request, start_cluster_ports, synod};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use common::{get_response, header, request, start_cluster_ports, synod, Process};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-
-/// A child process killed when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Start `synod args...` and wait for a stdout line starting with `marker`; returns the
 /// process and that line.
@@ -58,33 +48,6 @@ fn address(line: &str) -> SocketAddr {
     text.trim_start_matches("http://")
         .parse()
         .expect("an address")
-}
-
-fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: mesh\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
-}
-
-fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
-    response.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.eq_ignore_ascii_case(name).then(|| value.trim())
-    })
 }
 
 /// The ids the agent returns for `path` (a JSON array of instances).
@@ -288,13 +251,13 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
     });
 
     // A blocking query returns when the registry changes, not at the end of its wait.
-    let (_, response) = get(agent, "/v1/catalog/service/web");
+    let (_, response) = get_response(agent, "/v1/catalog/service/web");
     let index: i64 = header(&response, "x-synod-index")
         .and_then(|v| v.parse().ok())
         .expect("an index");
     let blocked = std::thread::spawn(move || {
         let t = Instant::now();
-        let (code, body) = get(
+        let (code, body) = get_response(
             agent,
             &format!("/v1/catalog/services?index={index}&wait=9s"),
         );
@@ -338,7 +301,7 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
     let proxy = address(&line);
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        let (status, response) = get(proxy, "/work");
+        let (status, response) = get_response(proxy, "/work");
         assert_eq!(status, 200, "{response}");
         seen.insert(header(&response, "x-backend").unwrap_or("").to_string());
     }
@@ -359,7 +322,7 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
     let mut left_discovery = None;
     while killed_at.elapsed() < Duration::from_millis(4000) {
         let started = killed_at.elapsed();
-        let (status, response) = get(proxy, "/work");
+        let (status, response) = get_response(proxy, "/work");
         if status != 200 {
             failures.push(response.clone());
         }
@@ -398,7 +361,7 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
     wait_until(
         "the proxy sends everything to b3",
         Duration::from_secs(3),
-        || (0..6).all(|_| header(&get(proxy, "/work").1, "x-backend") == Some("b3")),
+        || (0..6).all(|_| header(&get_response(proxy, "/work").1, "x-backend") == Some("b3")),
     );
     let (_, out, _) = svc(&["list", "web"]);
     assert!(out.contains("b3") && out.contains("critical"), "{out}");
