@@ -443,18 +443,28 @@ impl RunHost {
         }
     }
 
-    fn launch_mutex<A: MutualExclusion>(
-        self: &Arc<Self>,
-        req: MutexRunRequest,
-        actor: A,
-    ) -> Result<Value, (StatusCode, Json<Value>)> {
-        let path = self.runs_dir.join(format!("mutex-{}.log", req.run));
-        let mut log = SharedLog::open(&path).map_err(|e| {
+    /// The shared log of run `run` of `kind` under the runs directory.
+    fn open_log(
+        &self,
+        kind: &str,
+        run: u64,
+    ) -> Result<(PathBuf, SharedLog), (StatusCode, Json<Value>)> {
+        let path = self.runs_dir.join(format!("{kind}-{run}.log"));
+        let log = SharedLog::open(&path).map_err(|e| {
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("opening {}: {e}", path.display()),
             )
         })?;
+        Ok((path, log))
+    }
+
+    fn launch_mutex<A: MutualExclusion>(
+        self: &Arc<Self>,
+        req: MutexRunRequest,
+        actor: A,
+    ) -> Result<Value, (StatusCode, Json<Value>)> {
+        let (path, mut log) = self.open_log("mutex", req.run)?;
         let status = json!({
             "run": req.run, "algo": req.algo, "node": self.me.0, "k": req.k,
             "state": "running", "entries": 0, "messages_sent": 0, "log": path,
@@ -581,13 +591,7 @@ impl RunHost {
         req: ElectionRunRequest,
         actor: A,
     ) -> Result<Value, (StatusCode, Json<Value>)> {
-        let path = self.runs_dir.join(format!("election-{}.log", req.run));
-        let mut log = SharedLog::open(&path).map_err(|e| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("opening {}: {e}", path.display()),
-            )
-        })?;
+        let (path, mut log) = self.open_log("election", req.run)?;
         let status = json!({
             "run": req.run, "algo": req.algo, "node": self.me.0, "state": "running",
             "leader": null, "electing": true, "messages_sent": 0, "elections_started": 0,
