@@ -12,6 +12,7 @@
 
 use crate::config::{CheckKind, Protocol, ProxyConfig, ServiceConfig};
 use crate::detect::{PhiAccrual, PhiConfig, RtoConfig, RtoEstimator};
+use crate::health::{probe, ProbeKind, ProbeResult};
 use crate::lb::{hash_str, Balancer, BalancerConfig, Strategy};
 use crate::resilience::{
     format_grpc_timeout, parse_grpc_timeout, parse_timeout_millis, Backoff, BreakerState,
@@ -36,7 +37,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use synod_core::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -576,7 +576,7 @@ impl Service {
             .collect()
     }
 
-    fn on_check(&self, generation: u64, index: usize, result: CheckResult, rtt: Duration) {
+    fn on_check(&self, generation: u64, index: usize, result: ProbeResult, rtt: Duration) {
         let now = self.clock.now();
         let mut state = self.lock();
         if state.generation != generation {
@@ -585,7 +585,7 @@ impl Service {
         let health = &self.config.health;
         let runtime = &mut state.instances[index];
         match result {
-            CheckResult::Pass => {
+            ProbeResult::Pass => {
                 runtime.phi.on_heartbeat(now);
                 runtime.rto.on_sample(rtt);
                 runtime.streak = runtime.streak.max(0) + 1;
@@ -595,8 +595,8 @@ impl Service {
                     tracing::info!(service = %self.config.name, upstream = %runtime.instance.id, "passing health checks");
                 }
             }
-            CheckResult::Fail | CheckResult::Timeout => {
-                if result == CheckResult::Timeout {
+            ProbeResult::Fail | ProbeResult::Timeout => {
+                if result == ProbeResult::Timeout {
                     runtime.rto.on_timeout();
                 }
                 runtime.metrics.check_failures.increment(1);
@@ -613,55 +613,28 @@ impl Service {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CheckResult {
-    Pass,
-    Fail,
-    Timeout,
-}
-
-async fn run_check(
-    kind: CheckKind,
-    path: &str,
-    address: SocketAddr,
-    timeout: Duration,
-) -> CheckResult {
-    let check = async {
-        let mut stream = TcpStream::connect(address).await.ok()?;
-        if kind == CheckKind::Tcp {
-            return Some(true);
-        }
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: synod-mesh-check\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.ok()?;
-        // "HTTP/1.1 2xx"
-        Some(head.starts_with(b"HTTP/1.") && head[9] == b'2')
-    };
-    match tokio::time::timeout(timeout, check).await {
-        Ok(Some(true)) => CheckResult::Pass,
-        Ok(_) => CheckResult::Fail,
-        Err(_) => CheckResult::Timeout,
-    }
-}
-
 async fn health_loop(service: Arc<Service>) {
     let health = service.config.health.clone();
     if health.kind == CheckKind::None {
         return;
     }
+    // The same probe the registry agent runs (crate::health).
+    let kind = match health.kind {
+        CheckKind::Http => ProbeKind::Http {
+            path: health.path.clone(),
+        },
+        CheckKind::Tcp | CheckKind::None => ProbeKind::Tcp,
+    };
     let mut ticker = tokio::time::interval(Duration::from_millis(health.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         for (generation, index, address, timeout) in service.check_targets() {
             let service = service.clone();
-            let path = health.path.clone();
+            let kind = kind.clone();
             tokio::spawn(async move {
                 let start = tokio::time::Instant::now();
-                let result = run_check(health.kind, &path, address, timeout).await;
+                let result = probe(&kind, address, timeout).await;
                 service.on_check(generation, index, result, start.elapsed());
             });
         }
