@@ -108,6 +108,13 @@ enum Command<M> {
     CloseSession {
         client: ClientId,
     },
+    /// One request whose first reply goes to `reply`: a session that closes itself, so a
+    /// call costs one inbox command instead of open, request and close.
+    Call {
+        client: ClientId,
+        msg: M,
+        reply: oneshot::Sender<M>,
+    },
     Inspect(Probe),
 }
 
@@ -175,8 +182,7 @@ impl<A: Actor> ActorHandle<A> {
 
     /// Open a client session with a fresh client id.
     pub async fn session(&self) -> Result<ClientSession<A>, DriverError> {
-        // Client ids are unique per node process; the high bit marks driver-issued ids.
-        let client = ClientId((1 << 63) | self.next_client.fetch_add(1, Ordering::Relaxed));
+        let client = self.next_client_id();
         let (replies_tx, replies) = mpsc::unbounded_channel();
         self.tx
             .send(Command::OpenSession {
@@ -194,13 +200,24 @@ impl<A: Actor> ActorHandle<A> {
 
     /// Send one request and wait for the first reply, at most `timeout`.
     pub async fn call(&self, msg: A::Msg, timeout: Duration) -> Result<A::Msg, DriverError> {
-        let mut session = self.session().await?;
-        session.send(msg).await?;
-        match tokio::time::timeout(timeout, session.replies.recv()).await {
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) => Err(DriverError::Stopped(self.service)),
+        let client = self.next_client_id();
+        let (reply, answer) = oneshot::channel();
+        let send = self.tx.send(Command::Call { client, msg, reply });
+        // The timeout covers the wait for inbox room too: a full inbox is a slow actor.
+        match tokio::time::timeout(timeout, async {
+            send.await.map_err(|_| DriverError::Stopped(self.service))?;
+            answer.await.map_err(|_| DriverError::Stopped(self.service))
+        })
+        .await
+        {
+            Ok(outcome) => outcome,
             Err(_) => Err(DriverError::Timeout(timeout)),
         }
+    }
+
+    fn next_client_id(&self) -> ClientId {
+        // Client ids are unique per node process; the high bit marks driver-issued ids.
+        ClientId((1 << 63) | self.next_client.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Run `f` on the actor's state between batches and return its result.
@@ -327,6 +344,7 @@ pub fn spawn_actor<A: Actor>(
         timers: BTreeMap::new(),
         outbox,
         sessions: HashMap::new(),
+        calls: HashMap::new(),
         held: Vec::new(),
         loopback: Vec::new(),
         probes: Vec::new(),
@@ -348,6 +366,8 @@ struct ActorTask<A: Actor> {
     timers: BTreeMap<A::Timer, Instant>,
     outbox: Arc<dyn Outbox>,
     sessions: HashMap<ClientId, mpsc::UnboundedSender<A::Msg>>,
+    /// One-reply sessions opened by [`ActorHandle::call`].
+    calls: HashMap<ClientId, oneshot::Sender<A::Msg>>,
     held: Vec<Held<A::Msg>>,
     /// Messages the actor sent to its own node, handled in the next batch.
     loopback: Vec<A::Msg>,
@@ -419,6 +439,15 @@ impl<A: Actor> ActorTask<A> {
             }
             Command::CloseSession { client } => {
                 self.sessions.remove(&client);
+            }
+            Command::Call { client, msg, reply } => {
+                // An actor may never answer (it dropped the request); sweep the calls
+                // whose caller gave up, amortised as for sessions.
+                if self.calls.len() >= 1024 && self.calls.len().is_power_of_two() {
+                    self.calls.retain(|_, c| !c.is_closed());
+                }
+                self.calls.insert(client, reply);
+                self.handle(|a, ctx| a.on_message(ctx, Endpoint::Client(client), msg));
             }
             // Probes see only durable state: they run after this batch's sync.
             Command::Inspect(probe) => self.probes.push(probe),
@@ -508,6 +537,8 @@ impl<A: Actor> ActorTask<A> {
                         if session.send(msg).is_err() {
                             self.sessions.remove(&to);
                         }
+                    } else if let Some(call) = self.calls.remove(&to) {
+                        let _ = call.send(msg);
                     }
                 }
             }
@@ -728,5 +759,21 @@ mod tests {
             "got a reply from a failed store: {result:?}"
         );
         assert!(matches!(task.await, Ok(Err(DriverError::Storage { .. }))));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unanswered_calls_time_out_and_do_not_block_later_calls() {
+        let Running { handle, .. } = start();
+        // `Echo` ignores `Done`: each of these calls waits out its timeout. 1,100 of them
+        // cross the 1,024 mark where the driver sweeps abandoned calls.
+        let unanswered = (0..1100).map(|_| handle.call(Msg::Done(0), Duration::from_millis(200)));
+        for outcome in futures::future::join_all(unanswered).await {
+            assert!(
+                matches!(outcome, Err(DriverError::Timeout(_))),
+                "{outcome:?}"
+            );
+        }
+        let reply = handle.call(Msg::Write, Duration::from_secs(5)).await;
+        assert_eq!(reply.unwrap(), Msg::Done(1));
     }
 }

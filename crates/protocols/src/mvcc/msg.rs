@@ -40,6 +40,7 @@ impl fmt::Display for LeaseId {
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The revision of the put that created this incarnation of the key.
     pub create_revision: i64,
@@ -48,6 +49,7 @@ pub struct KeyValue {
     /// Puts since creation, starting at 1; a delete resets it to 0.
     pub version: i64,
     /// The value (empty with `keys_only`).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The lease attached to the key, or 0.
     pub lease: i64,
@@ -105,8 +107,10 @@ pub enum SortTarget {
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct RangeRequest {
     /// The first key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Empty: only `key`. `[0]`: every key ≥ `key`. Otherwise the end, exclusive.
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     /// Most keys returned; 0: no limit.
     pub limit: i64,
@@ -147,8 +151,10 @@ pub struct RangeResponse {
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct PutRequest {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The lease to attach, or 0 for none.
     pub lease: i64,
@@ -173,8 +179,10 @@ pub struct PutResponse {
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct DeleteRangeRequest {
     /// The first key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// As in [`RangeRequest::range_end`].
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     /// Return the deleted versions.
     pub prev_kv: bool,
@@ -214,7 +222,7 @@ pub enum CompareTarget {
     /// The mod revision.
     Mod(i64),
     /// The value (bytewise).
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The lease id.
     Lease(i64),
 }
@@ -228,8 +236,10 @@ pub struct Compare {
     /// The field and the operand.
     pub target: CompareTarget,
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// As in [`RangeRequest::range_end`].
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
 }
 

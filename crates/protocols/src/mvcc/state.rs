@@ -64,6 +64,7 @@ struct Rev {
 struct Version {
     rev: Rev,
     version: i64,
+    #[serde(with = "serde_bytes")]
     value: Vec<u8>,
     lease: LeaseId,
 }
