@@ -191,9 +191,15 @@ fn main() {
             chk[k].push(med);
         }
     }
-    println!("| run | median records/s | median ns CPU/record | median checkpoint ms |");
-    println!("|---|---|---|---|");
-    for (k, label) in labels.iter().enumerate() {
+    if rounds > 0 {
+        println!("| run | median records/s | median ns CPU/record | median checkpoint ms |");
+        println!("|---|---|---|---|");
+    }
+    for (k, label) in labels
+        .iter()
+        .enumerate()
+        .take(if rounds > 0 { 4 } else { 0 })
+    {
         println!(
             "| {label} | {:.0} | {:.0} | {:.1} |",
             median(&mut rate[k]),

@@ -285,6 +285,48 @@ mod tests {
         assert!(again.seek(0).is_err(), "partition 1 does not start at 0");
     }
 
+    /// Injected task failures restart the job from checkpoints that hold byte offsets; the
+    /// committed counts still equal a batch count over the file, each window once.
+    #[test]
+    fn file_counts_restart_from_byte_offsets_exactly_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut x = 99u64;
+        let text: String = (0..150_000u64)
+            .map(|i| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                let ts = (i / 20).saturating_sub((x >> 40) % 30);
+                format!("{ts},k{}\n", (x >> 20) % 300)
+            })
+            .collect();
+        let path = write(dir.path(), &text);
+        let state = dir.path().join("state");
+        let mut cfg = super::super::exec::ExecConfig::new(&state);
+        cfg.checkpoint_interval = Some(Duration::from_millis(20));
+        cfg.batch_size = 64;
+        cfg.crash_plan = vec![30_000, 20_000, 50_000];
+        let report =
+            super::super::exec::run(&file_counts(&path, 3, 2, 30, 100), &cfg).expect("run");
+        assert_eq!(report.restarts, 3);
+        assert!(report.events > 150_000, "records were replayed");
+        let late = super::super::jobs::committed_late::<String, String>(&state).expect("late");
+        let expected = file_counts_reference(&path, 100, &late).expect("reference");
+        let verdict = super::super::jobs::verify(&state, &expected).expect("verify");
+        assert!(verdict.exact(), "{verdict:?}");
+        assert_eq!(verdict.committed_firings, expected.len());
+    }
+
+    /// A malformed line fails the job at once (no restarts): replaying cannot fix it.
+    #[test]
+    fn a_malformed_file_fails_the_job_without_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(dir.path(), "1,a\n2,b\n3\n");
+        let cfg = super::super::exec::ExecConfig::new(dir.path().join("state"));
+        let err = super::super::exec::run(&file_counts(&path, 1, 1, 0, 100), &cfg)
+            .expect_err("malformed input");
+        assert!(matches!(err, ExecError::Input(_)), "{err}");
+        assert!(err.to_string().contains("at byte 8"), "{err}");
+    }
+
     #[test]
     fn malformed_lines_fail_with_their_offset() {
         let dir = tempfile::tempdir().expect("tempdir");
