@@ -158,7 +158,8 @@ pub(crate) enum ToManager {
         task: TaskId,
         finished: bool,
         window_ends: Vec<u64>,
-        /// This worker's firings and late records so far in this attempt.
+        /// This worker's records read, firings and late records so far in this attempt.
+        events: u64,
         fired: u64,
         late: u64,
     },
@@ -347,8 +348,15 @@ pub fn run_manager(
                 report.elapsed = started.elapsed();
                 return Ok(report);
             }
-            Outcome::Failed { why, events } => {
+            Outcome::Failed {
+                why,
+                events,
+                fired,
+                late,
+            } => {
                 events_before += events;
+                report.fired += fired;
+                report.late += late;
                 report.events = events_before;
                 report.restarts += 1;
                 if report.restarts > exec.max_restarts {
@@ -364,8 +372,15 @@ pub fn run_manager(
 }
 
 enum Outcome {
-    Done { events: u64 },
-    Failed { why: String, events: u64 },
+    Done {
+        events: u64,
+    },
+    Failed {
+        why: String,
+        events: u64,
+        fired: u64,
+        late: u64,
+    },
 }
 
 #[derive(Default, Clone)]
@@ -397,6 +412,8 @@ fn attempt(
     let failed = |why: String, stats: &[WorkerStats]| Outcome::Failed {
         why,
         events: stats.iter().map(|s| s.events).sum(),
+        fired: stats.iter().map(|s| s.fired).sum(),
+        late: stats.iter().map(|s| s.late).sum(),
     };
     let mut stats = vec![WorkerStats::default(); n];
     // Registration: one control connection per worker, within the heartbeat timeout of
@@ -522,7 +539,7 @@ fn attempt(
                         fire_latency_us,
                     } => {
                         stats[i] = WorkerStats {
-                            events,
+                            events: events.max(stats[i].events),
                             sources_finished,
                             max_event_time,
                             watermark,
@@ -544,9 +561,11 @@ fn attempt(
                         task,
                         finished,
                         window_ends,
+                        events,
                         fired,
                         late,
                     } => {
+                        stats[i].events = stats[i].events.max(events);
                         stats[i].fired = stats[i].fired.max(fired);
                         stats[i].late = stats[i].late.max(late);
                         let checkpoint = CheckpointId(checkpoint);
@@ -783,6 +802,7 @@ impl WorkerSession {
                         task: job.task,
                         finished: job.finished,
                         window_ends: job.window_ends.iter().map(|e| e.0).collect(),
+                        events: shared.events_total.load(Ordering::Relaxed),
                         fired: shared.fired.load(Ordering::Relaxed),
                         late: shared.late.load(Ordering::Relaxed),
                     };
