@@ -365,3 +365,61 @@ fn file_counts_over_workers_equal_the_batch_answer_and_bad_input_is_refused() {
     assert!(err.contains("at byte 8") && err.contains("later"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A worker that stops answering (SIGSTOP: its connections stay open) is declared dead
+/// by the heartbeat timeout; the job restarts without it and commits exactly the batch
+/// answer.
+#[test]
+fn a_silent_worker_is_detected_by_its_missing_heartbeats() {
+    let dir = scratch("stream", "workers-stopped");
+    let manager = synod_cmd()
+        .args([
+            "stream",
+            "run",
+            "windowed-counts",
+            "--fresh",
+            "--dir",
+            dir.to_str().expect("utf-8 path"),
+            "--events",
+            "300000",
+            "--rate",
+            "100000",
+            "--paced",
+            "--keys",
+            "200",
+            "--window",
+            "200ms",
+            "--workers",
+            "2",
+            "--verify",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the job manager");
+    let started = Instant::now();
+    let mut stopped = None;
+    while stopped.is_none() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        if started.elapsed() < Duration::from_millis(800) {
+            continue;
+        }
+        if let Some(&victim) = worker_pids(&dir).first() {
+            // SAFETY: kill(2) on a worker process this test's job manager started.
+            if unsafe { libc::kill(victim, libc::SIGSTOP) } == 0 {
+                stopped = Some(victim);
+            }
+        }
+    }
+    let out = manager.wait_with_output().expect("job manager");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stopped.is_some(), "no worker to stop");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("restarts: 1"), "{stdout}");
+    assert!(stdout.contains("verified"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
