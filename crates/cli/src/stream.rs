@@ -10,10 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use synod_dataflow::stream::bench;
+use synod_dataflow::stream::dist::{self, ManagerConfig, WorkerSession};
 use synod_dataflow::stream::exec::{self, ExecConfig, JobReport, Progress};
 use synod_dataflow::stream::jobs::{self, InputSpec, JobSpec, Verdict};
 use synod_dataflow::stream::sim::{abs_faults, abs_net, run_abs, AbsSpec, Broken};
+use synod_dataflow::stream::{bench, file};
 use synod_sim::SwarmOptions;
 
 #[derive(Debug, Args)]
@@ -31,6 +32,25 @@ enum StreamWhat {
     /// The checkpoint protocol in the simulator over many seeds, with crashes, partitions
     /// and reordering; every seed must commit exactly the failure-free output.
     Sim(SimArgs),
+    /// A worker process of a multi-process run (started by `synod stream run --workers N`,
+    /// not by hand): connects to its job manager, runs the tasks it is assigned, and exits
+    /// when told to or when the manager goes away.
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// The job manager's control address.
+    #[arg(long)]
+    manager: std::net::SocketAddr,
+    /// This worker's index.
+    #[arg(long)]
+    worker_index: u32,
+    /// The attempt token the manager handed out.
+    #[arg(long)]
+    token: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,6 +61,9 @@ enum JobName {
     Sessionize,
     /// Ad events → views → join campaign → 10 s counts per campaign.
     Yahoo,
+    /// Counts per key in tumbling windows over a file of `<event time ms>,<key>` lines
+    /// (--input), split into byte ranges and replayed from byte offsets.
+    FileCounts,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +74,9 @@ struct RunArgs {
     /// State directory (checkpoints and output).
     #[arg(long, default_value = ".synod/stream")]
     dir: PathBuf,
+    /// The input file of file-counts: one `<event time in ms>,<key>` a line.
+    #[arg(long)]
+    input: Option<PathBuf>,
     /// Delete the state directory first instead of resuming.
     #[arg(long)]
     fresh: bool,
@@ -93,6 +119,64 @@ struct RunArgs {
     /// Compare the committed output with a batch computation over the same input.
     #[arg(long)]
     verify: bool,
+    /// Run the tasks in this many `synod stream worker` processes joined by TCP (source
+    /// task i and window task j on workers i and j mod N), with this process as the job
+    /// manager; without it, every task is a thread of this process.
+    #[arg(long, value_parser = parallelism)]
+    workers: Option<usize>,
+}
+
+impl RunArgs {
+    /// The flags that define the job, for a worker process.
+    fn worker_args(&self) -> Vec<String> {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let job = self
+            .job
+            .to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_string());
+        let mut v = vec![
+            "stream".to_string(),
+            "worker".into(),
+            job,
+            "--dir".into(),
+            self.dir.display().to_string(),
+            "--events".into(),
+            self.events.to_string(),
+            "--partitions".into(),
+            self.partitions.to_string(),
+            "--parallelism".into(),
+            self.parallelism.to_string(),
+            "--bound".into(),
+            ms(self.bound),
+            "--lateness".into(),
+            ms(self.lateness),
+            "--seed".into(),
+            self.seed.to_string(),
+        ];
+        let opt = |v: &mut Vec<String>, flag: &str, x: Option<String>| {
+            if let Some(x) = x {
+                v.push(flag.to_string());
+                v.push(x);
+            }
+        };
+        opt(&mut v, "--keys", self.keys.map(|k| k.to_string()));
+        opt(&mut v, "--rate", self.rate.map(|k| k.to_string()));
+        opt(&mut v, "--window", self.window.map(ms));
+        opt(
+            &mut v,
+            "--late-every",
+            self.late_every.map(|k| k.to_string()),
+        );
+        opt(
+            &mut v,
+            "--input",
+            self.input.as_ref().map(|p| p.display().to_string()),
+        );
+        if self.paced {
+            v.push("--paced".into());
+        }
+        v
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +233,7 @@ pub(crate) fn run(cmd: StreamCommand) -> Result<ExitCode> {
     match cmd.what {
         StreamWhat::Run(a) => run_job(a),
         StreamWhat::Sim(a) => sim(a),
+        StreamWhat::Worker(a) => worker(a),
     }
 }
 
@@ -157,6 +242,7 @@ fn job_spec(a: &RunArgs) -> JobSpec {
         JobName::WindowedCounts => (10_000, 1_000_000, 1_000),
         JobName::Sessionize => (3_000, 100_000, 1_000),
         JobName::Yahoo => (1_000, 1_000_000, 10_000),
+        JobName::FileCounts => (1, 1_000_000, 1_000),
     };
     let window_ms = a.window.map_or(window_ms, |w| w.as_millis().max(1) as u64);
     let bound_ms = a.bound.as_millis() as u64;
@@ -179,8 +265,9 @@ fn job_spec(a: &RunArgs) -> JobSpec {
 /// job.
 fn fingerprint(a: &RunArgs, spec: &JobSpec) -> String {
     format!(
-        "job={:?} events={} partitions={} parallelism={} keys={} rate={} window_ms={} bound_ms={} lateness_ms={} late_every={:?} seed={}\n",
+        "job={:?} input={:?} events={} partitions={} parallelism={} keys={} rate={} window_ms={} bound_ms={} lateness_ms={} late_every={:?} seed={}\n",
         a.job,
+        a.input,
         spec.input.events,
         spec.input.partitions,
         spec.parallelism,
@@ -227,7 +314,28 @@ fn progress_bar(total: u64) -> (ProgressBar, exec::ProgressFn) {
     (bar, callback)
 }
 
-fn run_job(a: RunArgs) -> Result<ExitCode> {
+fn file_input(a: &RunArgs) -> Result<PathBuf> {
+    match (&a.input, a.job) {
+        (Some(p), JobName::FileCounts) => {
+            let meta = std::fs::metadata(p).with_context(|| format!("--input {}", p.display()))?;
+            if !meta.is_file() {
+                bail!("--input {} is not a file", p.display());
+            }
+            // Workers run in other directories' processes: hand them an absolute path.
+            Ok(std::fs::canonicalize(p).with_context(|| format!("--input {}", p.display()))?)
+        }
+        (None, JobName::FileCounts) => bail!("file-counts needs --input <file>"),
+        (Some(_), job) => bail!("--input is only for file-counts, not {job:?}"),
+        (None, _) => Ok(PathBuf::new()),
+    }
+}
+
+fn run_job(mut a: RunArgs) -> Result<ExitCode> {
+    if a.job == JobName::FileCounts {
+        a.input = Some(file_input(&a)?);
+    } else {
+        file_input(&a)?;
+    }
     let spec = job_spec(&a);
     if a.fresh && a.dir.exists() {
         std::fs::remove_dir_all(&a.dir).with_context(|| format!("removing {}", a.dir.display()))?;
@@ -258,10 +366,38 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
     let (bar, callback) = progress_bar(spec.input.events);
     cfg.progress = Some(callback);
     let origin = a.paced.then_some(origin);
-    let report = match a.job {
-        JobName::WindowedCounts => exec::run(&jobs::windowed_counts(&spec, origin), &cfg),
-        JobName::Sessionize => exec::run(&jobs::sessionize(&spec, origin), &cfg),
-        JobName::Yahoo => exec::run(&jobs::yahoo(&spec, origin), &cfg),
+    let report = if let Some(workers) = a.workers {
+        let mut mcfg = ManagerConfig::new(cfg, workers);
+        mcfg.pid_file = Some(a.dir.join("workers.pid"));
+        let exe = std::env::current_exe().context("finding the synod binary")?;
+        let base = a.worker_args();
+        let dir = a.dir.clone();
+        let mut spawn = |i: usize, manager: std::net::SocketAddr, token: u64| {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("worker-{i}.log")))?;
+            std::process::Command::new(&exe)
+                .args(&base)
+                .arg("--manager")
+                .arg(manager.to_string())
+                .arg("--worker-index")
+                .arg(i.to_string())
+                .arg("--token")
+                .arg(token.to_string())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+        };
+        dist::run_manager(&mcfg, a.partitions, a.parallelism, &mut spawn)
+    } else {
+        match a.job {
+            JobName::WindowedCounts => exec::run(&jobs::windowed_counts(&spec, origin), &cfg),
+            JobName::Sessionize => exec::run(&jobs::sessionize(&spec, origin), &cfg),
+            JobName::Yahoo => exec::run(&jobs::yahoo(&spec, origin), &cfg),
+            JobName::FileCounts => exec::run(&file_job(&a, &spec), &cfg),
+        }
     };
     bar.finish_and_clear();
     let report = report?;
@@ -276,8 +412,43 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
         }
         JobName::Sessionize => jobs::verify(&a.dir, &jobs::sessionize_reference(&spec))?,
         JobName::Yahoo => jobs::verify(&a.dir, &jobs::yahoo_reference(&spec))?,
+        JobName::FileCounts => {
+            let late = jobs::committed_late::<String, String>(&a.dir)?;
+            let input = a.input.clone().unwrap_or_default();
+            jobs::verify(
+                &a.dir,
+                &file::file_counts_reference(&input, spec.window_ms, &late)?,
+            )?
+        }
     };
     Ok(print_verdict(&verdict, spec.allowed_lateness_ms > 0))
+}
+
+fn file_job(
+    a: &RunArgs,
+    spec: &JobSpec,
+) -> synod_dataflow::stream::pipeline::Job<String, String, synod_dataflow::stream::Count<String>> {
+    file::file_counts(
+        a.input.as_deref().unwrap_or(std::path::Path::new("")),
+        a.partitions,
+        spec.parallelism,
+        spec.bound_ms,
+        spec.window_ms,
+    )
+}
+
+fn worker(w: WorkerArgs) -> Result<ExitCode> {
+    let spec = job_spec(&w.run);
+    let session = WorkerSession::connect(w.manager, w.worker_index, w.token)?;
+    let origin = session.origin;
+    let dir = w.run.dir.clone();
+    match w.run.job {
+        JobName::WindowedCounts => session.run(&jobs::windowed_counts(&spec, origin), &dir)?,
+        JobName::Sessionize => session.run(&jobs::sessionize(&spec, origin), &dir)?,
+        JobName::Yahoo => session.run(&jobs::yahoo(&spec, origin), &dir)?,
+        JobName::FileCounts => session.run(&file_job(&w.run, &spec), &dir)?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_report(r: &JobReport) {

@@ -32,6 +32,24 @@ fn stream_flags_get_clear_errors() {
         ),
         (vec!["stream", "run", "wordcount"], "invalid value"),
         (
+            vec!["stream", "run", "yahoo", "--workers", "0"],
+            "expected 1 to 64",
+        ),
+        (
+            vec![
+                "stream",
+                "worker",
+                "yahoo",
+                "--manager",
+                "nowhere",
+                "--worker-index",
+                "0",
+                "--token",
+                "1",
+            ],
+            "invalid socket address",
+        ),
+        (
             vec!["stream", "sim", "--broken", "sometimes"],
             "invalid value",
         ),
@@ -163,4 +181,245 @@ fn sigkilled_runs_commit_exactly_the_failure_free_output() {
     );
     let _ = std::fs::remove_dir_all(&killed);
     let _ = std::fs::remove_dir_all(&clean);
+}
+
+fn worker_pids(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("workers.pid"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// The job spread over three `synod stream worker` processes with a TCP shuffle; SIGKILL
+/// a random worker at random moments, four times, while the job manager runs on. The job
+/// manager notices each death (connection loss), replaces the workers and restarts from
+/// the latest complete checkpoint; the committed output equals a failure-free
+/// single-process run's, line for line, and the batch answer.
+#[test]
+fn sigkilled_workers_commit_exactly_the_failure_free_output() {
+    let multi = scratch("stream", "workers-killed");
+    let clean = scratch("stream", "workers-clean");
+    let args = |dir: &Path| -> Vec<String> {
+        [
+            "stream",
+            "run",
+            "windowed-counts",
+            "--fresh",
+            "--dir",
+            dir.to_str().expect("utf-8 path"),
+            "--events",
+            "300000",
+            "--rate",
+            "100000",
+            "--paced",
+            "--keys",
+            "500",
+            "--window",
+            "100ms",
+            "--checkpoint-interval",
+            "100ms",
+            "--partitions",
+            "3",
+            "--parallelism",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(11, |d| d.as_nanos() as u64);
+    println!("kill schedule seed {seed}");
+    let mut rng = seed;
+    let mut next = || {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        rng >> 33
+    };
+    let mut run_args = args(&multi);
+    run_args.extend(["--workers".into(), "3".into(), "--verify".into()]);
+    let mut manager = synod_cmd()
+        .args(&run_args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the job manager");
+    let mut kills = 0;
+    let mut last_kill = Instant::now();
+    let mut wait = Duration::from_millis(300 + next() % 700);
+    let started = Instant::now();
+    while kills < 4 && started.elapsed() < Duration::from_secs(25) {
+        if manager.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        if last_kill.elapsed() < wait {
+            continue;
+        }
+        let pids = worker_pids(&multi);
+        if pids.is_empty() {
+            continue;
+        }
+        let victim = pids[next() as usize % pids.len()];
+        // SAFETY: kill(2) on a worker process this test's job manager started.
+        if unsafe { libc::kill(victim, libc::SIGKILL) } == 0 {
+            kills += 1;
+            last_kill = Instant::now();
+            wait = Duration::from_millis(300 + next() % 700);
+        }
+    }
+    let out = manager.wait_with_output().expect("job manager");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{} (seed {seed})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("verified"), "{stdout}");
+    assert!(
+        kills >= 2,
+        "only {kills} kills landed before the job ended: {stdout}"
+    );
+    let restarts: u32 = stdout
+        .split("restarts: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    println!("{kills} kills, {restarts} restarts\n{stdout}");
+    assert!(restarts >= 1, "no restart after {kills} kills: {stdout}");
+    let out = synod_cmd().args(args(&clean)).output().expect("clean run");
+    assert!(out.status.success());
+    let (a, b) = (committed(&multi), committed(&clean));
+    assert!(!b.is_empty());
+    assert_eq!(a.len(), b.len(), "killed {kills} times (seed {seed})");
+    assert!(
+        a == b,
+        "committed output differs after {kills} worker kills (seed {seed})"
+    );
+    let _ = std::fs::remove_dir_all(&multi);
+    let _ = std::fs::remove_dir_all(&clean);
+}
+
+/// The file source over two worker processes: out-of-order lines split into byte ranges;
+/// the committed counts equal a batch count over the file. Missing or malformed input gets
+/// a clear error.
+#[test]
+fn file_counts_over_workers_equal_the_batch_answer_and_bad_input_is_refused() {
+    let dir = scratch("stream", "file");
+    let input = dir.join("clicks.csv");
+    let mut text = String::new();
+    let mut x = 12345u64;
+    for i in 0..20_000u64 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        // 10 records per ms of event time, up to 40 ms out of order.
+        let ts = (i / 10).saturating_sub((x >> 40) % 40);
+        text.push_str(&format!("{ts},user-{}\n", (x >> 20) % 50));
+    }
+    std::fs::write(&input, &text).expect("write input");
+    let state = dir.join("state");
+    let (i, s) = (
+        input.to_str().expect("utf-8"),
+        state.to_str().expect("utf-8"),
+    );
+    let (code, out, err) = synod(&[
+        "stream",
+        "run",
+        "file-counts",
+        "--input",
+        i,
+        "--dir",
+        s,
+        "--fresh",
+        "--partitions",
+        "3",
+        "--window",
+        "100ms",
+        "--workers",
+        "2",
+        "--verify",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verified"), "{out}");
+    let (code, _, err) = synod(&["stream", "run", "file-counts", "--dir", s, "--fresh"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("needs --input"), "{err}");
+    let (code, _, err) = synod(&["stream", "run", "yahoo", "--input", i, "--dir", s]);
+    assert_ne!(code, 0);
+    assert!(err.contains("only for file-counts"), "{err}");
+    std::fs::write(&input, "1,a\n2,b\nlater,c\n").expect("write bad input");
+    let (code, _, err) = synod(&[
+        "stream",
+        "run",
+        "file-counts",
+        "--input",
+        i,
+        "--dir",
+        s,
+        "--fresh",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("at byte 8") && err.contains("later"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A worker that stops answering (SIGSTOP: its connections stay open) is declared dead
+/// by the heartbeat timeout; the job restarts without it and commits exactly the batch
+/// answer.
+#[test]
+fn a_silent_worker_is_detected_by_its_missing_heartbeats() {
+    let dir = scratch("stream", "workers-stopped");
+    let manager = synod_cmd()
+        .args([
+            "stream",
+            "run",
+            "windowed-counts",
+            "--fresh",
+            "--dir",
+            dir.to_str().expect("utf-8 path"),
+            "--events",
+            "300000",
+            "--rate",
+            "100000",
+            "--paced",
+            "--keys",
+            "200",
+            "--window",
+            "200ms",
+            "--workers",
+            "2",
+            "--verify",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the job manager");
+    let started = Instant::now();
+    let mut stopped = None;
+    while stopped.is_none() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        if started.elapsed() < Duration::from_millis(800) {
+            continue;
+        }
+        if let Some(&victim) = worker_pids(&dir).first() {
+            // SAFETY: kill(2) on a worker process this test's job manager started.
+            if unsafe { libc::kill(victim, libc::SIGSTOP) } == 0 {
+                stopped = Some(victim);
+            }
+        }
+    }
+    let out = manager.wait_with_output().expect("job manager");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stopped.is_some(), "no worker to stop");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("restarts: 1"), "{stdout}");
+    assert!(stdout.contains("verified"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -61,6 +61,12 @@ pub enum ExecError {
     /// A checkpoint file did not decode, or belongs to a job of another shape.
     #[error("checkpoint {0}")]
     Checkpoint(String),
+    /// The input is malformed; replaying it would fail the same way.
+    #[error("input: {0}")]
+    Input(String),
+    /// A worker process or the job manager's network failed.
+    #[error("{0}")]
+    Cluster(String),
     /// Tasks kept failing.
     #[error("gave up after {restarts} restarts; last failure: {last}")]
     TooManyRestarts {
@@ -71,7 +77,7 @@ pub enum ExecError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExecError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExecError + '_ {
     move |source| ExecError::Io {
         path: path.to_path_buf(),
         source,
@@ -194,15 +200,34 @@ pub fn partition_of<K: Hash>(key: &K, partitions: usize) -> usize {
     (h.finish() % partitions as u64) as usize
 }
 
-enum Element<K, T> {
+/// What a channel carries, in FIFO order.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Element<K, T> {
     Records(Vec<(K, EventTime, T)>),
     Watermark(EventTime),
     Idle,
     Barrier(CheckpointId),
 }
 
+/// The sending end of a task's output channels: a local inbox, or a TCP connection to a
+/// task in another process ([`super::dist`]).
+pub(crate) trait Outlet<M>: Send + Sync {
+    /// Send `msg` on `channel`, waiting for a credit.
+    fn send(&self, channel: usize, msg: M) -> Result<(), Cancelled>;
+}
+
+impl<M: Send> Outlet<M> for Inbox<M> {
+    fn send(&self, channel: usize, msg: M) -> Result<(), Cancelled> {
+        Inbox::send(self, channel, msg)
+    }
+}
+
+/// Called with the channel of every element a task takes from its inbox, to return the
+/// credit to a remote sender.
+pub(crate) type CreditReturn = Arc<dyn Fn(usize) + Send + Sync>;
+
 /// The receiving end of all channels into one task, with per-channel credits.
-struct Inbox<M> {
+pub(crate) struct Inbox<M> {
     state: Mutex<InboxState<M>>,
     ready: Condvar,
     credit: Condvar,
@@ -214,10 +239,10 @@ struct InboxState<M> {
     closed: bool,
 }
 
-struct Cancelled;
+pub(crate) struct Cancelled;
 
 impl<M> Inbox<M> {
-    fn new(channels: usize, credits: usize) -> Self {
+    pub(crate) fn new(channels: usize, credits: usize) -> Self {
         Inbox {
             state: Mutex::new(InboxState {
                 queue: VecDeque::new(),
@@ -233,7 +258,7 @@ impl<M> Inbox<M> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn send(&self, channel: usize, msg: M) -> Result<(), Cancelled> {
+    pub(crate) fn send(&self, channel: usize, msg: M) -> Result<(), Cancelled> {
         let mut s = self.lock();
         loop {
             if s.closed {
@@ -267,7 +292,7 @@ impl<M> Inbox<M> {
         }
     }
 
-    fn close(&self) {
+    pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
         self.credit.notify_all();
@@ -281,26 +306,51 @@ struct Ack {
     window_ends: Vec<EventTime>,
 }
 
-struct WriteJob {
-    checkpoint: CheckpointId,
-    task: TaskId,
-    files: Vec<(PathBuf, Vec<u8>)>,
-    finished: bool,
-    window_ends: Vec<EventTime>,
+pub(crate) struct WriteJob {
+    pub(crate) checkpoint: CheckpointId,
+    pub(crate) task: TaskId,
+    pub(crate) files: Vec<(PathBuf, Vec<u8>)>,
+    pub(crate) finished: bool,
+    pub(crate) window_ends: Vec<EventTime>,
 }
 
 /// Shared between the coordinator and one attempt's tasks.
-struct Shared {
-    cancel: AtomicBool,
-    trigger: AtomicU64,
-    events_total: AtomicU64,
-    events_attempt: AtomicU64,
-    max_event_time: AtomicU64,
-    sources_finished: AtomicUsize,
-    watermarks: Vec<AtomicU64>,
-    fired: AtomicU64,
-    late: AtomicU64,
-    fire_latency_us: Mutex<Vec<u32>>,
+pub(crate) struct Shared {
+    pub(crate) cancel: AtomicBool,
+    pub(crate) trigger: AtomicU64,
+    pub(crate) events_total: AtomicU64,
+    pub(crate) events_attempt: AtomicU64,
+    pub(crate) max_event_time: AtomicU64,
+    pub(crate) sources_finished: AtomicUsize,
+    pub(crate) watermarks: Vec<AtomicU64>,
+    pub(crate) fired: AtomicU64,
+    pub(crate) late: AtomicU64,
+    pub(crate) fire_latency_us: Mutex<Vec<u32>>,
+    /// An error that replaying cannot cure (malformed input): the job fails instead of
+    /// restarting.
+    pub(crate) fatal: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub(crate) fn new(windows: usize, events_before: u64) -> Self {
+        Shared {
+            cancel: AtomicBool::new(false),
+            trigger: AtomicU64::new(0),
+            events_total: AtomicU64::new(events_before),
+            events_attempt: AtomicU64::new(0),
+            max_event_time: AtomicU64::new(0),
+            sources_finished: AtomicUsize::new(0),
+            watermarks: (0..windows).map(|_| AtomicU64::new(0)).collect(),
+            fired: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            fire_latency_us: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -310,31 +360,31 @@ struct SourceSnapshot {
 }
 
 #[derive(Serialize, Deserialize)]
-struct CompleteMarker {
-    checkpoint: CheckpointId,
-    sources: usize,
-    windows: usize,
+pub(crate) struct CompleteMarker {
+    pub(crate) checkpoint: CheckpointId,
+    pub(crate) sources: usize,
+    pub(crate) windows: usize,
 }
 
 /// Paths inside the state directory.
-struct Layout {
-    checkpoints: PathBuf,
-    pending: PathBuf,
-    committed: PathBuf,
+pub(crate) struct Layout {
+    pub(crate) checkpoints: PathBuf,
+    pub(crate) pending: PathBuf,
+    pub(crate) committed: PathBuf,
 }
 
 impl Layout {
-    fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path) -> Self {
         Layout {
             checkpoints: dir.join("checkpoints"),
             pending: dir.join("output").join("pending"),
             committed: dir.join("output").join("committed"),
         }
     }
-    fn checkpoint(&self, c: CheckpointId) -> PathBuf {
+    pub(crate) fn checkpoint(&self, c: CheckpointId) -> PathBuf {
         self.checkpoints.join(format!("chk-{:010}", c.0))
     }
-    fn create(&self) -> Result<(), ExecError> {
+    pub(crate) fn create(&self) -> Result<(), ExecError> {
         for d in [&self.checkpoints, &self.pending, &self.committed] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
@@ -343,7 +393,7 @@ impl Layout {
 }
 
 /// Write `bytes` to `path` durably: a temporary file, fsync, rename, fsync of the directory.
-fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
@@ -381,7 +431,7 @@ pub fn latest_complete(dir: &Path) -> Result<Option<CheckpointId>, ExecError> {
 
 /// Pending output files named `<checkpoint>-<rest>`: commit (rename) those of checkpoints
 /// up to `upto`, and with `discard_rest` delete the others. Both steps are idempotent.
-fn settle_pending(
+pub(crate) fn settle_pending(
     layout: &Layout,
     upto: Option<CheckpointId>,
     discard_rest: bool,
@@ -495,18 +545,7 @@ where
         }
         settle_pending(&layout, latest, true)?;
         let attempt = report.restarts as usize;
-        let shared = Arc::new(Shared {
-            cancel: AtomicBool::new(false),
-            trigger: AtomicU64::new(0),
-            events_total: AtomicU64::new(events_before),
-            events_attempt: AtomicU64::new(0),
-            max_event_time: AtomicU64::new(0),
-            sources_finished: AtomicUsize::new(0),
-            watermarks: (0..windows).map(|_| AtomicU64::new(0)).collect(),
-            fired: AtomicU64::new(0),
-            late: AtomicU64::new(0),
-            fire_latency_us: Mutex::new(Vec::new()),
-        });
+        let shared = Arc::new(Shared::new(windows, events_before));
         let crash_at = cfg.crash_plan.get(attempt).copied();
         let (ack_tx, ack_rx) = mpsc::channel::<Ack>();
         let (write_tx, write_rx) = mpsc::channel::<WriteJob>();
@@ -538,7 +577,10 @@ where
                 sources,
                 job_source: job.windowed.keyed.input.source.clone(),
                 key: job.windowed.keyed.key.clone(),
-                outputs: inboxes.clone(),
+                outputs: inboxes
+                    .iter()
+                    .map(|i| i.clone() as Arc<dyn Outlet<Element<K, T>>>)
+                    .collect(),
                 shared: shared.clone(),
                 writes: write_tx.clone(),
                 restore: latest.map(|c| layout.checkpoint(c)),
@@ -559,6 +601,7 @@ where
                 index: j,
                 sources,
                 inbox: inbox.clone(),
+                credit_return: None,
                 op: WindowOperator::new(
                     job.windowed.assigner,
                     job.windowed.allowed_lateness_ms,
@@ -640,7 +683,7 @@ enum Outcome {
     Failed(String),
 }
 
-fn spawn_task(
+pub(crate) fn spawn_task(
     name: String,
     f: impl FnOnce() -> Result<(), String> + Send + 'static,
 ) -> JoinHandle<Result<(), String>> {
@@ -722,6 +765,9 @@ fn coordinate(
         }
         for t in tasks.iter_mut() {
             if t.is_finished() {
+                if let Some(why) = shared.fatal() {
+                    return Err(ExecError::Input(why));
+                }
                 return Ok(Outcome::Failed(
                     "a task stopped unexpectedly (see the log for its error)".into(),
                 ));
@@ -765,7 +811,7 @@ fn coordinate(
 }
 
 /// Keep the latest complete checkpoint only; older ones are no longer needed.
-fn prune_checkpoints(layout: &Layout, latest: CheckpointId) {
+pub(crate) fn prune_checkpoints(layout: &Layout, latest: CheckpointId) {
     let Ok(entries) = fs::read_dir(&layout.checkpoints) else {
         return;
     };
@@ -783,24 +829,24 @@ fn prune_checkpoints(layout: &Layout, latest: CheckpointId) {
     }
 }
 
-struct SourceTask<K, T> {
-    index: usize,
-    sources: usize,
-    job_source: super::pipeline::SourceFactory<T>,
-    key: super::pipeline::KeyFn<K, T>,
-    outputs: Vec<Arc<Inbox<Element<K, T>>>>,
-    shared: Arc<Shared>,
-    writes: mpsc::Sender<WriteJob>,
-    restore: Option<PathBuf>,
-    checkpoint_dir: PathBuf,
-    bound_ms: u64,
-    idle_timeout: Duration,
-    batch: usize,
-    crash_at: Option<u64>,
+pub(crate) struct SourceTask<K, T> {
+    pub(crate) index: usize,
+    pub(crate) sources: usize,
+    pub(crate) job_source: super::pipeline::SourceFactory<T>,
+    pub(crate) key: super::pipeline::KeyFn<K, T>,
+    pub(crate) outputs: Vec<Arc<dyn Outlet<Element<K, T>>>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) writes: mpsc::Sender<WriteJob>,
+    pub(crate) restore: Option<PathBuf>,
+    pub(crate) checkpoint_dir: PathBuf,
+    pub(crate) bound_ms: u64,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) batch: usize,
+    pub(crate) crash_at: Option<u64>,
 }
 
 impl<K: Hash, T> SourceTask<K, T> {
-    fn run(self) -> Result<(), String> {
+    pub(crate) fn run(self) -> Result<(), String> {
         let mut source = (self.job_source)(self.index, self.sources);
         let mut gen = BoundedOutOfOrderness::new(self.bound_ms);
         if let Some(dir) = &self.restore {
@@ -919,6 +965,14 @@ impl<K: Hash, T> SourceTask<K, T> {
                     }
                     std::thread::sleep(Duration::from_micros(200));
                 }
+                SourcePoll::Failed => {
+                    let why = source
+                        .error()
+                        .unwrap_or_else(|| "the source failed".to_string());
+                    *self.shared.fatal.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(why.clone());
+                    return Err(why);
+                }
                 SourcePoll::Finished => {
                     flush(&mut bufs)?;
                     for p in 0..partitions {
@@ -932,18 +986,19 @@ impl<K: Hash, T> SourceTask<K, T> {
     }
 }
 
-struct WindowTask<K, T, G: Aggregate> {
-    index: usize,
-    sources: usize,
-    inbox: Arc<Inbox<Element<K, T>>>,
-    op: WindowOperator<K, Arc<G>>,
-    shared: Arc<Shared>,
-    writes: mpsc::Sender<WriteJob>,
-    restore: Option<PathBuf>,
-    checkpoint_dir: PathBuf,
-    pending_dir: PathBuf,
-    latency_origin: Option<Instant>,
-    crash_at: Option<u64>,
+pub(crate) struct WindowTask<K, T, G: Aggregate> {
+    pub(crate) index: usize,
+    pub(crate) sources: usize,
+    pub(crate) inbox: Arc<Inbox<Element<K, T>>>,
+    pub(crate) credit_return: Option<CreditReturn>,
+    pub(crate) op: WindowOperator<K, Arc<G>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) writes: mpsc::Sender<WriteJob>,
+    pub(crate) restore: Option<PathBuf>,
+    pub(crate) checkpoint_dir: PathBuf,
+    pub(crate) pending_dir: PathBuf,
+    pub(crate) latency_origin: Option<Instant>,
+    pub(crate) crash_at: Option<u64>,
 }
 
 impl<K, T, G> WindowTask<K, T, G>
@@ -952,7 +1007,7 @@ where
     T: Serialize,
     G: Aggregate<In = T>,
 {
-    fn run(mut self) -> Result<(), String> {
+    pub(crate) fn run(mut self) -> Result<(), String> {
         let task = (self.sources + self.index) as TaskId;
         if let Some(dir) = &self.restore {
             let path = dir.join(format!("window-{}", self.index));
@@ -981,7 +1036,12 @@ where
             let (ch, el) = match replay.pop_front() {
                 Some(x) => x,
                 None => match self.inbox.recv() {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        if let Some(credit_return) = &self.credit_return {
+                            credit_return(x.0);
+                        }
+                        x
+                    }
                     Err(Cancelled) => return Ok(()),
                 },
             };

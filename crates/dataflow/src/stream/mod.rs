@@ -31,6 +31,10 @@
 //! - [`exec`]: the executor: parallel source and window tasks on threads, hash partitioning
 //!   by key, credit-based flow control, checkpoints in a durable state backend (files with
 //!   fsync), the two-phase-commit file sink, and restart from the latest checkpoint.
+//! - [`dist`]: the same tasks spread over worker processes: a job manager that assigns
+//!   tasks, coordinates checkpoints over TCP and restarts the job from the latest complete
+//!   checkpoint when a worker dies; a TCP shuffle with length-prefixed frames and credits.
+//! - [`file`]: a file source split into byte ranges, replayable by byte offset.
 //! - [`jobs`]: built-in jobs (windowed counts, sessionization, the Yahoo streaming benchmark
 //!   shape) with their batch reference answers.
 //! - `sim` (tests and the `harness` feature): the coordinator and checkpoint protocol as
@@ -51,7 +55,9 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod dist;
 pub mod exec;
+pub mod file;
 pub mod jobs;
 pub mod pipeline;
 pub mod time;

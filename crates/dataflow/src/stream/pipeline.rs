@@ -43,6 +43,9 @@ pub enum SourcePoll {
     Idle,
     /// The input is exhausted for good.
     Finished,
+    /// The input is broken (a malformed record); [`Source::error`] says how. Replaying
+    /// cannot cure it, so the job fails.
+    Failed,
 }
 
 /// A replayable, partitioned input. One instance reads one partition; its position is an
@@ -52,8 +55,12 @@ pub trait Source<T>: Send {
     fn poll(&mut self, out: &mut Vec<Event<T>>, max: usize) -> SourcePoll;
     /// The position after the last record returned.
     fn offset(&self) -> u64;
-    /// Continue after `offset` records (recovery).
+    /// Continue from `offset`, a value [`Source::offset`] returned (recovery).
     fn seek(&mut self, offset: u64) -> Result<(), String>;
+    /// Why the last poll returned [`SourcePoll::Failed`].
+    fn error(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Builds the source instance for `(partition, partitions)`.
@@ -182,6 +189,9 @@ impl<T: Send, U: Send, F: Fn(T, &mut Vec<U>) + Send + Sync> Source<U> for Chaine
     }
     fn seek(&mut self, offset: u64) -> Result<(), String> {
         self.inner.seek(offset)
+    }
+    fn error(&self) -> Option<String> {
+        self.inner.error()
     }
 }
 
