@@ -161,7 +161,13 @@ impl MasterServer {
                         opts.output.display()
                     );
                 }
-                let splits = make_splits(&opts.input, opts.split_size)
+                // A binary input is read whole: one split per file.
+                let split_size = if jobs::whole_file_input(&opts.job) {
+                    u64::MAX
+                } else {
+                    opts.split_size
+                };
+                let splits = make_splits(&opts.input, split_size)
                     .with_context(|| format!("read input directory {}", opts.input.display()))?;
                 if splits.is_empty() {
                     bail!(

@@ -2,11 +2,14 @@
 //! each, a simple single-threaded reference implementation that the tests compare with.
 
 use super::api::{Combiner, MapOutput, Mapper, Record, ReduceOutput, Reducer};
-use super::task::{read_lines, Job, TaskRunner};
+use super::shuffle::{decode_value, MapBuffer, Merger, SegmentInfo, SegmentReader};
+use super::task::{read_lines, Counters, Job, MapResult, Split, TaskRunner};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Parameters of a job: name → value, as given on the command line.
 pub type Params = BTreeMap<String, String>;
@@ -49,23 +52,19 @@ pub fn build(name: &str, params: &Params) -> Result<Box<dyn TaskRunner>, JobErro
             let n: f64 = param(params, "nodes")?;
             let damping: f64 = param(params, "damping")?;
             let dangling: f64 = param(params, "dangling")?;
+            let graph: String = param(params, "graph")?;
             if !(n >= 1.0 && (0.0..=1.0).contains(&damping) && dangling >= 0.0) {
                 return Err(JobError::Param {
                     name: "nodes/damping/dangling".into(),
                     problem: "out of range".into(),
                 });
             }
-            Box::new(
-                Job::new(
-                    RankMap { n },
-                    RankReduce {
-                        n,
-                        damping,
-                        dangling,
-                    },
-                )
-                .with_combiner(RankCombine),
-            )
+            Box::new(RankIteration {
+                n,
+                damping,
+                dangling,
+                graph: graph.into(),
+            })
         }
         other => return Err(JobError::Unknown(other.to_string())),
     })
@@ -456,10 +455,17 @@ pub fn top_urls(lines: &[String], k: usize) -> Vec<(String, u64)> {
 }
 
 // ---------------------------------------------------------------------------------------
-// PageRank (Page et al. 1999) as iterated MapReduce jobs. `pagerank-build` turns an edge
-// list (`src dst` lines) into adjacency lines `node<TAB><TAB>out,out`; each `pagerank`
-// iteration maps `node<TAB>rank<TAB>outs` (an empty rank means 1/N) to contributions and
-// reduces to the next ranks:
+// PageRank (Page et al. 1999) as iterated MapReduce jobs over a partitioned binary graph.
+//
+// `pagerank-build` turns an edge list (`src dst` lines) into R binary partition files, one
+// per reduce task: partition r holds, in shuffle key order, every node whose key hashes to
+// r, with its rank and sorted out-links. Each `pagerank` iteration then takes those R files
+// as its M = R map inputs (one whole file per map task). A map task sends each node's
+// share of rank along its out-links, summed by the combiner; reduce task r merge-joins the
+// summed contributions with partition r of the previous iteration, read directly from the
+// previous output rather than shuffled: the "Schimmy" pattern of Lin & Schatz, "Design
+// Patterns for Efficient Graph Algorithms in MapReduce" (MLG 2010), which keeps the graph
+// structure out of the shuffle. The rule is
 //   r'(v) = (1-d)/N + d·(Σ_{u→v} r(u)/outdeg(u) + D/N)
 // where D is the rank held by dangling nodes (no out-links), spread evenly (the
 // "random jump" treatment). Counters carry D for the next iteration and the L1 change.
@@ -501,7 +507,118 @@ fn join_ids(ids: &[u64]) -> String {
     s
 }
 
-/// Build's reducer: sorted, de-duplicated out-links.
+/// The binary graph partition format shared by `pagerank-build` and `pagerank`: one record
+/// per node, `varint(node) f64-le(rank) varint(outdeg) varint(first out) varint(gap)...`,
+/// with the out-links sorted and de-duplicated, and the records in shuffle key order. The
+/// node's varint is its postcard encoding, i.e. its shuffle key. A NaN rank means "not yet
+/// ranked" (1/N).
+pub mod graph_file {
+    use std::io;
+
+    /// One node of a partition.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Node<'a> {
+        /// The node's encoded key (its varint).
+        pub key: &'a [u8],
+        /// The node id.
+        pub id: u64,
+        /// Its rank (NaN before the first iteration).
+        pub rank: f64,
+        /// Number of out-links.
+        pub degree: u64,
+        /// The encoded out-links (use [`out_links`]).
+        pub links: &'a [u8],
+    }
+
+    pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn damaged(what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("damaged graph partition: {what}"),
+        )
+    }
+
+    fn varint(b: &[u8], pos: &mut usize) -> io::Result<u64> {
+        let mut v = 0u64;
+        let mut shift = 0;
+        loop {
+            let byte = *b.get(*pos).ok_or_else(|| damaged("truncated varint"))?;
+            *pos += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(damaged("varint longer than 10 bytes"));
+            }
+        }
+    }
+
+    /// Append one node record; `links` must be sorted and free of duplicates.
+    pub fn write_node(out: &mut Vec<u8>, id: u64, rank: f64, links: &[u64]) {
+        put_varint(out, id);
+        out.extend_from_slice(&rank.to_le_bytes());
+        put_varint(out, links.len() as u64);
+        let mut prev = 0;
+        for &l in links {
+            put_varint(out, l - prev);
+            prev = l;
+        }
+    }
+
+    /// Read the record at `*pos`, advancing it past the record.
+    pub fn read_node<'a>(b: &'a [u8], pos: &mut usize) -> io::Result<Node<'a>> {
+        let start = *pos;
+        let id = varint(b, pos)?;
+        let key = &b[start..*pos];
+        let raw = b
+            .get(*pos..*pos + 8)
+            .ok_or_else(|| damaged("truncated rank"))?;
+        let mut r = [0u8; 8];
+        r.copy_from_slice(raw);
+        *pos += 8;
+        let degree = varint(b, pos)?;
+        if degree > (b.len() - *pos) as u64 {
+            return Err(damaged("out-degree larger than the file"));
+        }
+        let links_start = *pos;
+        for _ in 0..degree {
+            varint(b, pos)?;
+        }
+        Ok(Node {
+            key,
+            id,
+            rank: f64::from_le_bytes(r),
+            degree,
+            links: &b[links_start..*pos],
+        })
+    }
+
+    /// The out-links of a record, decoded.
+    pub fn out_links(links: &[u8]) -> impl Iterator<Item = u64> + '_ {
+        let mut pos = 0;
+        let mut prev = 0u64;
+        std::iter::from_fn(move || {
+            if pos >= links.len() {
+                return None;
+            }
+            // The bytes were checked by read_node.
+            let gap = varint(links, &mut pos).ok()?;
+            prev = prev.wrapping_add(gap);
+            Some(prev)
+        })
+    }
+}
+
+/// Build's reducer: sorted, de-duplicated out-links, written as a binary graph record.
 pub struct BuildReduce;
 impl Reducer for BuildReduce {
     type Key = u64;
@@ -519,20 +636,14 @@ impl Reducer for BuildReduce {
         if outs.is_empty() {
             out.count("dangling_nodes", 1.0);
         }
-        writeln!(out, "{key}\t\t{}", join_ids(&outs));
+        let mut rec = Vec::with_capacity(16 + outs.len() * 3);
+        graph_file::write_node(&mut rec, key, f64::NAN, &outs);
+        out.write_all(&rec);
     }
 }
 
-/// A PageRank value: the sum of contributions, and (once per node) its old rank and links.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RankValue {
-    /// Sum of rank contributions from in-links.
-    pub sum: f64,
-    /// The node's own line: old rank and out-links.
-    pub node: Option<(f64, Vec<u64>)>,
-}
-
-/// One parsed adjacency line.
+/// One parsed text rank line, `node<TAB>rank<TAB>out,out` (the final output of
+/// [`run_pagerank`]).
 pub fn parse_rank_line(line: &[u8], n: f64) -> Option<(u64, f64, Vec<u64>)> {
     let s = std::str::from_utf8(line).ok()?;
     let mut f = s.split('\t');
@@ -552,81 +663,202 @@ pub fn parse_rank_line(line: &[u8], n: f64) -> Option<(u64, f64, Vec<u64>)> {
     Some((node, rank, outs))
 }
 
-/// A PageRank iteration's mapper.
-pub struct RankMap {
-    n: f64,
-}
-impl Mapper for RankMap {
-    type Key = u64;
-    type Value = RankValue;
-    fn map(&self, r: Record<'_>, out: &mut MapOutput<'_, RankValue>) {
-        let Some((node, rank, outs)) = parse_rank_line(r.line, self.n) else {
-            return;
-        };
-        if !outs.is_empty() {
-            let share = rank / outs.len() as f64;
-            for d in &outs {
-                out.emit(
-                    d,
-                    RankValue {
-                        sum: share,
-                        node: None,
-                    },
-                );
-            }
-        }
-        out.emit(
-            &node,
-            RankValue {
-                sum: 0.0,
-                node: Some((rank, outs)),
-            },
-        );
+/// Sums rank contributions: the iteration's combiner.
+pub struct SumF64;
+impl Combiner<f64> for SumF64 {
+    fn combine(&self, acc: &mut f64, next: f64) {
+        *acc += next;
     }
 }
 
-/// Adds contributions and keeps the node's own line.
-pub struct RankCombine;
-impl Combiner<RankValue> for RankCombine {
-    fn combine(&self, acc: &mut RankValue, next: RankValue) {
-        acc.sum += next.sum;
-        if acc.node.is_none() {
-            acc.node = next.node;
-        }
-    }
+fn read_partition(path: &Path) -> io::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
-/// A PageRank iteration's reducer.
-pub struct RankReduce {
+/// One PageRank iteration over binary graph partitions (see the section comment): a
+/// [`TaskRunner`] of its own, because its reducer reads a side input.
+pub struct RankIteration {
     n: f64,
     damping: f64,
     dangling: f64,
+    graph: std::path::PathBuf,
 }
-impl Reducer for RankReduce {
-    type Key = u64;
-    type Value = RankValue;
-    fn reduce(
+
+impl TaskRunner for RankIteration {
+    fn run_map(
         &self,
-        key: u64,
-        values: &mut dyn Iterator<Item = RankValue>,
-        out: &mut ReduceOutput<'_>,
-    ) {
-        let mut sum = 0.0;
-        let mut node = None;
-        for v in values {
-            sum += v.sum;
-            if node.is_none() {
-                node = v.node;
+        split: &Split,
+        partitions: u32,
+        sort_mem: usize,
+        dir: &Path,
+        name: &str,
+        cancel: &AtomicBool,
+    ) -> io::Result<MapResult> {
+        if split.start != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: a graph partition is read whole, not from byte {}",
+                    split.path.display(),
+                    split.start
+                ),
+            ));
+        }
+        let bytes = read_partition(&split.path)?;
+        let mut buffer: MapBuffer<f64> =
+            MapBuffer::new(partitions, Some(Arc::new(SumF64)), sort_mem, dir, name);
+        let mut key = Vec::with_capacity(10);
+        let mut pos = 0;
+        let mut records_in = 0u64;
+        while pos < bytes.len() {
+            let node = graph_file::read_node(&bytes, &mut pos)?;
+            records_in += 1;
+            if node.degree > 0 {
+                let rank = if node.rank.is_nan() {
+                    1.0 / self.n
+                } else {
+                    node.rank
+                };
+                let share = rank / node.degree as f64;
+                for dst in graph_file::out_links(node.links) {
+                    key.clear();
+                    graph_file::put_varint(&mut key, dst);
+                    buffer.push_checked(&key, share)?;
+                }
+            }
+            if records_in.is_multiple_of(65_536) && cancel.load(Ordering::Relaxed) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "attempt cancelled",
+                ));
             }
         }
-        let (old, outs) = node.unwrap_or((1.0 / self.n, Vec::new()));
-        let rank = (1.0 - self.damping) / self.n + self.damping * (sum + self.dangling / self.n);
-        out.count("delta", (rank - old).abs());
-        if outs.is_empty() {
-            out.count("dangling", rank);
-        }
-        writeln!(out, "{key}\t{rank}\t{}", join_ids(&outs));
+        let emitted = buffer.emitted;
+        let spills = buffer.spills();
+        let segments = buffer.finish()?;
+        Ok(MapResult {
+            segments,
+            records_in,
+            emitted,
+            spills,
+        })
     }
+
+    fn run_reduce(
+        &self,
+        partition: u32,
+        inputs: &[(std::path::PathBuf, SegmentInfo)],
+        out: &mut dyn Write,
+        cancel: &AtomicBool,
+    ) -> io::Result<Counters> {
+        let side = self.graph.join(format!("part-{partition:05}"));
+        let bytes = read_partition(&side)?;
+        let readers = inputs
+            .iter()
+            .map(|(p, s)| SegmentReader::open(p, *s))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut merger = Merger::new(readers)?;
+        let (mut delta, mut dangling) = (0.0, 0.0);
+        let mut rec = Vec::with_capacity(1 << 16);
+        let mut pos = 0;
+        let mut nodes = 0u64;
+        while pos < bytes.len() {
+            let node = graph_file::read_node(&bytes, &mut pos)?;
+            if merger.peek_key().is_some_and(|k| k < node.key) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "a rank contribution for a node missing from {}",
+                        side.display()
+                    ),
+                ));
+            }
+            let mut sum = 0.0;
+            while merger.peek_key() == Some(node.key) {
+                let Some(head) = merger.pop() else { break };
+                sum += decode_value::<f64>(&head.value)?;
+                merger.refill(head)?;
+            }
+            let old = if node.rank.is_nan() {
+                1.0 / self.n
+            } else {
+                node.rank
+            };
+            let rank =
+                (1.0 - self.damping) / self.n + self.damping * (sum + self.dangling / self.n);
+            delta += (rank - old).abs();
+            if node.degree == 0 {
+                dangling += rank;
+            }
+            // Copy the record with the new rank: key, rank, then the links as they were.
+            rec.extend_from_slice(node.key);
+            rec.extend_from_slice(&rank.to_le_bytes());
+            graph_file::put_varint(&mut rec, node.degree);
+            rec.extend_from_slice(node.links);
+            if rec.len() >= 1 << 16 {
+                out.write_all(&rec)?;
+                rec.clear();
+            }
+            nodes += 1;
+            if nodes.is_multiple_of(65_536) && cancel.load(Ordering::Relaxed) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "attempt cancelled",
+                ));
+            }
+        }
+        if merger.peek_key().is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a rank contribution for a node missing from {}",
+                    side.display()
+                ),
+            ));
+        }
+        out.write_all(&rec)?;
+        out.flush()?;
+        let mut counters = Counters::new();
+        counters.insert("delta".into(), delta);
+        counters.insert("dangling".into(), dangling);
+        Ok(counters)
+    }
+}
+
+/// Whether a job reads whole input files as its splits (binary inputs).
+pub fn whole_file_input(job: &str) -> bool {
+    job == "pagerank"
+}
+
+/// Write the binary partitions of `graph` as text lines `node<TAB>rank<TAB>out,out` into
+/// `dir` (one file per partition), with `1/n` for a node not yet ranked.
+pub fn write_rank_text(graph: &Path, dir: &Path, n: f64) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for path in super::task::list_inputs(graph)? {
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        if !name.to_string_lossy().starts_with("part-") {
+            continue;
+        }
+        let bytes = read_partition(&path)?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dir.join(name))?);
+        let mut pos = 0;
+        let mut links = Vec::new();
+        while pos < bytes.len() {
+            let node = graph_file::read_node(&bytes, &mut pos)?;
+            let rank = if node.rank.is_nan() {
+                1.0 / n
+            } else {
+                node.rank
+            };
+            links.clear();
+            links.extend(graph_file::out_links(node.links));
+            writeln!(out, "{}\t{rank}\t{}", node.id, join_ids(&links))?;
+        }
+        out.flush()?;
+    }
+    Ok(())
 }
 
 /// Reference PageRank on an edge list, with the same formula, iterating until the L1
@@ -721,9 +953,9 @@ pub struct PageRankRun {
 pub type StageRunner<'a> =
     dyn FnMut(&str, Params, &Path, &Path, &str) -> anyhow::Result<super::task::Counters> + 'a;
 
-/// PageRank as a chain of jobs: build the adjacency lists, then iterate until the L1 change
-/// is below `tolerance` or `max_iterations` pass. Stage outputs go under `output`
-/// (`graph`, `iter-001`, ...).
+/// PageRank as a chain of jobs: build the partitioned binary graph, then iterate until the
+/// L1 change is below `tolerance` or `max_iterations` pass, then write the ranks as text.
+/// Stage outputs go under `output` (`graph`, `iter-001`, ..., and `ranks`).
 pub fn run_pagerank(
     input: &Path,
     output: &Path,
@@ -750,6 +982,7 @@ pub fn run_pagerank(
             ("nodes".to_string(), format!("{nodes}")),
             ("damping".to_string(), format!("{damping}")),
             ("dangling".to_string(), format!("{dangling}")),
+            ("graph".to_string(), current.to_string_lossy().into_owned()),
         ]
         .into_iter()
         .collect();
@@ -764,10 +997,12 @@ pub fn run_pagerank(
         dangling = c.get("dangling").copied().unwrap_or(0.0);
         current = out;
     }
+    let ranks = output.join("ranks");
+    write_rank_text(&current, &ranks, nodes)?;
     Ok(PageRankRun {
         nodes,
         iterations,
         delta,
-        ranks: current,
+        ranks,
     })
 }

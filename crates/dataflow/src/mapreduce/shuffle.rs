@@ -418,7 +418,7 @@ impl<V: Serialize + DeserializeOwned + 'static> MapBuffer<V> {
         self.spills.len()
     }
 
-    fn push_checked(&mut self, key: &[u8], value: V) -> io::Result<()> {
+    pub(crate) fn push_checked(&mut self, key: &[u8], value: V) -> io::Result<()> {
         self.emitted += 1;
         let p = partition_of(key, self.partitions);
         if let Some(c) = &self.combiner {

@@ -228,7 +228,7 @@ fn run_reduce(
     let tmp = tmp_dir.join(format!("part-{index:05}.{}", attempt.0));
     let file = File::create(&tmp)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    let result = runner.run_reduce(&inputs, &mut out, cancel);
+    let result = runner.run_reduce(index, &inputs, &mut out, cancel);
     for (p, _) in &inputs {
         let _ = std::fs::remove_file(p);
     }
