@@ -63,6 +63,7 @@ fn run_stage(
         assert!(waited < 3000, "job did not finish in 60 s");
     }
     server.finalize(output)?;
+    server.close();
     for h in handles {
         h.join().expect("worker thread").expect("worker ran");
     }
