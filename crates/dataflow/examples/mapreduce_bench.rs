@@ -1,10 +1,13 @@
-//! Release-mode measurement of the MapReduce runner without building the whole CLI: a
-//! master and N workers (threads, each with its own TCP data server and scratch
-//! directory, talking over loopback exactly as worker processes do) run word count or
-//! PageRank, then the tuned single-threaded baseline runs on the same input.
+//! Release-mode measurement of the MapReduce runner without building the whole CLI: one
+//! session (a master and N workers as threads, each with its own TCP data server and
+//! scratch directory, talking over loopback exactly as worker processes do) runs word
+//! count or PageRank, then the tuned single-threaded baseline runs on the same input.
 //!
 //! cargo run --release -p synod-dataflow --example mapreduce_bench -- \
-//!     wordcount INPUT OUT_DIR WORKERS [ITERATIONS]
+//!     wordcount|pagerank INPUT OUT_DIR WORKERS [ITERATIONS]
+//! MR_ONLY=synod|baseline runs one side only (for /usr/bin/time CPU figures).
+//! gen-text DIR BYTES FILES and gen-graph DIR SCALE EDGES FILES run the CLI's generators
+//! (seed 1).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use std::path::Path;
@@ -91,6 +94,32 @@ impl Session {
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
+    // The CLI's generators with its default seed (1), for when only this example is built:
+    // gen-text DIR BYTES FILES | gen-graph DIR SCALE EDGES FILES.
+    match a.get(1).map(String::as_str) {
+        Some("gen-text") if a.len() == 5 => {
+            let n = synod_dataflow::mapreduce::gen::text(
+                Path::new(&a[2]),
+                a[3].parse()?,
+                a[4].parse()?,
+                1,
+            )?;
+            println!("{n} bytes of text");
+            return Ok(());
+        }
+        Some("gen-graph") if a.len() == 6 => {
+            let n = synod_dataflow::mapreduce::gen::rmat(
+                Path::new(&a[2]),
+                a[3].parse()?,
+                a[4].parse()?,
+                a[5].parse()?,
+                1,
+            )?;
+            println!("{n} edges");
+            return Ok(());
+        }
+        _ => {}
+    }
     anyhow::ensure!(
         a.len() >= 5,
         "usage: JOB INPUT OUT_DIR WORKERS [ITERATIONS]"

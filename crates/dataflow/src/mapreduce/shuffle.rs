@@ -248,9 +248,13 @@ impl SegmentWriter {
         s
     }
 
+    /// Flush the file. It is not fsynced: map output lives on the worker's local disk and
+    /// dies with the worker (§3.3, a restarted worker is a new one and its completed maps
+    /// run again), so durability would buy nothing; the rename after this makes the file
+    /// complete-or-absent for the data server.
     pub(crate) fn finish(self) -> io::Result<()> {
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_data()
+        self.out.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
     }
 }
 
