@@ -1232,3 +1232,47 @@ pub fn run_pagerank(
         ranks,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::graph_file;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The destination table's sort key orders ids exactly as the shuffle orders their
+        /// encoded keys (bytewise), which the reducer's merge-join relies on.
+        #[test]
+        fn key_order_is_the_shuffle_order(a in any::<u64>(), b in any::<u64>()) {
+            let (mut ka, mut kb) = (Vec::new(), Vec::new());
+            graph_file::put_varint(&mut ka, a);
+            graph_file::put_varint(&mut kb, b);
+            prop_assert_eq!(&ka, &postcard::to_allocvec(&a).unwrap());
+            prop_assert_eq!(
+                graph_file::key_order(a).cmp(&graph_file::key_order(b)),
+                ka.cmp(&kb)
+            );
+        }
+
+        /// A node record reads back as written, and every truncation of it is an error, not
+        /// a panic.
+        #[test]
+        fn node_records_round_trip_and_truncation_is_an_error(
+            id in any::<u64>(),
+            rank in any::<f64>(),
+            links in proptest::collection::vec(any::<u32>(), 0..20),
+        ) {
+            let mut b = Vec::new();
+            graph_file::write_node(&mut b, id, rank, &links);
+            let mut pos = 0;
+            let node = graph_file::read_node(&b, &mut pos).unwrap();
+            prop_assert_eq!(pos, b.len());
+            prop_assert_eq!(node.id, id);
+            prop_assert_eq!(node.rank.to_bits(), rank.to_bits());
+            prop_assert_eq!(graph_file::out_links(node.links).collect::<Vec<_>>(), links);
+            for cut in 0..b.len() {
+                let mut pos = 0;
+                prop_assert!(graph_file::read_node(&b[..cut], &mut pos).is_err());
+            }
+        }
+    }
+}
