@@ -6,7 +6,11 @@
 #   bench/mapreduce-compare.sh                 # 1 GiB of text, R-MAT graph of 10M edges
 #   TEXT=256MiB EDGES=2000000 SCALE=20 bench/mapreduce-compare.sh   # smaller
 #
-# Needs: cargo, python3 with pyspark (pip install pyspark), Java 17.
+# Each row gives wall-clock seconds and CPU seconds (user + system, from /usr/bin/time):
+# on a shared machine the CPU time is the steadier figure. synod and the baseline run
+# ROUNDS times, alternately; Spark runs once, bounded by SPARK_TIMEOUT seconds.
+#
+# Needs: cargo, python3 with pyspark (pip install pyspark), Java 17, /usr/bin/time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TEXT=${TEXT:-1GiB}
@@ -14,15 +18,16 @@ EDGES=${EDGES:-10000000}
 SCALE=${SCALE:-22}
 ITERATIONS=${ITERATIONS:-10}
 WORKERS=${WORKERS:-2}
+ROUNDS=${ROUNDS:-3}
 SKIP_SPARK=${SKIP_SPARK:-0}
+SPARK_TIMEOUT=${SPARK_TIMEOUT:-1800}
 DIR=${DIR:-/tmp/synod-mr-bench}
+TARGET=${CARGO_TARGET_DIR:-target}
 mkdir -p "$DIR"
 cargo build --release -p synod >/dev/null
-SYNOD=target/release/synod
-now() { date +%s.%N; }
-elapsed() { echo "$(now) - $1" | bc; }
+SYNOD=$TARGET/release/synod
 
-echo "# machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d)"
+echo "# machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%dT%H:%MZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ ! -d "$DIR/text-$TEXT" ]; then
   $SYNOD job gen text --size "$TEXT" --files 16 --output "$DIR/text-$TEXT"
 fi
@@ -30,39 +35,53 @@ if [ ! -d "$DIR/graph-$EDGES" ]; then
   $SYNOD job gen graph --scale "$SCALE" --edges "$EDGES" --files 8 --output "$DIR/graph-$EDGES"
 fi
 
-row() { printf '%-10s %-26s %8.2f s\n' "$1" "$2" "$3"; }
+# measure NAME LABEL CMD...: run CMD, print wall and CPU seconds.
+measure() {
+  local job=$1 label=$2; shift 2
+  local t="$DIR/time.$$"
+  if /usr/bin/time -f '%e %U %S' -o "$t" "$@" >/dev/null 2>"$DIR/stderr.$$"; then
+    read -r wall user sys < <(tail -1 "$t")
+    printf '%-10s %-26s %9.2f s wall %9.2f s cpu\n' "$job" "$label" "$wall" "$(echo "$user + $sys" | bc)"
+  else
+    printf '%-10s %-26s did not finish (see %s)\n' "$job" "$label" "$DIR/stderr.$$"
+  fi
+}
 
 # --- word count
-rm -rf "$DIR/wc-synod" "$DIR/wc-spark"
-t=$(now); $SYNOD job run wordcount --quiet --workers "$WORKERS" --reduces 4 \
-  --input "$DIR/text-$TEXT" --output "$DIR/wc-synod" >/dev/null; wc_synod=$(elapsed "$t")
-t=$(now); $SYNOD job baseline wordcount --input "$DIR/text-$TEXT" --output "$DIR/wc-base.txt" >/dev/null
-wc_base=$(elapsed "$t")
-t=$(now); $SYNOD job run wordcount --quiet --workers 1 --reduces 4 \
-  --input "$DIR/text-$TEXT" --output "$DIR/wc-synod1" >/dev/null; wc_synod1=$(elapsed "$t")
+for r in $(seq "$ROUNDS"); do
+  rm -rf "$DIR/wc-synod"
+  measure wordcount "synod ($WORKERS workers)" $SYNOD job run wordcount --quiet --workers "$WORKERS" \
+    --reduces 4 --input "$DIR/text-$TEXT" --output "$DIR/wc-synod"
+  measure wordcount "single thread (COST)" $SYNOD job baseline wordcount \
+    --input "$DIR/text-$TEXT" --output "$DIR/wc-base.txt"
+done
+rm -rf "$DIR/wc-synod1"
+measure wordcount "synod (1 worker)" $SYNOD job run wordcount --quiet --workers 1 --reduces 4 \
+  --input "$DIR/text-$TEXT" --output "$DIR/wc-synod1"
 rm -rf "$DIR/wc-synod1"
 # Same answer as the baseline.
 cat "$DIR"/wc-synod/part-* | sort > "$DIR/wc-synod.txt"
 sort "$DIR/wc-base.txt" | cmp - "$DIR/wc-synod.txt" && echo "wordcount: synod output equals the baseline's"
-row wordcount "synod ($WORKERS workers)" "$wc_synod"
-row wordcount "synod (1 worker)" "$wc_synod1"
-row wordcount "single thread (COST)" "$wc_base"
 if [ "$SKIP_SPARK" = 0 ]; then
-  t=$(now); python3 bench/mapreduce-spark.py wordcount "$DIR/text-$TEXT" "$DIR/wc-spark" 2 >/dev/null 2>&1
-  row wordcount "spark local[2]" "$(elapsed "$t")"
+  rm -rf "$DIR/wc-spark"
+  measure wordcount "spark local[2]" timeout "$SPARK_TIMEOUT" \
+    python3 bench/mapreduce-spark.py wordcount "$DIR/text-$TEXT" "$DIR/wc-spark" 2
 fi
 
 # --- PageRank, a fixed number of iterations for all three
-rm -rf "$DIR/pr-synod" "$DIR/pr-spark"
-t=$(now); $SYNOD job run pagerank --quiet --workers "$WORKERS" --reduces 4 \
-  --max-iterations "$ITERATIONS" --tolerance 1e-300 \
-  --input "$DIR/graph-$EDGES" --output "$DIR/pr-synod" >/dev/null; pr_synod=$(elapsed "$t")
-t=$(now); $SYNOD job baseline pagerank --max-iterations "$ITERATIONS" --tolerance 1e-300 \
-  --input "$DIR/graph-$EDGES" --output "$DIR/pr-base.txt" >/dev/null; pr_base=$(elapsed "$t")
-row pagerank "synod ($WORKERS workers)" "$pr_synod"
-row pagerank "single thread (COST)" "$pr_base"
+for r in $(seq "$ROUNDS"); do
+  rm -rf "$DIR/pr-synod"
+  measure pagerank "synod ($WORKERS workers)" $SYNOD job run pagerank --quiet --workers "$WORKERS" \
+    --reduces 4 --max-iterations "$ITERATIONS" --tolerance 1e-300 \
+    --input "$DIR/graph-$EDGES" --output "$DIR/pr-synod"
+  measure pagerank "single thread (COST)" $SYNOD job baseline pagerank \
+    --max-iterations "$ITERATIONS" --tolerance 1e-300 \
+    --input "$DIR/graph-$EDGES" --output "$DIR/pr-base.txt"
+done
 if [ "$SKIP_SPARK" = 0 ]; then
-  t=$(now); python3 bench/mapreduce-spark.py pagerank "$DIR/graph-$EDGES" "$DIR/pr-spark" "$ITERATIONS" 2 >/dev/null 2>&1
-  row pagerank "spark local[2]" "$(elapsed "$t")"
+  rm -rf "$DIR/pr-spark"
+  measure pagerank "spark local[2]" timeout "$SPARK_TIMEOUT" \
+    python3 bench/mapreduce-spark.py pagerank "$DIR/graph-$EDGES" "$DIR/pr-spark" "$ITERATIONS" 2
 fi
+rm -f "$DIR/time.$$"
 echo "input: text $TEXT; graph 2^$SCALE vertices, $EDGES edges, $ITERATIONS iterations"

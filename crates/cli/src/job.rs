@@ -217,7 +217,7 @@ pub(crate) fn run(cmd: JobCommand) -> Result<ExitCode> {
             run_worker(&WorkerOptions {
                 master: a.master,
                 dir: a.dir,
-                heartbeat: Duration::from_millis(100),
+                heartbeat: Duration::from_millis(25),
                 master_grace: Duration::from_secs(30),
                 task_delay: a.task_delay,
             })?;
@@ -359,7 +359,42 @@ fn bar(multi: &MultiProgress, label: &str, len: u32, quiet: bool) -> ProgressBar
     b
 }
 
-fn run_stage(stage: &Stage<'_>) -> Result<StageResult> {
+/// One master and its local worker processes, kept for every stage of a run (the
+/// PageRank build and iterations run on the same workers).
+#[derive(Default)]
+struct Session {
+    server: Option<MasterServer>,
+    children: Vec<Option<Child>>,
+    restarts: u32,
+}
+
+impl Session {
+    /// Tell the workers there are no more jobs and wait for them to exit.
+    fn close(&mut self) {
+        if let Some(server) = &self.server {
+            server.close();
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for child in self.children.iter_mut().flatten() {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn run_stage(stage: &Stage<'_>, session: &mut Session) -> Result<StageResult> {
     let a = stage.args;
     let opts = JobOptions {
         job: stage.job.to_string(),
@@ -375,7 +410,16 @@ fn run_stage(stage: &Stage<'_>) -> Result<StageResult> {
         },
         listen: a.listen,
     };
-    let server = MasterServer::start(&opts)?;
+    let work_dir = a.work_dir.clone().unwrap_or_else(|| a.output.join("_work"));
+    let fresh = session.server.is_none();
+    let server = match session.server.take() {
+        Some(server) => {
+            server.next_job(&opts)?;
+            server
+        }
+        None => MasterServer::start(&opts)?,
+    };
+    let server = &*session.server.insert(server);
     let multi = MultiProgress::new();
     let mut progress = server.tick()?;
     let map_bar = bar(
@@ -390,22 +434,24 @@ fn run_stage(stage: &Stage<'_>) -> Result<StageResult> {
         progress.reduces,
         a.quiet,
     );
-    let work_dir = a.work_dir.clone().unwrap_or_else(|| a.output.join("_work"));
-    let mut children: Vec<Option<Child>> = Vec::new();
-    if !server.finished() {
-        if a.workers == 0 {
-            eprintln!("master listening on {}; start workers with `synod job worker --master {} --dir DIR`", server.addr(), server.addr());
-        }
+    if fresh && a.workers == 0 {
+        eprintln!(
+            "master listening on {}; start workers with `synod job worker --master {} --dir DIR`",
+            server.addr(),
+            server.addr()
+        );
+    }
+    // Local workers start with the first stage that has work (a resumed stage may be done).
+    if session.children.is_empty() && !server.finished() {
         for i in 0..a.workers {
-            children.push(Some(spawn_worker(
+            session.children.push(Some(spawn_worker(
                 server.addr(),
                 &work_dir.join(format!("w{i}")),
             )?));
         }
     }
-    let mut restarts = 0u32;
     while !server.finished() {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
         progress = server.tick()?;
         map_bar.set_position(u64::from(progress.maps_done));
         reduce_bar.set_position(u64::from(progress.reduces_done));
@@ -416,19 +462,19 @@ fn run_stage(stage: &Stage<'_>) -> Result<StageResult> {
         map_bar.set_message(msg);
         // A local worker that died is replaced by a new one (with a new id and an empty
         // disk); the master re-executes what the old one held.
-        for (i, slot) in children.iter_mut().enumerate() {
+        for (i, slot) in session.children.iter_mut().enumerate() {
             let exited = matches!(
                 slot.as_mut().map(Child::try_wait),
                 Some(Ok(Some(_))) | Some(Err(_))
             );
             if exited && !server.finished() {
-                restarts += 1;
-                if restarts > 100 {
+                session.restarts += 1;
+                if session.restarts > 100 {
                     bail!("local workers keep dying; giving up");
                 }
                 *slot = Some(spawn_worker(
                     server.addr(),
-                    &work_dir.join(format!("w{i}-{restarts}")),
+                    &work_dir.join(format!("w{i}-{}", session.restarts)),
                 )?);
             }
         }
@@ -439,17 +485,6 @@ fn run_stage(stage: &Stage<'_>) -> Result<StageResult> {
     map_bar.finish();
     reduce_bar.finish();
     server.finalize(&stage.output)?;
-    // Workers exit at their next poll, when the master answers "finished".
-    let deadline = Instant::now() + Duration::from_secs(3);
-    for child in children.iter_mut().flatten() {
-        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if matches!(child.try_wait(), Ok(None)) {
-            let _ = child.kill();
-        }
-        let _ = child.wait();
-    }
     Ok(StageResult {
         counters: server.counters(),
         progress,
@@ -502,6 +537,7 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
         totals.dead_workers += p.dead_workers;
     };
     let mut extra = Vec::new();
+    let mut session = Session::default();
     let final_dir = if a.job == JobName::Pagerank {
         let run = jobs::run_pagerank(
             &a.input,
@@ -510,14 +546,17 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
             a.tolerance,
             a.max_iterations,
             &mut |job, params, input, output, label| {
-                let r = run_stage(&Stage {
-                    args: &a,
-                    job,
-                    params,
-                    input: input.to_path_buf(),
-                    output: output.to_path_buf(),
-                    label: label.to_string(),
-                })?;
+                let r = run_stage(
+                    &Stage {
+                        args: &a,
+                        job,
+                        params,
+                        input: input.to_path_buf(),
+                        output: output.to_path_buf(),
+                        label: label.to_string(),
+                    },
+                    &mut session,
+                )?;
                 add(&r.progress);
                 Ok(r.counters)
             },
@@ -528,14 +567,17 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
         ));
         run.ranks
     } else {
-        let r = run_stage(&Stage {
-            args: &a,
-            job: name,
-            params: Params::new(),
-            input: a.input.clone(),
-            output: a.output.clone(),
-            label: name.into(),
-        })?;
+        let r = run_stage(
+            &Stage {
+                args: &a,
+                job: name,
+                params: Params::new(),
+                input: a.input.clone(),
+                output: a.output.clone(),
+                label: name.into(),
+            },
+            &mut session,
+        )?;
         add(&r.progress);
         extra.push(format!("{} map tasks", r.maps));
         if a.job == JobName::Logs {
@@ -552,6 +594,7 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
         }
         a.output.clone()
     };
+    session.close();
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{name}: {:.1} MiB in {secs:.2} s ({:.1} MiB/s), {} map + {} reduce tasks, {} attempts, {} backups, {} map re-executions, {} dead workers",

@@ -56,6 +56,8 @@ struct Shared {
     started: Instant,
     state_path: PathBuf,
     error: Option<String>,
+    resumed: bool,
+    closed: bool,
 }
 
 impl Shared {
@@ -69,6 +71,10 @@ impl Shared {
         if !self.master.take_dirty() {
             return Ok(());
         }
+        self.write_state()
+    }
+
+    fn write_state(&mut self) -> io::Result<()> {
         let state = StateFile {
             spec: self.spec.clone(),
             snapshot: self.master.snapshot().clone(),
@@ -89,7 +95,6 @@ impl Shared {
 pub struct MasterServer {
     shared: Arc<Mutex<Shared>>,
     addr: SocketAddr,
-    resumed: bool,
 }
 
 fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -112,8 +117,12 @@ fn serve(shared: &Mutex<Shared>, stream: TcpStream) -> io::Result<()> {
                 return Ok(());
             }
             let reply = match msg {
+                ToMaster::Hello if s.closed => FromMaster::Done,
                 ToMaster::Hello => FromMaster::Job(s.spec.clone()),
-                ToMaster::Req(req) => {
+                ToMaster::Req(job, _) if job != s.spec.tag() => {
+                    FromMaster::Resp(super::master::Response::Finished)
+                }
+                ToMaster::Req(_, req) => {
                     let now = s.now();
                     FromMaster::Resp(s.master.on_request(now, req))
                 }
@@ -129,9 +138,9 @@ fn serve(shared: &Mutex<Shared>, stream: TcpStream) -> io::Result<()> {
 }
 
 impl MasterServer {
-    /// Start (or resume, if the output directory holds a state file for the same job)
-    /// a master for `opts`.
-    pub fn start(opts: &JobOptions) -> anyhow::Result<Self> {
+    /// The master and spec for `opts`: resumed from the output directory's state file, or
+    /// new.
+    fn load(opts: &JobOptions) -> anyhow::Result<(Master, JobSpec, bool, PathBuf)> {
         jobs::build(&opts.job, &opts.params)?;
         if opts.reduces == 0 {
             bail!("--reduces must be at least 1");
@@ -161,7 +170,13 @@ impl MasterServer {
                         opts.output.display()
                     );
                 }
-                let splits = make_splits(&opts.input, opts.split_size)
+                // A binary input is read whole: one split per file.
+                let split_size = if jobs::whole_file_input(&opts.job) {
+                    u64::MAX
+                } else {
+                    opts.split_size
+                };
+                let splits = make_splits(&opts.input, split_size)
                     .with_context(|| format!("read input directory {}", opts.input.display()))?;
                 if splits.is_empty() {
                     bail!(
@@ -182,6 +197,13 @@ impl MasterServer {
             }
             Err(e) => return Err(e).context("read master state"),
         };
+        Ok((master, spec, resumed, state_path))
+    }
+
+    /// Start (or resume, if the output directory holds a state file for the same job)
+    /// a master for `opts`.
+    pub fn start(opts: &JobOptions) -> anyhow::Result<Self> {
+        let (master, spec, resumed, state_path) = Self::load(opts)?;
         let listener =
             TcpListener::bind(opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
         let addr = listener.local_addr()?;
@@ -191,6 +213,8 @@ impl MasterServer {
             started: Instant::now(),
             state_path,
             error: None,
+            resumed,
+            closed: false,
         };
         shared.persist()?;
         let shared = Arc::new(Mutex::new(shared));
@@ -205,11 +229,34 @@ impl MasterServer {
                 });
             }
         });
-        Ok(MasterServer {
-            shared,
-            addr,
-            resumed,
-        })
+        Ok(MasterServer { shared, addr })
+    }
+
+    /// Run another job on the same master and workers (the next stage of a session): the
+    /// workers pick it up at their next hello, after the current job is finished.
+    pub fn next_job(&self, opts: &JobOptions) -> anyhow::Result<()> {
+        let (master, spec, resumed, state_path) = Self::load(opts)?;
+        let mut s = lock(&self.shared);
+        if let Some(e) = &s.error {
+            bail!("{e}");
+        }
+        // Attempt ids stay unique across the session's jobs, so that a late report from
+        // an attempt of the previous job cannot pass for one of this job.
+        let mut snapshot = master.snapshot().clone();
+        snapshot.next_attempt = snapshot.next_attempt.max(s.master.snapshot().next_attempt);
+        let master = Master::restore(opts.master.clone(), snapshot, synod_core::Instant(0));
+        s.master = master;
+        s.spec = spec;
+        s.started = Instant::now();
+        s.state_path = state_path;
+        s.resumed = resumed;
+        s.write_state()?;
+        Ok(())
+    }
+
+    /// End the session: workers asking for a job are told there are no more.
+    pub fn close(&self) {
+        lock(&self.shared).closed = true;
     }
 
     /// Where workers connect.
@@ -217,9 +264,9 @@ impl MasterServer {
         self.addr
     }
 
-    /// Whether this master resumed a job from its state file.
+    /// Whether this master resumed its current job from a state file.
     pub fn resumed(&self) -> bool {
-        self.resumed
+        lock(&self.shared).resumed
     }
 
     /// Let time pass: detect dead workers, persist. Call every ~100 ms.

@@ -2,11 +2,14 @@
 //! each, a simple single-threaded reference implementation that the tests compare with.
 
 use super::api::{Combiner, MapOutput, Mapper, Record, ReduceOutput, Reducer};
-use super::task::{read_lines, Job, TaskRunner};
+use super::shuffle::{decode_value, MapBuffer, Merger, SegmentInfo, SegmentReader, SegmentWriter};
+use super::task::{for_each_line, read_lines, Counters, Job, MapResult, Split, TaskRunner};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Parameters of a job: name → value, as given on the command line.
 pub type Params = BTreeMap<String, String>;
@@ -44,28 +47,24 @@ pub fn build(name: &str, params: &Params) -> Result<Box<dyn TaskRunner>, JobErro
         "wordcount" => Box::new(Job::new(WordCountMap, WordCountReduce).with_combiner(Sum)),
         "index" => Box::new(Job::new(IndexMap, IndexReduce).with_combiner(MergePostings)),
         "logs" => Box::new(Job::new(LogMap, LogReduce).with_combiner(LogCombine)),
-        "pagerank-build" => Box::new(Job::new(BuildMap, BuildReduce).with_combiner(Concat)),
+        "pagerank-build" => Box::new(BuildGraph),
         "pagerank" => {
             let n: f64 = param(params, "nodes")?;
             let damping: f64 = param(params, "damping")?;
             let dangling: f64 = param(params, "dangling")?;
+            let graph: String = param(params, "graph")?;
             if !(n >= 1.0 && (0.0..=1.0).contains(&damping) && dangling >= 0.0) {
                 return Err(JobError::Param {
                     name: "nodes/damping/dangling".into(),
                     problem: "out of range".into(),
                 });
             }
-            Box::new(
-                Job::new(
-                    RankMap { n },
-                    RankReduce {
-                        n,
-                        damping,
-                        dangling,
-                    },
-                )
-                .with_combiner(RankCombine),
-            )
+            Box::new(RankIteration {
+                n,
+                damping,
+                dangling,
+                graph: graph.into(),
+            })
         }
         other => return Err(JobError::Unknown(other.to_string())),
     })
@@ -456,31 +455,20 @@ pub fn top_urls(lines: &[String], k: usize) -> Vec<(String, u64)> {
 }
 
 // ---------------------------------------------------------------------------------------
-// PageRank (Page et al. 1999) as iterated MapReduce jobs. `pagerank-build` turns an edge
-// list (`src dst` lines) into adjacency lines `node<TAB><TAB>out,out`; each `pagerank`
-// iteration maps `node<TAB>rank<TAB>outs` (an empty rank means 1/N) to contributions and
-// reduces to the next ranks:
+// PageRank (Page et al. 1999) as iterated MapReduce jobs over a partitioned binary graph.
+//
+// `pagerank-build` turns an edge list (`src dst` lines) into R binary partition files, one
+// per reduce task: partition r holds, in shuffle key order, every node whose key hashes to
+// r, with its rank and sorted out-links. Each `pagerank` iteration then takes those R files
+// as its M = R map inputs (one whole file per map task). A map task sends each node's
+// share of rank along its out-links, summed by the combiner; reduce task r merge-joins the
+// summed contributions with partition r of the previous iteration, read directly from the
+// previous output rather than shuffled: the "Schimmy" pattern of Lin & Schatz, "Design
+// Patterns for Efficient Graph Algorithms in MapReduce" (MLG 2010), which keeps the graph
+// structure out of the shuffle. The rule is
 //   r'(v) = (1-d)/N + d·(Σ_{u→v} r(u)/outdeg(u) + D/N)
 // where D is the rank held by dangling nodes (no out-links), spread evenly (the
 // "random jump" treatment). Counters carry D for the next iteration and the L1 change.
-
-/// Build's mapper: an edge `src dst` → `(src, [dst])` and `(dst, [])`.
-pub struct BuildMap;
-impl Mapper for BuildMap {
-    type Key = u64;
-    type Value = Vec<u64>;
-    fn map(&self, r: Record<'_>, out: &mut MapOutput<'_, Vec<u64>>) {
-        let mut it = words(r.line);
-        let (Some((_, s)), Some((_, d))) = (it.next(), it.next()) else {
-            return;
-        };
-        let (Ok(s), Ok(d)) = (s.parse::<u64>(), d.parse::<u64>()) else {
-            return;
-        };
-        out.emit(&s, vec![d]);
-        out.emit(&d, Vec::new());
-    }
-}
 
 /// Concatenates out-link lists.
 pub struct Concat;
@@ -501,38 +489,309 @@ fn join_ids(ids: &[u64]) -> String {
     s
 }
 
-/// Build's reducer: sorted, de-duplicated out-links.
-pub struct BuildReduce;
-impl Reducer for BuildReduce {
-    type Key = u64;
-    type Value = Vec<u64>;
-    fn reduce(
-        &self,
-        key: u64,
-        values: &mut dyn Iterator<Item = Vec<u64>>,
-        out: &mut ReduceOutput<'_>,
-    ) {
-        let mut outs: Vec<u64> = values.flatten().collect();
-        outs.sort_unstable();
-        outs.dedup();
-        out.count("nodes", 1.0);
-        if outs.is_empty() {
-            out.count("dangling_nodes", 1.0);
+/// The binary graph partition format shared by `pagerank-build` and `pagerank`.
+///
+/// A partition file starts with its *destination table*: `varint(count)` and the distinct
+/// targets of its nodes' out-links, as varints, in shuffle key order. Then one record per
+/// node, `varint(node) f64-le(rank) varint(outdeg) u32-le(link)...`, whose out-links are
+/// ascending indices into the destination table, in shuffle key order. The
+/// node's varint is its postcard encoding, i.e. its shuffle key. A NaN rank means "not yet
+/// ranked" (1/N). The table lets a map task sum contributions per target in a dense array
+/// (in-mapper combining, Lin & Dyer 2010, §3.1.1) instead of a hash table.
+pub mod graph_file {
+    use std::io;
+
+    /// One node of a partition.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Node<'a> {
+        /// The node's encoded key (its varint).
+        pub key: &'a [u8],
+        /// The node id.
+        pub id: u64,
+        /// Its rank (NaN before the first iteration).
+        pub rank: f64,
+        /// Number of out-links.
+        pub degree: u64,
+        /// The encoded out-links (use [`out_links`]).
+        pub links: &'a [u8],
+    }
+
+    pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
         }
-        writeln!(out, "{key}\t\t{}", join_ids(&outs));
+        out.push(v as u8);
+    }
+
+    /// A sort key that orders ids as their varints compare bytewise (the shuffle's order):
+    /// the varint left-aligned in 128 bits. Varints are prefix-free, so padding with zeros
+    /// keeps the order.
+    pub fn key_order(id: u64) -> u128 {
+        let mut v = id;
+        let mut k = 0u128;
+        let mut shift = 120;
+        loop {
+            let byte = if v >= 0x80 { (v as u8) | 0x80 } else { v as u8 };
+            k |= u128::from(byte) << shift;
+            v >>= 7;
+            if byte & 0x80 == 0 {
+                return k;
+            }
+            shift -= 8;
+        }
+    }
+
+    pub(crate) fn damaged(what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("damaged graph partition: {what}"),
+        )
+    }
+
+    pub(crate) fn varint(b: &[u8], pos: &mut usize) -> io::Result<u64> {
+        let mut v = 0u64;
+        let mut shift = 0;
+        loop {
+            let byte = *b.get(*pos).ok_or_else(|| damaged("truncated varint"))?;
+            *pos += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(damaged("varint longer than 10 bytes"));
+            }
+        }
+    }
+
+    /// Append the destination table.
+    pub fn write_destinations(out: &mut Vec<u8>, dests: &[u64]) {
+        put_varint(out, dests.len() as u64);
+        for &d in dests {
+            put_varint(out, d);
+        }
+    }
+
+    /// Read the destination table at `*pos`; returns the byte range of the table entries.
+    pub fn read_destinations(b: &[u8], pos: &mut usize) -> io::Result<Vec<u64>> {
+        let n = varint(b, pos)?;
+        if n > (b.len() - *pos) as u64 {
+            return Err(damaged("destination table larger than the file"));
+        }
+        let mut dests = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            dests.push(varint(b, pos)?);
+        }
+        Ok(dests)
+    }
+
+    /// Append one node record; `links` are destination indices.
+    pub fn write_node(out: &mut Vec<u8>, id: u64, rank: f64, links: &[u32]) {
+        put_varint(out, id);
+        out.extend_from_slice(&rank.to_le_bytes());
+        put_varint(out, links.len() as u64);
+        for &l in links {
+            out.extend_from_slice(&l.to_le_bytes());
+        }
+    }
+
+    /// Read the record at `*pos`, advancing it past the record.
+    pub fn read_node<'a>(b: &'a [u8], pos: &mut usize) -> io::Result<Node<'a>> {
+        let start = *pos;
+        let id = varint(b, pos)?;
+        let key = &b[start..*pos];
+        let raw = b
+            .get(*pos..*pos + 8)
+            .ok_or_else(|| damaged("truncated rank"))?;
+        let mut r = [0u8; 8];
+        r.copy_from_slice(raw);
+        *pos += 8;
+        let degree = varint(b, pos)?;
+        if degree > ((b.len() - *pos) / 4) as u64 {
+            return Err(damaged("out-degree larger than the file"));
+        }
+        let links_start = *pos;
+        *pos += degree as usize * 4;
+        Ok(Node {
+            key,
+            id,
+            rank: f64::from_le_bytes(r),
+            degree,
+            links: &b[links_start..*pos],
+        })
+    }
+
+    /// The destination indices of a record's out-links, decoded.
+    pub fn out_links(links: &[u8]) -> impl Iterator<Item = u32> + '_ {
+        links
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
     }
 }
 
-/// A PageRank value: the sum of contributions, and (once per node) its old rank and links.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RankValue {
-    /// Sum of rank contributions from in-links.
-    pub sum: f64,
-    /// The node's own line: old rank and out-links.
-    pub node: Option<(f64, Vec<u64>)>,
+/// `pagerank-build`: map an edge list (`src dst` lines) to `(src, [dst])` and `(dst, [])`
+/// pairs, concatenated by the combiner; reduce each partition to a binary graph partition.
+pub struct BuildGraph;
+
+impl TaskRunner for BuildGraph {
+    fn run_map(
+        &self,
+        split: &Split,
+        partitions: u32,
+        sort_mem: usize,
+        dir: &Path,
+        name: &str,
+        cancel: &AtomicBool,
+    ) -> io::Result<MapResult> {
+        // In-mapper combining (Lin & Dyer 2010, §3.1.1): edges are collected in a bounded
+        // array, sorted, and handed to the map buffer as one out-link list per source and
+        // chunk, instead of one single-element list per edge. An entry `(src, NO_LINK)`
+        // records a node seen only as a target.
+        const NO_LINK: u64 = u64::MAX;
+        let chunk = (sort_mem / 64).max(1 << 10);
+        let mut buffer: MapBuffer<Vec<u64>> =
+            MapBuffer::new(partitions, Some(Arc::new(Concat)), sort_mem, dir, name);
+        let mut pending: Vec<(u128, u64)> = Vec::with_capacity(chunk.min(1 << 22));
+        let mut key = Vec::with_capacity(10);
+        let mut emitted = 0u64;
+        let mut flush =
+            |pending: &mut Vec<(u128, u64)>, buffer: &mut MapBuffer<Vec<u64>>| -> io::Result<()> {
+                pending.sort_unstable();
+                let mut i = 0;
+                while i < pending.len() {
+                    let order = pending[i].0;
+                    let mut links = Vec::new();
+                    while i < pending.len() && pending[i].0 == order {
+                        let l = pending[i].1;
+                        if l != NO_LINK && links.last() != Some(&l) {
+                            links.push(l);
+                        }
+                        i += 1;
+                    }
+                    key.clear();
+                    for b in order.to_be_bytes() {
+                        key.push(b);
+                        if b & 0x80 == 0 {
+                            break;
+                        }
+                    }
+                    buffer.push_checked(&key, links)?;
+                }
+                pending.clear();
+                Ok(())
+            };
+        let mut error = None;
+        let records_in = for_each_line(split, cancel, |r| {
+            let mut it = words(r.line);
+            let (Some((_, s)), Some((_, d))) = (it.next(), it.next()) else {
+                return;
+            };
+            let (Ok(s), Ok(d)) = (s.parse::<u64>(), d.parse::<u64>()) else {
+                return;
+            };
+            if s == NO_LINK || d == NO_LINK {
+                return;
+            }
+            pending.push((graph_file::key_order(s), d));
+            pending.push((graph_file::key_order(d), NO_LINK));
+            emitted += 2;
+            if pending.len() >= chunk && error.is_none() {
+                if let Err(e) = flush(&mut pending, &mut buffer) {
+                    error = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        flush(&mut pending, &mut buffer)?;
+        let spills = buffer.spills();
+        let segments = buffer.finish()?;
+        Ok(MapResult {
+            segments,
+            records_in,
+            emitted,
+            spills,
+        })
+    }
+
+    fn run_reduce(
+        &self,
+        _partition: u32,
+        inputs: &[(std::path::PathBuf, SegmentInfo)],
+        out: &mut dyn Write,
+        cancel: &AtomicBool,
+    ) -> io::Result<Counters> {
+        let readers = inputs
+            .iter()
+            .map(|(p, s)| SegmentReader::open(p, *s))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut merger = Merger::new(readers)?;
+        // The partition's nodes with their out-links, in shuffle key order. A partition is
+        // 1/R of the graph; it is held in memory to build the destination table.
+        let mut nodes: Vec<(u64, Vec<u64>)> = Vec::new();
+        let mut key = Vec::new();
+        while let Some(head) = merger.pop() {
+            key.clear();
+            key.extend_from_slice(&head.key);
+            let id: u64 = postcard::from_bytes(&key).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("intermediate key: {e}"))
+            })?;
+            let mut outs: Vec<u64> = decode_value(&head.value)?;
+            merger.refill(head)?;
+            while merger.peek_key() == Some(key.as_slice()) {
+                let Some(h) = merger.pop() else { break };
+                outs.extend(decode_value::<Vec<u64>>(&h.value)?);
+                merger.refill(h)?;
+            }
+            nodes.push((id, outs));
+            if nodes.len().is_multiple_of(65_536) && cancel.load(Ordering::Relaxed) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "attempt cancelled",
+                ));
+            }
+        }
+        let mut keyed: Vec<(u128, u64)> = nodes
+            .iter()
+            .flat_map(|(_, o)| o.iter().map(|&d| (graph_file::key_order(d), d)))
+            .collect();
+        keyed.sort_unstable();
+        keyed.dedup();
+        let dests: Vec<u64> = keyed.into_iter().map(|(_, d)| d).collect();
+        if dests.len() > u32::MAX as usize {
+            return Err(io::Error::other(
+                "more than 2^32 link targets in a partition",
+            ));
+        }
+        let index = super::baseline::IdIndex::new(&dests);
+        let mut file = Vec::with_capacity(dests.len() * 4 + nodes.len() * 16);
+        graph_file::write_destinations(&mut file, &dests);
+        let mut dangling = 0u64;
+        let mut links: Vec<u32> = Vec::new();
+        for (id, outs) in &nodes {
+            links.clear();
+            links.extend(outs.iter().map(|&d| index.get(d)));
+            links.sort_unstable();
+            links.dedup();
+            if links.is_empty() {
+                dangling += 1;
+            }
+            graph_file::write_node(&mut file, *id, f64::NAN, &links);
+        }
+        out.write_all(&file)?;
+        out.flush()?;
+        let mut counters = Counters::new();
+        counters.insert("nodes".into(), nodes.len() as f64);
+        counters.insert("dangling_nodes".into(), dangling as f64);
+        Ok(counters)
+    }
 }
 
-/// One parsed adjacency line.
+/// One parsed text rank line, `node<TAB>rank<TAB>out,out` (the final output of
+/// [`run_pagerank`]).
 pub fn parse_rank_line(line: &[u8], n: f64) -> Option<(u64, f64, Vec<u64>)> {
     let s = std::str::from_utf8(line).ok()?;
     let mut f = s.split('\t');
@@ -552,81 +811,280 @@ pub fn parse_rank_line(line: &[u8], n: f64) -> Option<(u64, f64, Vec<u64>)> {
     Some((node, rank, outs))
 }
 
-/// A PageRank iteration's mapper.
-pub struct RankMap {
-    n: f64,
-}
-impl Mapper for RankMap {
-    type Key = u64;
-    type Value = RankValue;
-    fn map(&self, r: Record<'_>, out: &mut MapOutput<'_, RankValue>) {
-        let Some((node, rank, outs)) = parse_rank_line(r.line, self.n) else {
-            return;
-        };
-        if !outs.is_empty() {
-            let share = rank / outs.len() as f64;
-            for d in &outs {
-                out.emit(
-                    d,
-                    RankValue {
-                        sum: share,
-                        node: None,
-                    },
-                );
-            }
-        }
-        out.emit(
-            &node,
-            RankValue {
-                sum: 0.0,
-                node: Some((rank, outs)),
-            },
-        );
-    }
+fn read_partition(path: &Path) -> io::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
-/// Adds contributions and keeps the node's own line.
-pub struct RankCombine;
-impl Combiner<RankValue> for RankCombine {
-    fn combine(&self, acc: &mut RankValue, next: RankValue) {
-        acc.sum += next.sum;
-        if acc.node.is_none() {
-            acc.node = next.node;
-        }
-    }
+fn cancelled() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "attempt cancelled")
 }
 
-/// A PageRank iteration's reducer.
-pub struct RankReduce {
+/// One PageRank iteration over binary graph partitions (see the section comment): a
+/// [`TaskRunner`] of its own, because its map combines into a dense array and its reduce
+/// reads a side input.
+pub struct RankIteration {
     n: f64,
     damping: f64,
     dangling: f64,
+    graph: std::path::PathBuf,
 }
-impl Reducer for RankReduce {
-    type Key = u64;
-    type Value = RankValue;
-    fn reduce(
+
+impl TaskRunner for RankIteration {
+    fn run_map(
         &self,
-        key: u64,
-        values: &mut dyn Iterator<Item = RankValue>,
-        out: &mut ReduceOutput<'_>,
-    ) {
-        let mut sum = 0.0;
-        let mut node = None;
-        for v in values {
-            sum += v.sum;
-            if node.is_none() {
-                node = v.node;
+        split: &Split,
+        partitions: u32,
+        _sort_mem: usize,
+        dir: &Path,
+        name: &str,
+        cancel: &AtomicBool,
+    ) -> io::Result<MapResult> {
+        if split.start != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: a graph partition is read whole, not from byte {}",
+                    split.path.display(),
+                    split.start
+                ),
+            ));
+        }
+        let bytes = read_partition(&split.path)?;
+        let mut pos = 0;
+        let dests = graph_file::read_destinations(&bytes, &mut pos)?;
+        // In-mapper combining: one sum per destination, in a dense array.
+        let mut sums = vec![0.0f64; dests.len()];
+        let mut records_in = 0u64;
+        let mut emitted = 0u64;
+        while pos < bytes.len() {
+            let node = graph_file::read_node(&bytes, &mut pos)?;
+            records_in += 1;
+            if node.degree > 0 {
+                let rank = if node.rank.is_nan() {
+                    1.0 / self.n
+                } else {
+                    node.rank
+                };
+                let share = rank / node.degree as f64;
+                for i in graph_file::out_links(node.links) {
+                    *sums
+                        .get_mut(i as usize)
+                        .ok_or_else(|| graph_file::damaged("link past the destination table"))? +=
+                        share;
+                }
+                emitted += node.degree;
+            }
+            if records_in.is_multiple_of(65_536) && cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
             }
         }
-        let (old, outs) = node.unwrap_or((1.0 / self.n, Vec::new()));
-        let rank = (1.0 - self.damping) / self.n + self.damping * (sum + self.dangling / self.n);
-        out.count("delta", (rank - old).abs());
-        if outs.is_empty() {
-            out.count("dangling", rank);
+        // The table is in key order; a stable bucket pass by partition keeps that order
+        // within each segment.
+        let mut key = Vec::with_capacity(10);
+        let mut part_of = Vec::with_capacity(dests.len());
+        let mut counts = vec![0usize; partitions as usize + 1];
+        for &d in &dests {
+            key.clear();
+            graph_file::put_varint(&mut key, d);
+            let p = super::shuffle::partition_of(&key, partitions);
+            part_of.push(p);
+            counts[p as usize + 1] += 1;
         }
-        writeln!(out, "{key}\t{rank}\t{}", join_ids(&outs));
+        for p in 0..partitions as usize {
+            counts[p + 1] += counts[p];
+        }
+        let mut order = vec![0u32; dests.len()];
+        for (i, &p) in part_of.iter().enumerate() {
+            order[counts[p as usize]] = i as u32;
+            counts[p as usize] += 1;
+        }
+        let tmp = dir.join(format!("{name}.out.tmp"));
+        let mut w = SegmentWriter::create(&tmp)?;
+        let mut segments = Vec::with_capacity(partitions as usize);
+        let mut at = 0;
+        for p in 0..partitions {
+            while at < order.len() && part_of[order[at] as usize] == p {
+                let i = order[at] as usize;
+                key.clear();
+                graph_file::put_varint(&mut key, dests[i]);
+                w.record(&key, &sums[i].to_le_bytes())?;
+                at += 1;
+            }
+            segments.push(w.end_segment());
+        }
+        w.finish()?;
+        std::fs::rename(&tmp, dir.join(format!("{name}.out")))?;
+        Ok(MapResult {
+            segments,
+            records_in,
+            emitted,
+            spills: 0,
+        })
     }
+
+    fn run_reduce(
+        &self,
+        partition: u32,
+        inputs: &[(std::path::PathBuf, SegmentInfo)],
+        out: &mut dyn Write,
+        cancel: &AtomicBool,
+    ) -> io::Result<Counters> {
+        let side = self.graph.join(format!("part-{partition:05}"));
+        let bytes = read_partition(&side)?;
+        let mut pos = 0;
+        graph_file::read_destinations(&bytes, &mut pos)?;
+        let table_end = pos;
+        let mut nodes = Vec::new();
+        while pos < bytes.len() {
+            nodes.push(graph_file::read_node(&bytes, &mut pos)?);
+        }
+        let missing = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a rank contribution for a node missing from {}",
+                    side.display()
+                ),
+            )
+        };
+        // Each fetched segment is sorted by key, like the partition's nodes: one linear
+        // merge per segment, in map order, adds the contributions in the same order as a
+        // k-way merge would.
+        let mut sums = vec![0.0f64; nodes.len()];
+        for (path, seg) in inputs {
+            let data = read_segment(path, *seg)?;
+            let mut at = 0;
+            let mut i = 0;
+            let mut records = 0u64;
+            while at < data.len() {
+                let (key, value) = segment_record(&data, &mut at)?;
+                while i < nodes.len() && nodes[i].key < key {
+                    i += 1;
+                }
+                if i == nodes.len() || nodes[i].key != key {
+                    return Err(missing());
+                }
+                sums[i] += decode_value::<f64>(value)?;
+                records += 1;
+            }
+            if records != seg.records {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: {records} records, expected {}",
+                        path.display(),
+                        seg.records
+                    ),
+                ));
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+        }
+        let (mut delta, mut dangling) = (0.0, 0.0);
+        // The destination table and the links do not change: copy them as they are.
+        let mut rec = Vec::with_capacity(bytes.len());
+        rec.extend_from_slice(&bytes[..table_end]);
+        for (node, sum) in nodes.iter().zip(&sums) {
+            let old = if node.rank.is_nan() {
+                1.0 / self.n
+            } else {
+                node.rank
+            };
+            let rank =
+                (1.0 - self.damping) / self.n + self.damping * (sum + self.dangling / self.n);
+            delta += (rank - old).abs();
+            if node.degree == 0 {
+                dangling += rank;
+            }
+            rec.extend_from_slice(node.key);
+            rec.extend_from_slice(&rank.to_le_bytes());
+            graph_file::put_varint(&mut rec, node.degree);
+            rec.extend_from_slice(node.links);
+        }
+        out.write_all(&rec)?;
+        out.flush()?;
+        let mut counters = Counters::new();
+        counters.insert("delta".into(), delta);
+        counters.insert("dangling".into(), dangling);
+        Ok(counters)
+    }
+}
+
+/// A whole fetched segment, in memory.
+fn read_segment(path: &Path, seg: SegmentInfo) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(seg.offset))?;
+    let mut data = Vec::with_capacity(seg.len as usize);
+    f.take(seg.len).read_to_end(&mut data)?;
+    if data.len() as u64 != seg.len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{}: short segment", path.display()),
+        ));
+    }
+    Ok(data)
+}
+
+/// The record at `*at` of a segment: `varint(len) key varint(len) value`.
+fn segment_record<'a>(data: &'a [u8], at: &mut usize) -> io::Result<(&'a [u8], &'a [u8])> {
+    let field = |at: &mut usize| -> io::Result<&'a [u8]> {
+        let n = graph_file::varint(data, at)? as usize;
+        let f = data.get(*at..at.saturating_add(n)).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "truncated segment record")
+        })?;
+        *at += n;
+        Ok(f)
+    };
+    let key = field(at)?;
+    let value = field(at)?;
+    Ok((key, value))
+}
+
+/// Whether a job reads whole input files as its splits (binary inputs).
+pub fn whole_file_input(job: &str) -> bool {
+    job == "pagerank"
+}
+
+/// Write the binary partitions of `graph` as text lines `node<TAB>rank<TAB>out,out` (out-
+/// links ascending) into `dir` (one file per partition), with `1/n` for a node not yet
+/// ranked.
+pub fn write_rank_text(graph: &Path, dir: &Path, n: f64) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for path in super::task::list_inputs(graph)? {
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        if !name.to_string_lossy().starts_with("part-") {
+            continue;
+        }
+        let bytes = read_partition(&path)?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dir.join(name))?);
+        let mut pos = 0;
+        let dests = graph_file::read_destinations(&bytes, &mut pos)?;
+        let mut links = Vec::new();
+        while pos < bytes.len() {
+            let node = graph_file::read_node(&bytes, &mut pos)?;
+            let rank = if node.rank.is_nan() {
+                1.0 / n
+            } else {
+                node.rank
+            };
+            links.clear();
+            for i in graph_file::out_links(node.links) {
+                links.push(
+                    *dests
+                        .get(i as usize)
+                        .ok_or_else(|| graph_file::damaged("link past the destination table"))?,
+                );
+            }
+            links.sort_unstable();
+            writeln!(out, "{}\t{rank}\t{}", node.id, join_ids(&links))?;
+        }
+        out.flush()?;
+    }
+    Ok(())
 }
 
 /// Reference PageRank on an edge list, with the same formula, iterating until the L1
@@ -721,9 +1179,9 @@ pub struct PageRankRun {
 pub type StageRunner<'a> =
     dyn FnMut(&str, Params, &Path, &Path, &str) -> anyhow::Result<super::task::Counters> + 'a;
 
-/// PageRank as a chain of jobs: build the adjacency lists, then iterate until the L1 change
-/// is below `tolerance` or `max_iterations` pass. Stage outputs go under `output`
-/// (`graph`, `iter-001`, ...).
+/// PageRank as a chain of jobs: build the partitioned binary graph, then iterate until the
+/// L1 change is below `tolerance` or `max_iterations` pass, then write the ranks as text.
+/// Stage outputs go under `output` (`graph`, `iter-001`, ..., and `ranks`).
 pub fn run_pagerank(
     input: &Path,
     output: &Path,
@@ -750,6 +1208,7 @@ pub fn run_pagerank(
             ("nodes".to_string(), format!("{nodes}")),
             ("damping".to_string(), format!("{damping}")),
             ("dangling".to_string(), format!("{dangling}")),
+            ("graph".to_string(), current.to_string_lossy().into_owned()),
         ]
         .into_iter()
         .collect();
@@ -764,10 +1223,56 @@ pub fn run_pagerank(
         dangling = c.get("dangling").copied().unwrap_or(0.0);
         current = out;
     }
+    let ranks = output.join("ranks");
+    write_rank_text(&current, &ranks, nodes)?;
     Ok(PageRankRun {
         nodes,
         iterations,
         delta,
-        ranks: current,
+        ranks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::graph_file;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The destination table's sort key orders ids exactly as the shuffle orders their
+        /// encoded keys (bytewise), which the reducer's merge-join relies on.
+        #[test]
+        fn key_order_is_the_shuffle_order(a in any::<u64>(), b in any::<u64>()) {
+            let (mut ka, mut kb) = (Vec::new(), Vec::new());
+            graph_file::put_varint(&mut ka, a);
+            graph_file::put_varint(&mut kb, b);
+            prop_assert_eq!(&ka, &postcard::to_allocvec(&a).unwrap());
+            prop_assert_eq!(
+                graph_file::key_order(a).cmp(&graph_file::key_order(b)),
+                ka.cmp(&kb)
+            );
+        }
+
+        /// A node record reads back as written, and every truncation of it is an error, not
+        /// a panic.
+        #[test]
+        fn node_records_round_trip_and_truncation_is_an_error(
+            id in any::<u64>(),
+            rank in any::<f64>(),
+            links in proptest::collection::vec(any::<u32>(), 0..20),
+        ) {
+            let mut b = Vec::new();
+            graph_file::write_node(&mut b, id, rank, &links);
+            let mut pos = 0;
+            let node = graph_file::read_node(&b, &mut pos).unwrap();
+            prop_assert_eq!(pos, b.len());
+            prop_assert_eq!(node.id, id);
+            prop_assert_eq!(node.rank.to_bits(), rank.to_bits());
+            prop_assert_eq!(graph_file::out_links(node.links).collect::<Vec<_>>(), links);
+            for cut in 0..b.len() {
+                let mut pos = 0;
+                prop_assert!(graph_file::read_node(&b[..cut], &mut pos).is_err());
+            }
+        }
+    }
 }

@@ -28,7 +28,12 @@
 //!
 //! Differences from the paper: reduce tasks start only when every map task is complete
 //! (the paper lets reducers fetch while maps still run); the combiner is a fold of two
-//! values (associative and commutative), not a general function.
+//! values (associative and commutative), not a general function. One master and its
+//! workers may run several jobs in a row (a session: PageRank's build and iterations), with
+//! requests and map output tagged by job. PageRank keeps its graph in binary partitions
+//! that are not shuffled: each reducer merge-joins rank contributions with its partition
+//! of the previous iteration (Lin & Schatz, "Design Patterns for Efficient Graph
+//! Algorithms in MapReduce", MLG 2010), and maps combine into a dense array.
 
 pub mod master;
 

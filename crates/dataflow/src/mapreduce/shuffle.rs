@@ -17,9 +17,9 @@ use super::api::{Combiner, MapSink};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::fs::File;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,21 +49,111 @@ impl Hasher for FxHasher {
         self.0 = (self.0.rotate_left(5) ^ i as u64).wrapping_mul(FX_SEED);
     }
     fn finish(&self) -> u64 {
-        self.0
+        // Fx alone leaves the low bits (the table slot) depending on the last few bytes
+        // only, and words that share a suffix then crowd the same slots; fold the well
+        // mixed high bits down (the finalizer of MurmurHash3's fmix64, first half).
+        let h = self.0 ^ (self.0 >> 33);
+        h.wrapping_mul(0xff51_afd7_ed55_8ccd) ^ (h >> 29)
     }
 }
 
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// The fixed hash of an encoded key: the map side's table slot and its reduce partition.
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(key);
+    h.finish()
+}
 
-/// The reduce partition of an encoded key: a fixed hash, so every map attempt agrees.
+fn partition_of_hash(hash: u64, partitions: u32) -> u32 {
+    // The high half: the table uses the low bits.
+    ((hash >> 32) % u64::from(partitions.max(1))) as u32
+}
+
+/// The reduce partition of an encoded key: a fixed hash (our own, not std's, which may
+/// change between versions), so every map attempt agrees.
 pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
-    // FNV-1a: stable across versions and platforms, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    partition_of_hash(key_hash(key), partitions)
+}
+
+/// Longest key stored inside a table entry rather than on the heap.
+const INLINE_KEY: usize = 22;
+
+/// An encoded key in a combining table: short keys (most words, every integer) sit in the
+/// entry itself, so a probe does not chase a pointer.
+enum TableKey {
+    Inline(u8, [u8; INLINE_KEY]),
+    Heap(Box<[u8]>),
+}
+
+impl TableKey {
+    fn new(key: &[u8]) -> Self {
+        if key.len() <= INLINE_KEY {
+            let mut b = [0u8; INLINE_KEY];
+            b[..key.len()].copy_from_slice(key);
+            TableKey::Inline(key.len() as u8, b)
+        } else {
+            TableKey::Heap(key.into())
+        }
     }
-    (h % u64::from(partitions.max(1))) as u32
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            TableKey::Inline(n, b) => &b[..*n as usize],
+            TableKey::Heap(b) => b,
+        }
+    }
+}
+
+struct TableEntry<V> {
+    hash: u64,
+    key: TableKey,
+    value: V,
+}
+
+/// The map side's combining table for one partition: encoded key → folded value, probed
+/// with the hash that also chose the partition (one hash per emitted pair).
+struct CombineTable<V> {
+    table: hashbrown::HashTable<TableEntry<V>>,
+}
+
+impl<V: 'static> CombineTable<V> {
+    fn new() -> Self {
+        CombineTable {
+            table: hashbrown::HashTable::new(),
+        }
+    }
+
+    /// Fold `value` into `key`'s entry; true if the key is new.
+    fn combine(&mut self, hash: u64, key: &[u8], value: V, c: &dyn Combiner<V>) -> bool {
+        match self
+            .table
+            .find_mut(hash, |e| e.hash == hash && e.key.bytes() == key)
+        {
+            Some(e) => {
+                c.combine(&mut e.value, value);
+                false
+            }
+            None => {
+                self.table.insert_unique(
+                    hash,
+                    TableEntry {
+                        hash,
+                        key: TableKey::new(key),
+                        value,
+                    },
+                    |e| e.hash,
+                );
+                true
+            }
+        }
+    }
+
+    /// Every entry, sorted by key bytes; the table is left empty.
+    fn drain_sorted(&mut self) -> Vec<TableEntry<V>> {
+        let mut entries: Vec<TableEntry<V>> = self.table.drain().collect();
+        entries.sort_unstable_by(|a, b| a.key.bytes().cmp(b.key.bytes()));
+        entries
+    }
 }
 
 /// One segment of a map output file.
@@ -117,7 +207,7 @@ pub(crate) fn decode_value<V: DeserializeOwned>(bytes: &[u8]) -> io::Result<V> {
 }
 
 /// Writes sorted segments one after another into a file, checksumming each.
-struct SegmentWriter {
+pub(crate) struct SegmentWriter {
     out: BufWriter<File>,
     pos: u64,
     current: SegmentInfo,
@@ -126,7 +216,7 @@ struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    fn create(path: &Path) -> io::Result<Self> {
+    pub(crate) fn create(path: &Path) -> io::Result<Self> {
         Ok(SegmentWriter {
             out: BufWriter::with_capacity(1 << 20, File::create(path)?),
             pos: 0,
@@ -136,7 +226,7 @@ impl SegmentWriter {
         })
     }
 
-    fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+    pub(crate) fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
         self.scratch.clear();
         put_record(&mut self.scratch, key, value);
         self.crc = crc32c::crc32c_append(self.crc, &self.scratch);
@@ -146,7 +236,7 @@ impl SegmentWriter {
         Ok(())
     }
 
-    fn end_segment(&mut self) -> SegmentInfo {
+    pub(crate) fn end_segment(&mut self) -> SegmentInfo {
         let mut s = self.current;
         s.len = self.pos - s.offset;
         s.crc = self.crc;
@@ -158,9 +248,13 @@ impl SegmentWriter {
         s
     }
 
-    fn finish(self) -> io::Result<()> {
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_data()
+    /// Flush the file. It is not fsynced: map output lives on the worker's local disk and
+    /// dies with the worker (§3.3, a restarted worker is a new one and its completed maps
+    /// run again), so durability would buy nothing; the rename after this makes the file
+    /// complete-or-absent for the data server.
+    pub(crate) fn finish(self) -> io::Result<()> {
+        self.out.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
     }
 }
 
@@ -278,7 +372,7 @@ pub(crate) struct MapBuffer<V> {
     arena: Vec<u8>,
     index: Vec<(u32, u32, usize, u32)>,
     // With a combiner: one table per partition.
-    tables: Vec<FxMap<Box<[u8]>, V>>,
+    tables: Vec<CombineTable<V>>,
     bytes: usize,
     limit: usize,
     dir: PathBuf,
@@ -300,7 +394,7 @@ impl<V: Serialize + DeserializeOwned + 'static> MapBuffer<V> {
         MapBuffer {
             partitions,
             tables: if combiner.is_some() {
-                (0..partitions).map(|_| FxMap::default()).collect()
+                (0..partitions).map(|_| CombineTable::new()).collect()
             } else {
                 Vec::new()
             },
@@ -322,11 +416,9 @@ impl<V: Serialize + DeserializeOwned + 'static> MapBuffer<V> {
         let mut segs = Vec::with_capacity(self.partitions as usize);
         if self.combiner.is_some() {
             for p in 0..self.partitions as usize {
-                let mut entries: Vec<(Box<[u8]>, V)> = self.tables[p].drain().collect();
-                entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                for (k, v) in &entries {
-                    encode_value(v, &mut self.value_buf);
-                    w.record(k, &self.value_buf)?;
+                for e in self.tables[p].drain_sorted() {
+                    encode_value(&e.value, &mut self.value_buf);
+                    w.record(e.key.bytes(), &self.value_buf)?;
                 }
                 segs.push(w.end_segment());
             }
@@ -418,16 +510,15 @@ impl<V: Serialize + DeserializeOwned + 'static> MapBuffer<V> {
         self.spills.len()
     }
 
-    fn push_checked(&mut self, key: &[u8], value: V) -> io::Result<()> {
+    pub(crate) fn push_checked(&mut self, key: &[u8], value: V) -> io::Result<()> {
         self.emitted += 1;
-        let p = partition_of(key, self.partitions);
+        let hash = key_hash(key);
+        let p = partition_of_hash(hash, self.partitions);
         if let Some(c) = &self.combiner {
-            let table = &mut self.tables[p as usize];
-            if let Some(acc) = table.get_mut(key) {
-                c.combine(acc, value);
-            } else {
-                self.bytes += key.len() + 48 + std::mem::size_of::<V>();
-                table.insert(key.into(), value);
+            if self.tables[p as usize].combine(hash, key, value, &**c) {
+                self.bytes += std::mem::size_of::<TableEntry<V>>()
+                    + 8
+                    + if key.len() > INLINE_KEY { key.len() } else { 0 };
             }
         } else {
             let off = self.arena.len();

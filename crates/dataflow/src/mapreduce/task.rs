@@ -108,9 +108,10 @@ pub trait TaskRunner: Send + Sync {
         cancel: &AtomicBool,
     ) -> io::Result<MapResult>;
 
-    /// Run a reduce attempt over sorted segments, writing lines to `out`.
+    /// Run reduce task `partition`'s attempt over sorted segments, writing lines to `out`.
     fn run_reduce(
         &self,
+        partition: u32,
         inputs: &[(PathBuf, SegmentInfo)],
         out: &mut dyn Write,
         cancel: &AtomicBool,
@@ -218,6 +219,7 @@ where
 
     fn run_reduce(
         &self,
+        _partition: u32,
         inputs: &[(PathBuf, SegmentInfo)],
         out: &mut dyn Write,
         cancel: &AtomicBool,
@@ -311,7 +313,7 @@ pub fn make_splits(dir: &Path, split_size: u64) -> io::Result<Vec<Split>> {
         let len = std::fs::metadata(&path)?.len();
         let mut start = 0;
         while start < len {
-            let end = (start + split_size).min(len);
+            let end = start.saturating_add(split_size).min(len);
             splits.push(Split {
                 path: path.clone(),
                 start,

@@ -63,6 +63,7 @@ fn run_stage(
         assert!(waited < 3000, "job did not finish in 60 s");
     }
     server.finalize(output)?;
+    server.close();
     for h in handles {
         h.join().expect("worker thread").expect("worker ran");
     }
@@ -189,15 +190,68 @@ fn pagerank_equals_reference() {
     gen::rmat(&input, 9, 3000, 2, 11).unwrap();
     let (want, want_iters) = jobs::pagerank_reference(&input, 0.85, 1e-8, 100).unwrap();
     let out = dir.join("out");
+    // One master and two workers for every stage (a session).
+    let mut session: Option<(
+        MasterServer,
+        Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
+    )> = None;
     let run = jobs::run_pagerank(
         &input,
         &out,
         0.85,
         1e-8,
         100,
-        &mut |job, params, i, o, _| run_stage(job, params, i, o, 2, 2, 8_000, 1 << 20),
+        &mut |job, params, i, o, _| {
+            let opts = JobOptions {
+                job: job.to_string(),
+                params,
+                input: i.to_path_buf(),
+                output: o.to_path_buf(),
+                reduces: 3,
+                split_size: 8_000,
+                sort_mem: 1 << 20,
+                master: MasterConfig::default(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+            };
+            match &session {
+                Some((server, _)) => server.next_job(&opts)?,
+                None => {
+                    let server = MasterServer::start(&opts)?;
+                    let workers = (0..2)
+                        .map(|w| {
+                            let o = WorkerOptions {
+                                master: server.addr(),
+                                dir: dir.join(format!("w{w}")),
+                                heartbeat: Duration::from_millis(20),
+                                master_grace: Duration::from_secs(5),
+                                task_delay: Duration::ZERO,
+                            };
+                            std::thread::spawn(move || run_worker(&o))
+                        })
+                        .collect();
+                    session = Some((server, workers));
+                }
+            }
+            let Some((server, _)) = &session else {
+                unreachable!()
+            };
+            let mut waited = 0;
+            while !server.finished() {
+                std::thread::sleep(Duration::from_millis(10));
+                server.tick()?;
+                waited += 1;
+                assert!(waited < 6000, "stage {job} did not finish in 60 s");
+            }
+            server.finalize(o)?;
+            Ok(server.counters())
+        },
     )
     .unwrap();
+    let (server, workers) = session.unwrap();
+    server.close();
+    for w in workers {
+        w.join().expect("worker thread").expect("worker ran");
+    }
     assert_eq!(run.iterations, want_iters);
     let got: BTreeMap<u64, f64> = output_lines(&run.ranks)
         .iter()
@@ -212,5 +266,62 @@ fn pagerank_equals_reference() {
     for (n, r) in &want {
         assert!((got[n] - r).abs() < 1e-12, "node {n}: {} vs {r}", got[n]);
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A request about a job the master has moved past is answered "finished", so a worker
+/// that missed the end of its job cannot run the next job's tasks with the old job's code
+/// and output directory.
+#[test]
+fn a_request_for_an_earlier_job_of_a_session_is_told_finished() {
+    use super::master::{Request, Response};
+    use super::shuffle::{read_frame, write_frame};
+    use super::wire::{FromMaster, ToMaster, MAX_CONTROL_FRAME};
+    let dir = scratch("session");
+    let input = dir.join("in");
+    gen::text(&input, 20_000, 2, 3).unwrap();
+    let opts = |out: &str| JobOptions {
+        job: "wordcount".into(),
+        params: Params::new(),
+        input: input.clone(),
+        output: dir.join(out),
+        reduces: 2,
+        split_size: 1 << 20,
+        sort_mem: 1 << 20,
+        master: MasterConfig::default(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+    };
+    let server = MasterServer::start(&opts("first")).unwrap();
+    let mut conn = std::net::TcpStream::connect(server.addr()).unwrap();
+    let mut ask = |msg: &ToMaster| -> FromMaster {
+        write_frame(&mut conn, msg).unwrap();
+        read_frame(&mut conn, MAX_CONTROL_FRAME).unwrap()
+    };
+    let FromMaster::Job(first) = ask(&ToMaster::Hello) else {
+        panic!("no job")
+    };
+    server.next_job(&opts("second")).unwrap();
+    let FromMaster::Job(second) = ask(&ToMaster::Hello) else {
+        panic!("no job")
+    };
+    assert_ne!(first.tag(), second.tag());
+    let poll = Request::Poll {
+        worker: super::master::WorkerId(7),
+        addr: "127.0.0.1:1".into(),
+        want_work: true,
+        running: Vec::new(),
+    };
+    // The old job's worker is told its job is over, and gets no task.
+    assert!(matches!(
+        ask(&ToMaster::Req(first.tag(), poll.clone())),
+        FromMaster::Resp(Response::Finished)
+    ));
+    // The current job's worker gets work.
+    assert!(matches!(
+        ask(&ToMaster::Req(second.tag(), poll)),
+        FromMaster::Resp(Response::Assign { .. })
+    ));
+    server.close();
+    assert!(matches!(ask(&ToMaster::Hello), FromMaster::Done));
     let _ = std::fs::remove_dir_all(&dir);
 }

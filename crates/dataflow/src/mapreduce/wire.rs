@@ -27,13 +27,28 @@ pub struct JobSpec {
     pub output: PathBuf,
 }
 
+impl JobSpec {
+    /// A tag naming this job's map output files on a worker (FNV-1a of the output
+    /// directory, which no two jobs of a session share), so that a straggling reducer of
+    /// an earlier job can never fetch a later job's file.
+    pub fn tag(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in self.output.as_os_str().as_encoded_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+}
+
 /// Worker → master.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ToMaster {
     /// Ask for the job spec.
     Hello,
-    /// A request for the state machine.
-    Req(Request),
+    /// A request for the state machine, about the job with this [`JobSpec::tag`]. A
+    /// request about another job (the master has moved on) is answered "finished".
+    Req(u64, Request),
 }
 
 /// Master → worker.
@@ -43,11 +58,15 @@ pub enum FromMaster {
     Job(JobSpec),
     /// The state machine's response.
     Resp(Response),
+    /// The master runs no more jobs: the worker may exit.
+    Done,
 }
 
 /// Reducer → map worker: stream one partition of one map output.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FetchRequest {
+    /// The job's [`JobSpec::tag`].
+    pub job: u64,
     /// The map task.
     pub map: u32,
     /// The map attempt.

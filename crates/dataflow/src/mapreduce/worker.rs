@@ -15,6 +15,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,8 +35,8 @@ pub struct WorkerOptions {
     pub task_delay: Duration,
 }
 
-fn map_name(map: u32, attempt: u64) -> String {
-    format!("map-{map}-{attempt}")
+fn map_name(job: u64, map: u32, attempt: u64) -> String {
+    format!("map-{job:016x}-{map}-{attempt}")
 }
 
 fn serve_fetch(dir: &Path, stream: TcpStream) -> io::Result<()> {
@@ -47,7 +48,7 @@ fn serve_fetch(dir: &Path, stream: TcpStream) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         };
-        let name = map_name(req.map, req.attempt);
+        let name = map_name(req.job, req.map, req.attempt);
         let seg = std::fs::read(dir.join(format!("{name}.idx")))
             .ok()
             .and_then(|b| synod_core::codec::decode::<Vec<SegmentInfo>>(&b).ok())
@@ -95,7 +96,7 @@ fn start_data_server(dir: PathBuf) -> io::Result<SocketAddr> {
 }
 
 /// Fetch one segment into `dest`, checking its CRC-32C as it streams (§3.1 step 5).
-fn fetch(source: &MapOutput, partition: u32, dest: &Path) -> anyhow::Result<SegmentInfo> {
+fn fetch(job: u64, source: &MapOutput, partition: u32, dest: &Path) -> anyhow::Result<SegmentInfo> {
     let addr: SocketAddr = source
         .addr
         .parse()
@@ -106,6 +107,7 @@ fn fetch(source: &MapOutput, partition: u32, dest: &Path) -> anyhow::Result<Segm
     write_frame(
         &mut w,
         &FetchRequest {
+            job,
             map: source.map,
             attempt: source.attempt.0,
             partition,
@@ -163,7 +165,7 @@ fn run_map(
         .splits
         .get(index as usize)
         .ok_or_else(|| anyhow!("no split {index}"))?;
-    let name = map_name(index, attempt.0);
+    let name = map_name(spec.tag(), index, attempt.0);
     let result = runner.run_map(
         split,
         spec.reduces,
@@ -198,7 +200,7 @@ fn run_reduce(
         let dest = dir.join(format!("fetch-{}-{}", attempt.0, s.map));
         let mut tries = 0;
         let seg = loop {
-            match fetch(s, index, &dest) {
+            match fetch(spec.tag(), s, index, &dest) {
                 Ok(seg) => break seg,
                 Err(e) if tries < 2 => {
                     tracing::debug!("fetch of map {} failed: {e:#}; retrying", s.map);
@@ -228,7 +230,7 @@ fn run_reduce(
     let tmp = tmp_dir.join(format!("part-{index:05}.{}", attempt.0));
     let file = File::create(&tmp)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    let result = runner.run_reduce(&inputs, &mut out, cancel);
+    let result = runner.run_reduce(index, &inputs, &mut out, cancel);
     for (p, _) in &inputs {
         let _ = std::fs::remove_file(p);
     }
@@ -293,7 +295,9 @@ impl Connection {
     }
 }
 
-/// Run a worker until the master says the job is finished.
+/// Run a worker until the master says it runs no more jobs (or, after a finished job,
+/// is gone). A master may run several jobs one after another (a session, e.g. the stages
+/// of an iterative computation); the worker and its data server stay up between them.
 pub fn run_worker(opts: &WorkerOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&opts.dir);
     std::fs::create_dir_all(&opts.dir)
@@ -309,18 +313,79 @@ pub fn run_worker(opts: &WorkerOptions) -> anyhow::Result<()> {
         stream: None,
         grace: opts.master_grace,
     };
-    let spec = match conn.call(&ToMaster::Hello)? {
-        FromMaster::Job(spec) => Arc::new(spec),
-        FromMaster::Resp(r) => bail!("master answered hello with {r:?}"),
-    };
-    let runner: Arc<dyn TaskRunner> = Arc::from(jobs::build(&spec.job, &spec.params)?);
     tracing::info!("worker {worker} serving map output on {data_addr}");
-    type Running = (AttemptId, Arc<AtomicBool>, JoinHandle<Outcome>);
+    let mut finished: Option<PathBuf> = None;
+    loop {
+        // Between jobs a master that has gone away has nothing more for us.
+        let hello = if finished.is_some() {
+            conn.grace = Duration::from_secs(1);
+            let r = conn.call(&ToMaster::Hello);
+            conn.grace = opts.master_grace;
+            match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!("master gone after a finished job: {e:#}");
+                    return Ok(());
+                }
+            }
+        } else {
+            conn.call(&ToMaster::Hello)?
+        };
+        let spec = match hello {
+            FromMaster::Job(spec) => Arc::new(spec),
+            FromMaster::Done => return Ok(()),
+            FromMaster::Resp(r) => bail!("master answered hello with {r:?}"),
+        };
+        if finished.as_ref() == Some(&spec.output) {
+            // The master has not moved on to its next job yet.
+            std::thread::sleep(opts.heartbeat);
+            continue;
+        }
+        // The previous job's map output is no longer needed.
+        if let Ok(entries) = std::fs::read_dir(&opts.dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        run_job(opts, &mut conn, worker, data_addr, &spec)?;
+        finished = Some(spec.output.clone());
+    }
+}
+
+/// Run one job's attempts until the master says it is finished.
+fn run_job(
+    opts: &WorkerOptions,
+    conn: &mut Connection,
+    worker: WorkerId,
+    data_addr: SocketAddr,
+    spec: &Arc<JobSpec>,
+) -> anyhow::Result<()> {
+    let runner: Arc<dyn TaskRunner> = Arc::from(jobs::build(&spec.job, &spec.params)?);
+    type Running = (
+        AttemptId,
+        Arc<AtomicBool>,
+        JoinHandle<Outcome>,
+        Receiver<()>,
+    );
     let mut running: Option<Running> = None;
     let mut reports: Vec<Request> = Vec::new();
+    // At the end of the job an attempt still running (a losing backup) is stopped before
+    // the worker moves on.
+    let stop = |running: &mut Option<Running>| {
+        if let Some((_, cancel, handle, _)) = running.take() {
+            cancel.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
+    };
+    // Set when the running attempt signalled its end (its thread may still be returning).
+    let mut ended = false;
     loop {
-        if running.as_ref().is_some_and(|(_, _, h)| h.is_finished()) {
-            if let Some((attempt, _, handle)) = running.take() {
+        if running
+            .as_ref()
+            .is_some_and(|(_, _, h, _)| ended || h.is_finished())
+        {
+            ended = false;
+            if let Some((attempt, _, handle, _)) = running.take() {
                 match handle.join() {
                     Ok(Outcome::Report(r)) => reports.push(r),
                     Ok(Outcome::Failed(e)) => tracing::warn!("attempt {attempt} failed: {e}"),
@@ -329,37 +394,54 @@ pub fn run_worker(opts: &WorkerOptions) -> anyhow::Result<()> {
             }
         }
         while let Some(r) = reports.first() {
-            match conn.call(&ToMaster::Req(r.clone()))? {
-                FromMaster::Resp(Response::Finished) => return Ok(()),
+            match conn.call(&ToMaster::Req(spec.tag(), r.clone()))? {
+                FromMaster::Resp(Response::Finished) | FromMaster::Done => {
+                    stop(&mut running);
+                    return Ok(());
+                }
                 _ => {
                     reports.remove(0);
                 }
             }
         }
-        let current: Vec<AttemptId> = running.iter().map(|(a, _, _)| *a).collect();
+        let current: Vec<AttemptId> = running.iter().map(|(a, _, _, _)| *a).collect();
         let poll = Request::Poll {
             worker,
             addr: data_addr.to_string(),
             want_work: current.is_empty(),
             running: current,
         };
-        let resp = match conn.call(&ToMaster::Req(poll))? {
+        let resp = match conn.call(&ToMaster::Req(spec.tag(), poll))? {
             FromMaster::Resp(r) => r,
+            FromMaster::Done => Response::Finished,
             FromMaster::Job(_) => bail!("master sent a job spec to a poll"),
         };
         let (work, abort) = match resp {
-            Response::Finished => return Ok(()),
+            Response::Finished => {
+                stop(&mut running);
+                return Ok(());
+            }
             Response::Assign { work, abort } => (Some(work), abort),
             Response::Wait { abort } => (None, abort),
             Response::Ack => (None, Vec::new()),
         };
-        if let Some((a, cancel, _)) = &running {
+        if let Some((a, cancel, _, _)) = &running {
             if abort.contains(a) {
                 cancel.store(true, Ordering::Relaxed);
             }
         }
         let Some(work) = work else {
-            std::thread::sleep(opts.heartbeat);
+            // Sleep until the next heartbeat, or until the running attempt ends, so that
+            // its report goes out at once.
+            match &running {
+                Some((_, _, _, done)) => {
+                    ended = !matches!(
+                        done.recv_timeout(opts.heartbeat),
+                        Err(mpsc::RecvTimeoutError::Timeout)
+                    );
+                }
+                None => std::thread::sleep(opts.heartbeat),
+            }
             continue;
         };
         let cancel = Arc::new(AtomicBool::new(false));
@@ -371,6 +453,7 @@ pub fn run_worker(opts: &WorkerOptions) -> anyhow::Result<()> {
             opts.task_delay,
         );
         let attempt = work.attempt();
+        let (done_tx, done_rx) = mpsc::channel();
         let handle = std::thread::spawn(move || {
             std::thread::sleep(delay);
             let result = match &work {
@@ -385,11 +468,13 @@ pub fn run_worker(opts: &WorkerOptions) -> anyhow::Result<()> {
                     &*runner2, &spec2, &dir, worker, *attempt, *index, sources, &cancel2,
                 ),
             };
-            match result {
+            let outcome = match result {
                 Ok(r) => Outcome::Report(r),
                 Err(e) => Outcome::Failed(format!("{e:#}")),
-            }
+            };
+            let _ = done_tx.send(());
+            outcome
         });
-        running = Some((attempt, cancel, handle));
+        running = Some((attempt, cancel, handle, done_rx));
     }
 }
