@@ -39,6 +39,9 @@ enum BenchWhat {
     Stream(crate::stream::StreamBench),
     /// Any etcd v3 endpoint (synod's or etcd's): put, linearizable or serializable range.
     Etcd(crate::bench_etcd::EtcdBench),
+    /// The Dynamo-style AP store against the Raft KV of one `synod up --ap` cluster:
+    /// puts and gets, client- and server-driven coordination, p50/p99/p99.9.
+    Ap(crate::bench_ap::ApBench),
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +85,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchWhat::Txn(b) => crate::sim_bank::bench(b),
         BenchWhat::Kv(b) => crate::kv::bench(b),
         BenchWhat::Etcd(b) => crate::bench_etcd::bench(b),
+        BenchWhat::Ap(b) => crate::bench_ap::bench(b),
         BenchWhat::Wal(b) => bench_wal(b),
         BenchWhat::Stream(b) => crate::stream::bench_stream(b),
     }

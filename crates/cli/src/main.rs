@@ -9,6 +9,7 @@ mod agent;
 mod ap;
 mod args;
 mod bench;
+mod bench_ap;
 mod bench_etcd;
 mod bench_net;
 mod check;

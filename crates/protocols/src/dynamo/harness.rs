@@ -111,8 +111,9 @@ pub struct Scenario {
     pub bucket: BucketProps,
     /// The protocol variant.
     pub variant: Variant,
-    /// A slow network (2 ms + 5 ms tail) instead of a LAN, so that replication lags
-    /// behind acknowledgements and weak quorums show stale reads.
+    /// A slow, jittery network (1 ms plus an exponential tail of mean 20 ms) instead of
+    /// a LAN, so that a replica's copy often lands well after the client has its
+    /// acknowledgement, and weak quorums (R + W <= N) show stale reads.
     pub slow_network: bool,
 }
 
@@ -511,8 +512,8 @@ pub fn run(s: &Scenario) -> Result<Outcome, String> {
         };
     }
     if s.slow_network {
-        cfg.net.min_latency = Duration::from_millis(2);
-        cfg.net.latency_tail = Duration::from_millis(5);
+        cfg.net.min_latency = Duration::from_millis(1);
+        cfg.net.latency_tail = Duration::from_millis(20);
     }
     let mut dcfg = DynamoConfig::new((0..s.nodes).map(NodeId));
     dcfg.default_bucket = s.bucket;
