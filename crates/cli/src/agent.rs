@@ -385,10 +385,9 @@ fn instances_json(agent: &Agent, name: &str, query: &BlockingQuery) -> serde_jso
             .flat_map(|ids| ids.values())
             .filter(|e| e.registration.is_some())
             .filter(|e| !passing_only || e.status() == Status::Passing)
-            .filter(|e| {
-                query.tag.as_ref().map_or(true, |t| {
-                    e.registration.as_ref().is_some_and(|r| r.tags.contains(t))
-                })
+            .filter(|e| match &query.tag {
+                None => true,
+                Some(t) => e.registration.as_ref().is_some_and(|r| r.tags.contains(t)),
             })
             .map(|e| {
                 let mut v = serde_json::to_value(&e.registration).unwrap_or_default();

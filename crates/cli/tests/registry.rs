@@ -371,7 +371,10 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
 }
 
 /// `svc list` rows (JSON) of `name`, as (id, tags).
-fn listed(svc: &dyn Fn(&[&str]) -> (i32, String, String), args: &[&str]) -> Vec<String> {
+/// Runs `synod svc --etcd ...` with the given arguments.
+type Svc<'a> = &'a dyn Fn(&[&str]) -> (i32, String, String);
+
+fn listed(svc: Svc<'_>, args: &[&str]) -> Vec<String> {
     let mut all = vec!["list", "--json"];
     all.extend_from_slice(args);
     let (code, out, err) = svc(&all);

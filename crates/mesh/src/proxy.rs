@@ -984,7 +984,8 @@ impl Service {
     }
 
     /// Send one request to `attempt`'s instance: HTTP/1.1 over this thread's pool of
-    /// keep-alive connections, driven by the request's own task; h2c through the pooled
+    /// keep-alive connections, checked out and returned by the request itself (each connection's
+    /// dispatcher runs on a task of the same thread); h2c through the pooled
     /// client.
     async fn send(
         &self,
