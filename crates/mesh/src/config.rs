@@ -526,6 +526,18 @@ mod tests {
             (GOOD.replace("quantile = 0.9", "quantile = 9.0"), "quantile"),
             (GOOD.replace("{ address", "{ id = \"a\", address"), "twice"),
             ("[[service]\n".to_string(), "expected"),
+            (
+                GOOD.replace("lb = \"maglev\"", "lb = \"maglev\"\ntags = [\"\"]"),
+                "empty tag",
+            ),
+            (
+                GOOD.replace("lb = \"maglev\"", "lb = \"maglev\"\nweight_key = \"\""),
+                "weight_key",
+            ),
+            (
+                GOOD.replace("weight = 2", "weight = 2, tags = \"v1\""),
+                "tags",
+            ),
         ];
         for (text, expected) in cases {
             let err = ProxyConfig::parse(&text).unwrap_err().to_string();
