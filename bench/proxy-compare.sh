@@ -6,8 +6,13 @@
 #
 #   bench/proxy-compare.sh [rounds] [seconds] [connections]
 #
-# SYNOD_WORKERS=N sets the proxy's `workers` (per-thread event loops, SO_REUSEPORT);
-# the default, 0, runs it on one multi-threaded tokio runtime.
+# SYNOD_WORKERS is a space-separated list of the proxy's `workers` settings to run, each
+# as its own contender (default "2 0"): N > 0 is N per-thread event loops fed by one
+# acceptor (nginx's model), 0 is one multi-threaded tokio runtime with two threads.
+#
+# Besides wrk's throughput and latency, each run reports the proxy's CPU time per request
+# (user + system, from /proc, summed over the process and its children), which depends far
+# less on what else the machine is doing than req/s does.
 #
 # Needs nginx, haproxy and wrk (Debian: apt-get install -y nginx haproxy wrk). A proxy
 # whose binary is missing is skipped. Every proxy gets two worker threads; keep-alive is on
@@ -55,21 +60,38 @@ wait_port() {
 }
 
 # --- synod mesh proxy ---------------------------------------------------------------
-SYNOD_PORT=$((BASE + 10))
-{
-  [ "${SYNOD_WORKERS:-0}" != 0 ] && echo "workers = $SYNOD_WORKERS"
-  echo "[[service]]"
-  echo "name = \"bench\""
-  echo "listen = \"127.0.0.1:$SYNOD_PORT\""
-  echo "lb = \"round-robin\""
-  printf 'instances = ['
-  sep=""
-  for u in "${UPSTREAMS[@]}"; do printf '%s{ address = "%s" }' "$sep" "$u"; sep=", "; done
-  echo "]"
-} > "$WORK/synod.toml"
-TOKIO_WORKER_THREADS=$THREADS "$SYNOD" --log error mesh proxy --config "$WORK/synod.toml" >/dev/null &
-PIDS+=($!)
-PROXIES=("synod:$SYNOD_PORT")
+PROXIES=()
+offset=10
+for workers in ${SYNOD_WORKERS:-2 0}; do
+  port=$((BASE + offset))
+  offset=$((offset + 3))
+  {
+    echo "workers = $workers"
+    echo "[[service]]"
+    echo "name = \"bench\""
+    echo "listen = \"127.0.0.1:$port\""
+    echo "lb = \"round-robin\""
+    printf 'instances = ['
+    sep=""
+    for u in "${UPSTREAMS[@]}"; do printf '%s{ address = "%s" }' "$sep" "$u"; sep=", "; done
+    echo "]"
+  } > "$WORK/synod-$workers.toml"
+  TOKIO_WORKER_THREADS=$THREADS "$SYNOD" --log error mesh proxy --config "$WORK/synod-$workers.toml" >/dev/null &
+  PIDS+=($!)
+  if [ "$workers" = 0 ]; then name=synod-rt; else name="synod-w$workers"; fi
+  PROXIES+=("$name:$port:$!")
+done
+
+# SYNOD_BASE_BIN=path adds that binary (an older build, say) with `workers = 2` as one
+# more contender, "base-w2", for a before/after comparison in the same run.
+if [ -n "${SYNOD_BASE_BIN:-}" ]; then
+  port=$((BASE + 20))
+  sed "s/127.0.0.1:$((BASE + 10))\"/127.0.0.1:$port\"/; s/^workers = .*/workers = 2/" \
+    "$WORK/synod-$(echo ${SYNOD_WORKERS:-2 0} | awk '{ print $1 }').toml" > "$WORK/base.toml"
+  TOKIO_WORKER_THREADS=$THREADS "$SYNOD_BASE_BIN" --log error mesh proxy --config "$WORK/base.toml" >/dev/null &
+  PIDS+=($!)
+  PROXIES+=("base-w2:$port:$!")
+fi
 
 # --- nginx --------------------------------------------------------------------------
 if command -v nginx >/dev/null; then
@@ -101,7 +123,7 @@ if command -v nginx >/dev/null; then
   } > "$WORK/nginx.conf"
   nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" -g 'daemon off;' &
   PIDS+=($!)
-  PROXIES+=("nginx:$NGINX_PORT")
+  PROXIES+=("nginx:$NGINX_PORT:$!")
 else
   echo "nginx not found: skipped" >&2
 fi
@@ -130,13 +152,25 @@ if command -v haproxy >/dev/null; then
   } > "$WORK/haproxy.cfg"
   haproxy -f "$WORK/haproxy.cfg" -db &
   PIDS+=($!)
-  PROXIES+=("haproxy:$HAPROXY_PORT")
+  PROXIES+=("haproxy:$HAPROXY_PORT:$!")
 else
   echo "haproxy not found: skipped" >&2
 fi
 
 for u in "${UPSTREAMS[@]}"; do wait_port "${u##*:}"; done
-for p in "${PROXIES[@]}"; do wait_port "${p##*:}"; done
+for p in "${PROXIES[@]}"; do port="${p#*:}"; wait_port "${port%%:*}"; done
+
+# CPU time (clock ticks) of a process and its children (nginx's workers).
+TICK="$(getconf CLK_TCK)"
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    if [ -r "/proc/$pid/stat" ]; then
+      total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+    fi
+  done
+  echo "$total"
+}
 
 # wrk's latency in milliseconds from "99%  1.23ms".
 to_ms() {
@@ -150,22 +184,26 @@ echo "rounds=$ROUNDS seconds=$SECONDS_PER_RUN connections=$CONNECTIONS wrk_threa
 : > "$WORK/results"
 for round in $(seq 1 "$ROUNDS"); do
   for p in "${PROXIES[@]}"; do
-    name="${p%%:*}"; port="${p##*:}"
+    name="${p%%:*}"; rest="${p#*:}"; port="${rest%%:*}"; pid="${rest##*:}"
     # A short warm-up fills the connection pools.
     wrk -t"$THREADS" -c"$CONNECTIONS" -d1s "http://127.0.0.1:$port/" >/dev/null
+    before="$(cpu_ticks "$pid")"
     out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency "http://127.0.0.1:$port/")"
+    after="$(cpu_ticks "$pid")"
     rps="$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')"
+    requests="$(echo "$out" | awk '/requests in/ { print $1 }')"
     p50="$(to_ms "$(echo "$out" | awk '$1 == "50%" { print $2 }')")"
     p99="$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")"
+    cpu_us="$(awk -v t=$((after - before)) -v hz="$TICK" -v n="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')"
     errors="$(echo "$out" | awk '/Non-2xx|Socket errors/ { s = s $0 "; " } END { print s }')"
-    echo "round $round $name: $rps req/s, p50 ${p50} ms, p99 ${p99} ms ${errors}"
-    echo "$name $rps $p50 $p99" >> "$WORK/results"
+    echo "round $round $name: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, ${cpu_us} CPU-us/req ${errors}"
+    echo "$name $rps $p50 $p99 $cpu_us" >> "$WORK/results"
   done
 done
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo
-printf "%-8s %12s %10s %10s %14s %12s\n" proxy "req/s" "p50 ms" "p99 ms" "req/s vs nginx" "p99 vs nginx"
+printf "%-9s %10s %8s %8s %12s %8s %8s\n" proxy "req/s" "p50 ms" "p99 ms" "CPU-us/req" "req/s÷" "p99÷"
 base_rps=""; base_p99=""
 if grep -q '^nginx ' "$WORK/results"; then
   base_rps="$(awk '$1 == "nginx" { print $2 }' "$WORK/results" | median)"
@@ -176,11 +214,13 @@ for p in "${PROXIES[@]}"; do
   rps="$(awk -v n="$name" '$1 == n { print $2 }' "$WORK/results" | median)"
   p50="$(awk -v n="$name" '$1 == n { print $3 }' "$WORK/results" | median)"
   p99="$(awk -v n="$name" '$1 == n { print $4 }' "$WORK/results" | median)"
+  cpu="$(awk -v n="$name" '$1 == n { print $5 }' "$WORK/results" | median)"
   if [ -n "$base_rps" ]; then
     r1="$(awk -v a="$rps" -v b="$base_rps" 'BEGIN { printf "%.2fx", a / b }')"
     r2="$(awk -v a="$p99" -v b="$base_p99" 'BEGIN { printf "%.2fx", a / b }')"
   else
     r1="-"; r2="-"
   fi
-  printf "%-8s %12.0f %10.3f %10.3f %14s %12s\n" "$name" "$rps" "$p50" "$p99" "$r1" "$r2"
+  printf "%-9s %10.0f %8.3f %8.3f %12.1f %8s %8s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$r1" "$r2"
 done
+echo "(req/s÷ and p99÷: medians relative to nginx's medians)"

@@ -16,7 +16,7 @@
 //! |---|---|
 //! | `GET /v1/catalog/services` | every service and its tags |
 //! | `GET /v1/catalog/service/{name}` | every instance of a service, with its status |
-//! | `GET /v1/health/service/{name}?passing=true` | only passing instances |
+//! | `GET /v1/health/service/{name}?passing=true` | only passing instances (`&tag=v2`: with that tag) |
 //! | `PUT /v1/catalog/service/{name}/{id}` | register (JSON body: address, tags, meta, weight, check) under the agent's lease |
 //! | `DELETE /v1/catalog/service/{name}/{id}` | deregister |
 //! | `PUT /v1/agent/check/pass/{name}/{id}` | a TTL heartbeat |
@@ -336,6 +336,8 @@ struct BlockingQuery {
     index: Option<i64>,
     wait: Option<String>,
     passing: Option<bool>,
+    /// Only instances carrying this tag (Consul's `?tag=`).
+    tag: Option<String>,
 }
 
 /// Wait (at most `wait`, default 30 s, at most 5 min) until the registry's revision is
@@ -373,7 +375,8 @@ async fn catalog_services(
     with_index(&agent, serde_json::json!(tags))
 }
 
-fn instances_json(agent: &Agent, name: &str, passing_only: bool) -> serde_json::Value {
+fn instances_json(agent: &Agent, name: &str, query: &BlockingQuery) -> serde_json::Value {
+    let passing_only = query.passing.unwrap_or(false);
     agent.catalog.with(|m| {
         let list: Vec<serde_json::Value> = m
             .services
@@ -382,6 +385,10 @@ fn instances_json(agent: &Agent, name: &str, passing_only: bool) -> serde_json::
             .flat_map(|ids| ids.values())
             .filter(|e| e.registration.is_some())
             .filter(|e| !passing_only || e.status() == Status::Passing)
+            .filter(|e| match &query.tag {
+                None => true,
+                Some(t) => e.registration.as_ref().is_some_and(|r| r.tags.contains(t)),
+            })
             .map(|e| {
                 let mut v = serde_json::to_value(&e.registration).unwrap_or_default();
                 if let Some(o) = v.as_object_mut() {
@@ -406,7 +413,7 @@ async fn catalog_service(
     if let Err(r) = block(&agent, &query).await {
         return r;
     }
-    let body = instances_json(&agent, &name, query.passing.unwrap_or(false));
+    let body = instances_json(&agent, &name, &query);
     with_index(&agent, body)
 }
 
@@ -418,7 +425,7 @@ async fn health_service(
     if let Err(r) = block(&agent, &query).await {
         return r;
     }
-    let body = instances_json(&agent, &name, query.passing.unwrap_or(false));
+    let body = instances_json(&agent, &name, &query);
     with_index(&agent, body)
 }
 

@@ -63,6 +63,10 @@ struct ProxyArgs {
     /// by a watch.
     #[arg(long, value_parser = crate::registry::parse_endpoints)]
     registry: Option<crate::registry::Endpoints>,
+    /// Route every service only to instances carrying this tag (repeatable: every one;
+    /// added to each service's `tags`).
+    #[arg(long = "tag", value_parser = crate::svc::tag)]
+    tags: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +105,26 @@ struct BackendArgs {
     /// Share of requests answered with 503.
     #[arg(long, default_value = "0", value_parser = args::probability)]
     fail_rate: f64,
+    /// Register itself in the cluster's registry as an instance of this service (its id
+    /// is --id, its address the one it listens on), under a lease it keeps alive while it
+    /// runs: killed, it leaves discovery within --lease-ttl.
+    #[arg(long, value_name = "SERVICE")]
+    register: Option<String>,
+    /// With --register: the cluster's etcd API endpoints, comma-separated.
+    #[arg(long, default_value = "127.0.0.1:2379", env = "SYNOD_ETCD", value_parser = crate::registry::parse_endpoints)]
+    etcd: crate::registry::Endpoints,
+    /// With --register: the TTL of its lease (at least 2s).
+    #[arg(long, default_value = "3s", value_parser = args::duration)]
+    lease_ttl: Duration,
+    /// With --register: a tag (repeatable).
+    #[arg(long = "tag", value_parser = crate::svc::tag)]
+    tags: Vec<String>,
+    /// With --register: metadata as key=value (repeatable), e.g. weight=3.
+    #[arg(long = "meta", value_parser = crate::svc::key_value)]
+    meta: Vec<(String, String)>,
+    /// With --register: the relative weight.
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    weight: u32,
 }
 
 fn strategy(s: &str) -> Result<Strategy, String> {
@@ -123,8 +147,21 @@ pub(crate) fn run(cmd: MeshCommand) -> Result<ExitCode> {
 async fn proxy(args: ProxyArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("cannot read {}", args.config.display()))?;
-    let config =
+    let mut config =
         ProxyConfig::parse(&text).map_err(|e| anyhow!("{}: {e}", args.config.display()))?;
+    // One single-threaded event loop per CPU unless the file says otherwise: on this
+    // 2-core machine it costs 15 % less CPU per request than the work-stealing runtime
+    // and halves the tail (bench/proxy-compare.sh, docs/mesh.md).
+    config
+        .workers
+        .get_or_insert_with(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    for service in &mut config.services {
+        for t in &args.tags {
+            if !service.tags.contains(t) {
+                service.tags.push(t.clone());
+            }
+        }
+    }
     let running = match &args.registry {
         None => {
             let source = Arc::new(StaticSource::from_config(&config));
@@ -176,20 +213,52 @@ async fn agent(args: AgentArgs) -> Result<ExitCode> {
 }
 
 async fn backend(args: BackendArgs) -> Result<ExitCode> {
+    if args.register.is_some() && args.lease_ttl < Duration::from_secs(2) {
+        return Err(anyhow!(
+            "--lease-ttl must be at least 2s (the cluster's minimum)"
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!("listening {} {}", args.id, listener.local_addr()?);
-    synod_mesh::backend::serve(
+    let local = listener.local_addr()?;
+    println!("listening {} {local}", args.id);
+    let serve = synod_mesh::backend::serve(
         listener,
         synod_mesh::backend::BackendSpec {
-            id: args.id,
+            id: args.id.clone(),
             delay: args.delay,
             failure_rate: args.fail_rate,
         },
-    )
-    .await;
-    Ok(ExitCode::SUCCESS)
+    );
+    let Some(name) = args.register else {
+        serve.await;
+        return Ok(ExitCode::SUCCESS);
+    };
+    // Self-registration: the backend holds its own lease, so its registration lives
+    // exactly as long as the process (plus at most the TTL once it is killed).
+    let registration = crate::registry::Registration {
+        name,
+        id: args.id,
+        address: local,
+        tags: args.tags,
+        meta: args.meta.into_iter().collect(),
+        weight: args.weight,
+        node: crate::registry::default_node(),
+        check: None,
+    };
+    registration.validate()?;
+    let registry = crate::registry::Registry::new(&args.etcd)?;
+    let (lease, granted) = registry.grant(args.lease_ttl).await?;
+    registry.register(&registration, lease).await?;
+    println!(
+        "registered {}/{} at {local} lease {lease:x} ttl {granted}s",
+        registration.name, registration.id
+    );
+    tokio::select! {
+        () = serve => Ok(ExitCode::SUCCESS),
+        held = crate::svc::hold(&registry, &registration, lease, granted) => held,
+    }
 }
 
 async fn demo(args: DemoArgs) -> Result<ExitCode> {

@@ -715,6 +715,8 @@ impl Catalog {
                     id: r.id.clone(),
                     address: r.address,
                     weight: r.weight,
+                    tags: r.tags.clone(),
+                    meta: r.meta.clone(),
                 })
                 .collect()
         })

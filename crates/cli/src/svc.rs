@@ -46,7 +46,7 @@ struct RegisterArgs {
     #[arg(long)]
     id: Option<String>,
     /// A tag (repeatable).
-    #[arg(long = "tag")]
+    #[arg(long = "tag", value_parser = tag)]
     tags: Vec<String>,
     /// Metadata as key=value (repeatable).
     #[arg(long = "meta", value_parser = key_value)]
@@ -79,9 +79,13 @@ struct RegisterArgs {
     #[arg(long, default_value = "2", value_parser = clap::value_parser!(u32).range(1..=100))]
     unhealthy_threshold: u32,
     /// Register with a lease of this TTL (whole seconds, at least 2) and exit, printing
-    /// the lease id.
+    /// the lease id (with --keepalive: stay and keep it alive).
     #[arg(long, value_parser = args::duration)]
     ttl: Option<Duration>,
+    /// With --ttl: stay in the foreground renewing the lease every third of its TTL, so
+    /// the instance lives exactly as long as this process (plus at most the TTL).
+    #[arg(long, requires = "ttl")]
+    keepalive: bool,
     /// In the foreground: the TTL of the lease that is kept alive (it is renewed every
     /// third of it; the instance disappears this long after the process dies).
     #[arg(long, default_value = "3s", value_parser = args::duration, conflicts_with = "ttl")]
@@ -103,6 +107,9 @@ struct ListArgs {
     /// Only passing instances (what discovery returns).
     #[arg(long)]
     passing: bool,
+    /// Only instances carrying this tag (repeatable: every one).
+    #[arg(long = "tag", value_parser = tag)]
+    tags: Vec<String>,
     /// JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -115,7 +122,17 @@ struct HeartbeatArgs {
     lease: i64,
 }
 
-fn key_value(s: &str) -> Result<(String, String), String> {
+/// A tag: non-empty, no spaces.
+pub(crate) fn tag(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains(char::is_whitespace) {
+        return Err(format!(
+            "`{s}` is not a tag: tags are non-empty and have no spaces"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not key=value"))?;
@@ -225,7 +242,7 @@ async fn register(registry: &Registry, a: RegisterArgs) -> Result<ExitCode> {
     }
     let (lease, granted) = registry.grant(ttl).await?;
     registry.register(&r, lease).await?;
-    if a.ttl.is_some() {
+    if a.ttl.is_some() && !a.keepalive {
         println!(
             "registered {}/{} at {} lease {lease:x} ttl {granted}s",
             r.name, r.id, r.address
@@ -236,6 +253,18 @@ async fn register(registry: &Registry, a: RegisterArgs) -> Result<ExitCode> {
         "registered {}/{} at {} lease {lease:x} ttl {granted}s; keeping it alive (ctrl-c deregisters)",
         r.name, r.id, r.address
     );
+    hold(registry, &r, lease, granted).await
+}
+
+/// Keep `lease` (holding `r`) alive, renewing it every third of its TTL, until ctrl-c or
+/// SIGTERM (then revoke it: `r` leaves at once) or until it expires (exit 1). A process
+/// killed outright stops renewing, and `r` leaves when the lease runs out.
+pub(crate) async fn hold(
+    registry: &Registry,
+    r: &Registration,
+    lease: i64,
+    granted: i64,
+) -> Result<ExitCode> {
     let every = Duration::from_secs(u64::try_from(granted.max(1)).unwrap_or(1)) / 3;
     let keeper = registry.keep_alive(lease, every);
     tokio::select! {
@@ -260,6 +289,9 @@ async fn list(registry: &Registry, a: ListArgs) -> Result<ExitCode> {
     let mut rows = Vec::new();
     for name in &names {
         for (r, status) in mirror.instances(name, a.passing) {
+            if !a.tags.iter().all(|t| r.tags.contains(t)) {
+                continue;
+            }
             let health = mirror
                 .services
                 .get(name)

@@ -157,6 +157,8 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
         ids(agent, "/v1/catalog/service/api") == ["a1"]
     });
     assert!(ids(agent, "/v1/health/service/api?passing=true").is_empty());
+    assert_eq!(ids(agent, "/v1/catalog/service/api?tag=v2"), ["a1"]);
+    assert!(ids(agent, "/v1/catalog/service/api?tag=v9").is_empty());
     let pass = || {
         request(
             agent,
@@ -368,6 +370,144 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `svc list` rows (JSON) of `name`, as (id, tags).
+/// Runs `synod svc --etcd ...` with the given arguments.
+type Svc<'a> = &'a dyn Fn(&[&str]) -> (i32, String, String);
+
+fn listed(svc: Svc<'_>, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["list", "--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = svc(&all);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let mut ids: Vec<String> = json
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap_or("").to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn self_registered_backends_route_by_tag_and_weight_and_leave_within_their_ttl() {
+    let (_cluster, _admin, client) = start_cluster_ports("selfreg", 3);
+    let etcd = format!("{},{},{}", client(1), client(2), client(3));
+    let svc = |args: &[&str]| {
+        let mut all = vec!["svc", "--etcd", etcd.as_str()];
+        all.extend_from_slice(args);
+        synod(&all)
+    };
+    common::eventually("the cluster answers svc list", || svc(&["list"]).0 == 0);
+
+    // Three backends register themselves, each under its own 2 s lease.
+    let mut backends = Vec::new();
+    for (id, tag, weight) in [("s1", "v2", "3"), ("s2", "v2", "1"), ("s3", "v1", "1")] {
+        let meta = format!("weight={weight}");
+        let args = [
+            "mesh",
+            "backend",
+            "--id",
+            id,
+            "--register",
+            "shop",
+            "--etcd",
+            &etcd,
+            "--lease-ttl",
+            "2s",
+            "--tag",
+            tag,
+            "--meta",
+            &meta,
+        ];
+        let (process, line) = start(&args, "registered");
+        assert!(line.contains(&format!("shop/{id}")), "{line}");
+        backends.push(process);
+    }
+    assert_eq!(listed(&svc, &["shop"]), ["s1", "s2", "s3"]);
+    assert_eq!(listed(&svc, &["shop", "--tag", "v2"]), ["s1", "s2"]);
+    assert_eq!(listed(&svc, &["--tag", "v1"]), ["s3"]);
+    assert!(listed(&svc, &["--tag", "v1", "--tag", "v2"]).is_empty());
+
+    // The proxy routes to v2 only, weighting by the metadata.
+    let dir = common::scratch("selfreg", "proxy");
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[[service]]\nname = \"shop\"\nlisten = \"127.0.0.1:0\"\nlb = \"weighted\"\n\
+         weight_key = \"weight\"\n[service.health]\nkind = \"none\"\n",
+    )
+    .unwrap();
+    let args = [
+        "mesh",
+        "proxy",
+        "--config",
+        config.to_str().unwrap(),
+        "--registry",
+        &etcd,
+        "--tag",
+        "v2",
+    ];
+    let (_proxy, line) = start(&args, "listening");
+    let proxy = address(&line);
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let (status, response) = get_response(proxy, "/shop");
+        assert_eq!(status, 200, "{response}");
+        *counts
+            .entry(header(&response, "x-backend").unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    eprintln!("weighted by metadata: {counts:?}");
+    assert_eq!(counts.get("s3"), None, "{counts:?}");
+    assert_eq!(counts.get("s1"), Some(&30), "{counts:?}");
+    assert_eq!(counts.get("s2"), Some(&10), "{counts:?}");
+
+    // SIGKILL s1: nothing renews its lease, and it leaves discovery within the TTL.
+    let mut killed = backends.remove(0);
+    killed.0.kill().expect("SIGKILL s1");
+    killed.0.wait().unwrap();
+    let gone = wait_until("s1's lease expires", Duration::from_secs(8), || {
+        !listed(&svc, &["shop"]).contains(&"s1".to_string())
+    });
+    eprintln!("self-registered s1 left the registry {gone:?} after SIGKILL (2 s lease)");
+    assert!(gone < Duration::from_millis(3500), "{gone:?}");
+    wait_until(
+        "the proxy sends everything to s2",
+        Duration::from_secs(3),
+        || (0..6).all(|_| header(&get_response(proxy, "/shop").1, "x-backend") == Some("s2")),
+    );
+
+    // `svc register --ttl --keepalive` holds a lease past its TTL while it runs, and
+    // the instance leaves within the TTL once the holder is killed.
+    let args = [
+        "svc",
+        "--etcd",
+        &etcd,
+        "register",
+        "cache",
+        "--id",
+        "c1",
+        "--address",
+        "127.0.0.1:6379",
+        "--ttl",
+        "2s",
+        "--keepalive",
+    ];
+    let (mut holder, _) = start(&args, "registered");
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(listed(&svc, &["cache"]), ["c1"], "renewed past its 2 s TTL");
+    holder.0.kill().expect("SIGKILL the holder");
+    holder.0.wait().unwrap();
+    let gone = wait_until("c1's lease expires", Duration::from_secs(8), || {
+        listed(&svc, &["cache"]).is_empty()
+    });
+    eprintln!("c1 left the registry {gone:?} after its --keepalive holder was killed");
+    assert!(gone < Duration::from_millis(3500), "{gone:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn svc_flags_get_clear_errors() {
     let (code, _, err) = synod(&["svc", "register", "web", "--address", "nowhere"]);
@@ -415,6 +555,25 @@ fn svc_flags_get_clear_errors() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("key=value"), "{err}");
+    let (code, _, err) = synod(&[
+        "svc",
+        "register",
+        "web",
+        "--address",
+        "127.0.0.1:1",
+        "--keepalive",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--ttl"), "{err}");
+    let (code, _, err) = synod(&["svc", "list", "--tag", ""]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a tag"), "{err}");
+    let (code, _, err) = synod(&["mesh", "backend", "--register", "web", "--lease-ttl", "1s"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("at least 2s"), "{err}");
+    let (code, _, err) = synod(&["mesh", "proxy", "--config", "x.toml", "--tag", "a b"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a tag"), "{err}");
     let (code, _, err) = synod(&["mesh", "agent", "--lease-ttl", "1s"]);
     assert_eq!(code, 2);
     assert!(err.contains("at least 2s"), "{err}");

@@ -13,9 +13,12 @@
 //! timeout_ms = 5000                 # per request, across retries; capped by the caller's
 //!                                   # x-synod-timeout-ms or grpc-timeout
 //! hash_header = "x-user"            # ring-hash and maglev key (default: client address)
+//! tags = ["v2"]                     # route only to instances carrying every one of these
+//! weight_key = "weight"             # metadata key that overrides an instance's weight
 //! instances = [
-//!   { id = "a", address = "127.0.0.1:9001", weight = 2 },
-//!   { id = "b", address = "127.0.0.1:9002" },
+//!   { id = "a", address = "127.0.0.1:9001", weight = 2, tags = ["v2"] },
+//!   { id = "b", address = "127.0.0.1:9002", tags = ["v2"], meta = { weight = "3" } },
+//!   { id = "c", address = "127.0.0.1:9003", tags = ["v1"] },
 //! ]
 //! [service.retry]                   # defaults shown; max_retries = 0 turns retries off
 //! max_retries = 2
@@ -65,11 +68,12 @@ pub struct ProxyConfig {
     /// Where to serve `/metrics` and `/status`.
     #[serde(default)]
     pub admin: Option<SocketAddr>,
-    /// Worker threads, each a single-threaded event loop with its own SO_REUSEPORT
-    /// listener per service and its own upstream connection pool (nginx's model). Zero, the
-    /// default, serves everything on the runtime that started the proxy.
+    /// Worker threads, each a single-threaded event loop with its own upstream connection
+    /// pool (nginx's model); one acceptor per service deals client connections to them in
+    /// turn. Zero serves everything on the runtime that started the proxy; so does leaving
+    /// it out, for the library (`synod mesh proxy` then uses one worker per CPU).
     #[serde(default)]
-    pub workers: usize,
+    pub workers: Option<usize>,
     /// The proxied services.
     #[serde(rename = "service", default)]
     pub services: Vec<ServiceConfig>,
@@ -114,6 +118,16 @@ pub struct ServiceConfig {
     /// The instances, for the static upstream source.
     #[serde(default)]
     pub instances: Vec<InstanceConfig>,
+    /// Route only to instances that carry every one of these tags (from the file or the
+    /// registry); empty, the default, routes to all.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// A metadata key whose value, a positive integer, is the instance's weight for the
+    /// weighted and hash strategies in place of its `weight`. An instance without the key
+    /// keeps its `weight`; one with a value that is not a positive integer is logged and
+    /// keeps it too.
+    #[serde(default)]
+    pub weight_key: Option<String>,
     /// Retry policy.
     #[serde(default)]
     pub retry: RetryConfig,
@@ -156,6 +170,12 @@ pub struct InstanceConfig {
     /// Relative weight for the weighted and hash strategies.
     #[serde(default = "one")]
     pub weight: u32,
+    /// Tags, for the service's `tags` filter.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Metadata, for the service's `weight_key`.
+    #[serde(default)]
+    pub meta: std::collections::BTreeMap<String, String>,
 }
 
 fn one() -> u32 {
@@ -370,6 +390,12 @@ impl ProxyConfig {
                     return Err(invalid(format!("instance {:?} has weight 0", i.id())));
                 }
             }
+            if s.tags.iter().any(|t| t.is_empty()) {
+                return Err(invalid("tags has an empty tag".into()));
+            }
+            if s.weight_key.as_ref().is_some_and(|k| k.is_empty()) {
+                return Err(invalid("weight_key is empty".into()));
+            }
             if !(0.0..=10.0).contains(&s.retry.budget_ratio) {
                 return Err(invalid(
                     "retry.budget_ratio must be between 0 and 10".into(),
@@ -500,6 +526,18 @@ mod tests {
             (GOOD.replace("quantile = 0.9", "quantile = 9.0"), "quantile"),
             (GOOD.replace("{ address", "{ id = \"a\", address"), "twice"),
             ("[[service]\n".to_string(), "expected"),
+            (
+                GOOD.replace("lb = \"maglev\"", "lb = \"maglev\"\ntags = [\"\"]"),
+                "empty tag",
+            ),
+            (
+                GOOD.replace("lb = \"maglev\"", "lb = \"maglev\"\nweight_key = \"\""),
+                "weight_key",
+            ),
+            (
+                GOOD.replace("weight = 2", "weight = 2, tags = \"v1\""),
+                "tags",
+            ),
         ];
         for (text, expected) in cases {
             let err = ProxyConfig::parse(&text).unwrap_err().to_string();

@@ -21,10 +21,11 @@ use crate::resilience::{
 };
 use crate::upstream::{Instance, InstanceList, UpstreamSource};
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -32,19 +33,192 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics::{Counter, Gauge, Histogram};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use synod_core::Instant;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-/// A pooled HTTP client to a service's upstreams.
+/// A pooled h2c client to a service's upstreams (HTTP/1.1 upstreams use [`H1Pool`]).
 type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
-/// The body type the proxy returns.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// The body type the proxy returns: an upstream's body passed through, or the proxy's own
+/// text. An enum rather than a box, so a proxied response costs no allocation for it.
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+
+/// How many idle HTTP/1.1 connections a worker thread keeps per upstream address.
+const MAX_IDLE_PER_UPSTREAM: usize = 512;
+
+/// How long the balancer's availability flags may go without a refresh on the request
+/// path. Health-check results, failures and instance changes refresh at once; this bounds
+/// only the lag of time-driven changes (a breaker's open period ending, an ejection
+/// running out, φ rising while checks hang), and saves recomputing φ and breaker states
+/// for every instance on every request.
+const REFRESH_EVERY: Duration = Duration::from_millis(5);
+
+type H1Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// This thread's idle keep-alive HTTP/1.1 connections to upstreams, by address. Each
+/// thread keeps its own, so with per-thread event loops (`workers`) a request and its
+/// upstream connection stay on one thread and the pool needs no lock.
+struct H1Pool;
+
+thread_local! {
+    static H1_IDLE: RefCell<BTreeMap<SocketAddr, Vec<H1Sender>>> =
+        const { RefCell::new(BTreeMap::new()) };
+}
+
+impl H1Pool {
+    fn take(address: SocketAddr) -> Option<H1Sender> {
+        H1_IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let list = idle.get_mut(&address)?;
+            while let Some(sender) = list.pop() {
+                if !sender.is_closed() {
+                    return Some(sender);
+                }
+            }
+            None
+        })
+    }
+
+    fn put(address: SocketAddr, sender: H1Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        H1_IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let list = idle.entry(address).or_default();
+            if list.len() < MAX_IDLE_PER_UPSTREAM {
+                list.push(sender);
+            }
+        });
+    }
+
+    /// A connection ready for a request: an idle one, else a new one.
+    async fn checkout(
+        address: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<H1Sender, UpstreamError> {
+        while let Some(mut sender) = H1Pool::take(address) {
+            // The connection's task may not yet have finished the previous exchange.
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(address)).await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
+            Err(_) => {
+                return Err(UpstreamError::Connect(format!(
+                    "connect timed out after {connect_timeout:?}"
+                )))
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+}
+
+/// Why an attempt got no response.
+#[derive(Debug)]
+enum UpstreamError {
+    /// No connection: nothing was sent, so any method may be retried.
+    Connect(String),
+    /// The exchange failed.
+    Http(hyper::Error),
+    /// The h2c client's exchange failed.
+    Exchange(String),
+}
+
+impl UpstreamError {
+    fn is_connect(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_) => true,
+            // Canceled: the connection closed before the request was written.
+            UpstreamError::Http(e) => e.is_canceled(),
+            UpstreamError::Exchange(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Connect(e) => write!(f, "cannot connect: {e}"),
+            UpstreamError::Http(e) => write!(f, "{e}"),
+            UpstreamError::Exchange(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// An upstream response body. When an HTTP/1.1 body has been read to its end, its
+/// connection goes back to this thread's pool for the next request.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    body: Incoming,
+    connection: Option<(SocketAddr, H1Sender)>,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some((address, sender)) = self.connection.take() {
+            H1Pool::put(address, sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            // A broken exchange leaves the connection in an unknown state.
+            Poll::Ready(Some(Err(_))) => this.connection = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // An empty body is never polled; one dropped half-read takes its connection along.
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +354,10 @@ impl ServiceMetrics {
 #[derive(Debug)]
 struct InstanceRuntime {
     instance: Instance,
+    /// Resolved once per instance, not per request.
+    label: Arc<str>,
+    header: Option<HeaderValue>,
+    authority: Option<Authority>,
     breaker: Option<CircuitBreaker>,
     healthy: bool,
     streak: i64,
@@ -191,6 +369,7 @@ struct InstanceRuntime {
 #[derive(Debug)]
 struct ServiceState {
     generation: u64,
+    next_refresh: Instant,
     balancer: Balancer,
     instances: Vec<InstanceRuntime>,
     outlier: Option<OutlierDetector>,
@@ -227,7 +406,9 @@ fn new_client(config: &ServiceConfig) -> UpstreamClient {
 struct Attempt {
     generation: u64,
     index: usize,
-    id: String,
+    id: Arc<str>,
+    header: Option<HeaderValue>,
+    authority: Option<Authority>,
     address: SocketAddr,
     permit: Option<Permit>,
     started: Instant,
@@ -263,6 +444,7 @@ impl Service {
         let backoff = config.backoff();
         let state = ServiceState {
             generation: 0,
+            next_refresh: Instant(0),
             balancer: Balancer::new(strategy, BalancerConfig::default(), &[]),
             instances: Vec::new(),
             outlier: None,
@@ -321,8 +503,30 @@ impl Service {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Replace the instance list, keeping the state of instances whose id stays.
+    /// The instances this service routes to: those with every tag of the service's `tags`,
+    /// weighted from their metadata when the service has a `weight_key`.
+    pub fn select(&self, instances: &[Instance]) -> Vec<Instance> {
+        instances
+            .iter()
+            .filter(|i| i.has_tags(&self.config.tags))
+            .map(|i| {
+                let (weight, problem) = i.effective_weight(self.config.weight_key.as_deref());
+                if let Some(problem) = problem {
+                    tracing::warn!(service = %self.config.name, upstream = %i.id, "{problem}");
+                }
+                Instance {
+                    weight,
+                    ..i.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// Replace the instance list, keeping the state of instances whose id stays. Only
+    /// instances that pass [`Service::select`] are used.
     pub fn set_instances(&self, instances: &[Instance]) {
+        let selected = self.select(instances);
+        let instances = &selected[..];
         let interval = Duration::from_millis(self.config.health.interval_ms);
         let mut state = self.lock();
         let mut old: Vec<InstanceRuntime> = std::mem::take(&mut state.instances);
@@ -338,6 +542,9 @@ impl Service {
                 }
                 InstanceRuntime {
                     instance: instance.clone(),
+                    label: Arc::from(instance.id.as_str()),
+                    header: HeaderValue::from_str(&instance.id).ok(),
+                    authority: Authority::try_from(instance.address.to_string()).ok(),
                     breaker: self.config.breaker_config().map(CircuitBreaker::new),
                     healthy: true,
                     streak: 0,
@@ -420,6 +627,7 @@ impl Service {
     }
 
     fn refresh(&self, state: &mut ServiceState, now: Instant) {
+        state.next_refresh = now + REFRESH_EVERY;
         if let Some(outlier) = state.outlier.as_mut() {
             for event in outlier.on_tick(now) {
                 if let OutlierEvent::Returned(i) = event {
@@ -449,17 +657,25 @@ impl Service {
     }
 
     /// Pick an instance, avoiding `tried`, and start an attempt on it.
+    /// The first attempt of a request (`tried` empty) also deposits into the retry budget.
     fn acquire(&self, key: u64, tried: &[usize]) -> Option<Attempt> {
         let now = self.clock.now();
         let mut state = self.lock();
-        self.refresh(&mut state, now);
-        let mut exclude = tried.to_vec();
-        let mut refused = Vec::new();
+        if tried.is_empty() {
+            state.budget.on_request(now);
+        }
+        if now >= state.next_refresh {
+            self.refresh(&mut state, now);
+        }
+        let mut exclude: Vec<usize> = Vec::new();
+        let mut refused: Vec<usize> = Vec::new();
         let state = &mut *state;
         loop {
-            let index = state
-                .balancer
-                .pick_excluding(&mut state.rng, key, &exclude)?;
+            let index = state.balancer.pick_excluding(
+                &mut state.rng,
+                key,
+                if exclude.is_empty() { tried } else { &exclude },
+            )?;
             if refused.contains(&index) {
                 return None;
             }
@@ -470,6 +686,9 @@ impl Service {
                     None => {
                         // Half-open with its probes out: try someone else.
                         refused.push(index);
+                        if exclude.is_empty() {
+                            exclude.extend_from_slice(tried);
+                        }
                         exclude.push(index);
                         continue;
                     }
@@ -481,7 +700,9 @@ impl Service {
             return Some(Attempt {
                 generation: state.generation,
                 index,
-                id: runtime.instance.id.clone(),
+                id: runtime.label.clone(),
+                header: runtime.header.clone(),
+                authority: runtime.authority.clone(),
                 address: runtime.instance.address,
                 permit,
                 started: now,
@@ -534,8 +755,8 @@ impl Service {
     }
 
     fn on_request(&self) {
-        let now = self.clock.now();
-        self.lock().budget.on_request(now);
+        // The retry budget's deposit is made with the first pick (`acquire`), under the
+        // same lock.
         self.metrics.requests.increment(1);
     }
 
@@ -554,6 +775,7 @@ impl Service {
     }
 
     fn hedge_delay(&self) -> Option<Duration> {
+        self.config.hedge.as_ref()?;
         self.lock().hedge.as_ref().map(HedgePolicy::delay)
     }
 
@@ -652,11 +874,7 @@ async fn watch_loop(
 }
 
 fn text_response(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(text))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
     *response.status_mut() = status;
     response
 }
@@ -682,9 +900,9 @@ const HOP_BY_HOP: [&str; 8] = [
 /// What one attempt produced.
 enum AttemptResult {
     /// A response that should go back to the client.
-    Done(Response<Incoming>),
+    Done(Response<UpstreamBody>),
     /// A failure that may be retried; the response, if any, is kept in case it is the last.
-    Retriable(Option<Response<Incoming>>, String),
+    Retriable(Option<Response<UpstreamBody>>, String),
     /// A failure that must not be retried.
     Fatal(StatusCode, String),
 }
@@ -700,17 +918,26 @@ impl Service {
     fn upstream_request(
         &self,
         prepared: &Prepared,
-        address: SocketAddr,
+        attempt: &Attempt,
         remaining: Duration,
     ) -> Request<Full<Bytes>> {
         let path = prepared
             .parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str());
-        let uri: Uri = format!("http://{address}{path}")
-            .parse()
-            .unwrap_or_else(|_| Uri::from_static("/"));
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = if self.config.upstream_http2 {
+            // The pooled h2c client routes by the absolute URI.
+            let mut parts = hyper::http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = attempt.authority.clone();
+            parts.path_and_query = Some(path);
+            Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+        } else {
+            // HTTP/1.1 over our own connection: origin form.
+            Uri::from(path)
+        };
         let mut request = Request::new(Full::new(prepared.body.clone()));
         *request.method_mut() = prepared.parts.method.clone();
         *request.uri_mut() = uri;
@@ -720,6 +947,7 @@ impl Service {
             Version::HTTP_11
         };
         let headers = request.headers_mut();
+        headers.reserve(prepared.parts.headers.len() + 3);
         for (name, value) in &prepared.parts.headers {
             if !HOP_BY_HOP.contains(&name.as_str())
                 && name != "transfer-encoding"
@@ -730,6 +958,17 @@ impl Service {
         }
         if self.config.upstream_http2 {
             headers.remove(hyper::header::HOST);
+        } else if !headers.contains_key(hyper::header::HOST) {
+            // An HTTP/2 client's request has an :authority instead; HTTP/1.1 needs Host.
+            let host = prepared
+                .parts
+                .uri
+                .authority()
+                .or(attempt.authority.as_ref())
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            if let Some(host) = host {
+                headers.insert(hyper::header::HOST, host);
+            }
         }
         let millis = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
         headers.insert(
@@ -742,6 +981,44 @@ impl Service {
             }
         }
         request
+    }
+
+    /// Send one request to `attempt`'s instance: HTTP/1.1 over this thread's pool of
+    /// keep-alive connections, checked out and returned by the request itself (each connection's
+    /// dispatcher runs on a task of the same thread); h2c through the pooled
+    /// client.
+    async fn send(
+        &self,
+        attempt: &Attempt,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if self.config.upstream_http2 {
+            let response = self.http_client().request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    UpstreamError::Connect(e.to_string())
+                } else {
+                    UpstreamError::Exchange(e.to_string())
+                }
+            })?;
+            return Ok(response.map(|body| UpstreamBody {
+                body,
+                connection: None,
+            }));
+        }
+        let connect_timeout = Duration::from_millis(self.config.timeout_ms.min(2000));
+        let mut sender = H1Pool::checkout(attempt.address, connect_timeout).await?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(UpstreamError::Http)?;
+        let keep = !response
+            .headers()
+            .get(hyper::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        Ok(response.map(|body| UpstreamBody {
+            body,
+            connection: keep.then_some((attempt.address, sender)),
+        }))
     }
 
     async fn try_once(
@@ -758,8 +1035,8 @@ impl Service {
             .retry
             .per_try_timeout_ms
             .map_or(remaining, |ms| Duration::from_millis(ms).min(remaining));
-        let request = self.upstream_request(prepared, attempt.address, remaining);
-        let result = tokio::time::timeout(per_try, self.http_client().request(request)).await;
+        let request = self.upstream_request(prepared, attempt, remaining);
+        let result = tokio::time::timeout(per_try, self.send(attempt, request)).await;
         match result {
             Ok(Ok(response)) if response.status().is_server_error() => {
                 self.finish(attempt, Outcome::Failure, first);
@@ -913,7 +1190,7 @@ impl Service {
             body,
         };
         let mut tried: Vec<usize> = Vec::new();
-        let mut last_failure: Option<Response<Incoming>> = None;
+        let mut last_failure: Option<Response<UpstreamBody>> = None;
         let mut last_reason = String::from("no attempt was made");
         let max_retries = self.config.retry.max_retries;
         for retry in 0..=max_retries {
@@ -945,7 +1222,7 @@ impl Service {
                 break;
             };
             tried.push(attempt.index);
-            let id = attempt.id.clone();
+            let upstream = attempt.header.clone();
             let result = if retry == 0 {
                 self.first_attempt(attempt, &prepared, deadline, key, &mut tried)
                     .await
@@ -954,7 +1231,7 @@ impl Service {
             };
             match result {
                 AttemptResult::Done(response) => {
-                    return into_client_response(response, &id, retry + 1)
+                    return into_client_response(response, upstream, retry + 1)
                 }
                 AttemptResult::Retriable(response, why) => {
                     last_reason = why;
@@ -968,7 +1245,7 @@ impl Service {
             }
         }
         match last_failure {
-            Some(response) => into_client_response(response, "", max_retries + 1),
+            Some(response) => into_client_response(response, None, max_retries + 1),
             None => text_response(
                 StatusCode::BAD_GATEWAY,
                 format!("upstream failed: {last_reason}\n"),
@@ -998,23 +1275,29 @@ fn incoming_timeout(
 }
 
 fn into_client_response(
-    response: Response<Incoming>,
-    upstream: &str,
+    response: Response<UpstreamBody>,
+    upstream: Option<HeaderValue>,
     attempts: u32,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     for name in HOP_BY_HOP {
         parts.headers.remove(name);
     }
-    if let Ok(value) = HeaderValue::from_str(upstream) {
-        if !upstream.is_empty() {
-            parts.headers.insert("x-synod-upstream", value);
-        }
+    if let Some(value) = upstream {
+        parts
+            .headers
+            .insert(HeaderName::from_static("x-synod-upstream"), value);
     }
+    let attempts = match attempts {
+        1 => HeaderValue::from_static("1"),
+        2 => HeaderValue::from_static("2"),
+        3 => HeaderValue::from_static("3"),
+        n => HeaderValue::from(n),
+    };
     parts
         .headers
-        .insert("x-synod-attempts", HeaderValue::from(attempts));
-    Response::from_parts(parts, body.boxed())
+        .insert(HeaderName::from_static("x-synod-attempts"), attempts);
+    Response::from_parts(parts, Either::Left(body))
 }
 
 /// A TCP connection from a client: connect to an instance (retrying others on a failed
@@ -1159,16 +1442,13 @@ pub async fn start(
                 problem,
             },
         )?);
-        let bound = if config.workers == 0 {
-            TcpListener::bind(listen).await
-        } else {
-            reuseport_listener(listen).and_then(TcpListener::from_std)
-        };
-        let listener = bound.map_err(|source| ProxyError::Bind {
-            address: listen,
-            what: format!("service {name}"),
-            source,
-        })?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                address: listen,
+                what: format!("service {name}"),
+                source,
+            })?;
         let local = listener.local_addr().map_err(|source| ProxyError::Bind {
             address: listen,
             what: format!("service {name}"),
@@ -1177,22 +1457,25 @@ pub async fn start(
         listeners.push((name.clone(), local));
         tasks.spawn(health_loop(service.clone()));
         tasks.spawn(watch_loop(service.clone(), updates));
-        if config.workers == 0 {
+        let worker_count = config.workers.unwrap_or(0);
+        if worker_count == 0 {
             tasks.spawn(accept_loop(service.clone(), listener, protocol));
         } else {
-            // nginx's model: one single-threaded event loop per worker, each accepting on
-            // its own SO_REUSEPORT socket, so a request never changes threads.
-            drop(listener);
-            for worker in 0..config.workers {
-                let bind_error = |source| ProxyError::Bind {
-                    address: local,
-                    what: format!("service {name}, worker {worker}"),
-                    source,
-                };
-                let listener = reuseport_listener(local).map_err(bind_error)?;
-                spawn_worker(service.clone(), listener, protocol, shutdown.subscribe())
-                    .map_err(bind_error)?;
+            // nginx's model: one single-threaded event loop per worker, so a request and
+            // its upstream connection never change threads. One acceptor deals the
+            // connections out in turn: SO_REUSEPORT's hash of a few dozen connections
+            // over two sockets is uneven, and the busier worker sets the tail.
+            let mut workers = Vec::with_capacity(worker_count);
+            for worker in 0..worker_count {
+                let sender = spawn_worker(service.clone(), protocol, shutdown.subscribe())
+                    .map_err(|source| ProxyError::Bind {
+                        address: local,
+                        what: format!("service {name}, worker {worker}"),
+                        source,
+                    })?;
+                workers.push(sender);
             }
+            tasks.spawn(deal_loop(listener, workers));
         }
         services.push(service);
     }
@@ -1217,60 +1500,68 @@ pub async fn start(
     })
 }
 
-/// A listening socket with SO_REUSEPORT, so several workers can accept on one port.
-fn reuseport_listener(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = if address.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(address)?;
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    // SAFETY: into_raw_fd hands over sole ownership of a valid socket descriptor.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
-    listen(&listener)?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
+/// A connection handed to a worker thread.
+type Handoff = (std::net::TcpStream, SocketAddr);
 
-fn listen(listener: &std::net::TcpListener) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is a valid, bound socket owned by `listener` for the call.
-    let rc = unsafe { libc::listen(listener.as_raw_fd(), 1024) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// One worker: a thread with a single-threaded runtime serving `listener` until
-/// `shutdown`'s sender is dropped.
+/// One worker: a thread with a single-threaded runtime serving the connections sent to it
+/// until `shutdown`'s sender is dropped.
 fn spawn_worker(
     service: Arc<Service>,
-    listener: std::net::TcpListener,
     protocol: Protocol,
     mut shutdown: tokio::sync::watch::Receiver<()>,
-) -> std::io::Result<()> {
+) -> std::io::Result<tokio::sync::mpsc::UnboundedSender<Handoff>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let (sender, mut connections) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
     std::thread::Builder::new()
         .name(format!("mesh-{}", service.config.name))
         .spawn(move || {
             runtime.block_on(async move {
-                let Ok(listener) = TcpListener::from_std(listener) else {
-                    return;
+                let serve = async {
+                    while let Some((stream, client)) = connections.recv().await {
+                        let Ok(stream) = TcpStream::from_std(stream) else {
+                            continue;
+                        };
+                        serve_connection(service.clone(), stream, client, protocol);
+                    }
                 };
                 tokio::select! {
-                    _ = accept_loop(service, listener, protocol) => {}
+                    () = serve => {}
                     _ = shutdown.changed() => {}
                 }
             });
         })?;
-    Ok(())
+    Ok(sender)
+}
+
+/// Accept connections and deal them to the workers in turn.
+async fn deal_loop(
+    listener: TcpListener,
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<Handoff>>,
+) {
+    let mut next = 0;
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        if workers[next % workers.len()]
+            .send((stream, client))
+            .is_err()
+        {
+            return;
+        }
+        next += 1;
+    }
 }
 
 async fn accept_loop(service: Arc<Service>, listener: TcpListener, protocol: Protocol) {
@@ -1285,22 +1576,31 @@ async fn accept_loop(service: Arc<Service>, listener: TcpListener, protocol: Pro
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        match protocol {
-            Protocol::Tcp => {
-                tokio::spawn(handle_tcp(service, stream, client));
-            }
-            Protocol::Http => {
-                tokio::spawn(async move {
-                    let handler = hyper::service::service_fn(move |request| {
-                        let service = service.clone();
-                        async move { Ok::<_, Infallible>(service.handle(client, request).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), handler)
-                        .await;
+        serve_connection(service.clone(), stream, client, protocol);
+    }
+}
+
+/// Serve one client connection on a task of the current runtime.
+fn serve_connection(
+    service: Arc<Service>,
+    stream: TcpStream,
+    client: SocketAddr,
+    protocol: Protocol,
+) {
+    match protocol {
+        Protocol::Tcp => {
+            tokio::spawn(handle_tcp(service, stream, client));
+        }
+        Protocol::Http => {
+            tokio::spawn(async move {
+                let handler = hyper::service::service_fn(move |request| {
+                    let service = service.clone();
+                    async move { Ok::<_, Infallible>(service.handle(client, request).await) }
                 });
-            }
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), handler)
+                    .await;
+            });
         }
     }
 }

@@ -21,6 +21,46 @@ pub struct Instance {
     pub address: SocketAddr,
     /// Relative weight.
     pub weight: u32,
+    /// Tags, which a service's `tags` filter matches.
+    pub tags: Vec<String>,
+    /// Metadata (a service's `weight_key` may read the weight from it).
+    pub meta: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// An instance with weight 1 and no tags or metadata.
+    pub fn new(id: impl Into<String>, address: SocketAddr) -> Self {
+        Instance {
+            id: id.into(),
+            address,
+            weight: 1,
+            tags: Vec::new(),
+            meta: BTreeMap::new(),
+        }
+    }
+
+    /// Whether it carries every tag in `wanted`.
+    pub fn has_tags(&self, wanted: &[String]) -> bool {
+        wanted.iter().all(|t| self.tags.contains(t))
+    }
+
+    /// Its weight: the value under `key` in its metadata if that is a positive integer,
+    /// else `weight`. The error says why a present value was not used.
+    pub fn effective_weight(&self, key: Option<&str>) -> (u32, Option<String>) {
+        let Some(value) = key.and_then(|k| self.meta.get(k)) else {
+            return (self.weight, None);
+        };
+        match value.trim().parse::<u32>() {
+            Ok(w) if w > 0 => (w, None),
+            _ => (
+                self.weight,
+                Some(format!(
+                    "metadata weight {value:?} is not a positive integer; using {}",
+                    self.weight
+                )),
+            ),
+        }
+    }
 }
 
 /// The instances of a service, as they change.
@@ -51,6 +91,8 @@ impl StaticSource {
                     id: i.id(),
                     address: i.address,
                     weight: i.weight,
+                    tags: i.tags.clone(),
+                    meta: i.meta.clone(),
                 })
                 .collect();
             source.insert(&service.name, instances);

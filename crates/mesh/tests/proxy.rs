@@ -236,11 +236,7 @@ async fn instances_added_by_the_upstream_source_join_rotation() {
     let address = proxy.address("web").unwrap();
     let client = client(false);
     assert_eq!(get(&client, address, &[]).await.1, "a");
-    let instance = |id: &str, address| synod_mesh::upstream::Instance {
-        id: id.into(),
-        address,
-        weight: 1,
-    };
+    let instance = |id: &str, address| synod_mesh::upstream::Instance::new(id, address);
     assert!(source.update("web", vec![instance("a", a), instance("b", b)]));
     // The watch task applies the change asynchronously.
     let mut seen = std::collections::BTreeSet::new();
@@ -271,7 +267,7 @@ async fn worker_threads_share_one_port_and_stop_with_the_proxy() {
     let a = spawn_backend("a", 0, 0.0).await;
     let b = spawn_backend("b", 0, 0.0).await;
     let mut config = config("round-robin", &[("a", a), ("b", b)], "");
-    config.workers = 2;
+    config.workers = Some(2);
     let proxy = start(config).await;
     let address = proxy.address("web").unwrap();
     let mut seen = std::collections::BTreeSet::new();
@@ -288,4 +284,39 @@ async fn worker_threads_share_one_port_and_stop_with_the_proxy() {
         tokio::net::TcpStream::connect(address).await.is_err(),
         "workers stop listening when the proxy is dropped"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_filter_the_instances_and_metadata_sets_their_weights() {
+    let a = spawn_backend("a", 0, 0.0).await;
+    let b = spawn_backend("b", 0, 0.0).await;
+    let c = spawn_backend("c", 0, 0.0).await;
+    let text = format!(
+        "[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nlb = \"weighted\"\n\
+         tags = [\"v2\"]\nweight_key = \"weight\"\ninstances = [\n\
+         {{ id = \"a\", address = \"{a}\", tags = [\"v2\", \"eu\"], meta = {{ weight = \"3\" }} }},\n\
+         {{ id = \"b\", address = \"{b}\", tags = [\"v2\"], meta = {{ weight = \"lots\" }} }},\n\
+         {{ id = \"c\", address = \"{c}\", weight = 5, tags = [\"v1\"] }},\n]\n"
+    );
+    let proxy = start(ProxyConfig::parse(&text).unwrap()).await;
+    let address = proxy.address("web").unwrap();
+    let client = client(false);
+    let mut counts = BTreeMap::new();
+    for _ in 0..16 {
+        let (status, body, _) = get(&client, address, &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        *counts.entry(body).or_insert(0) += 1;
+    }
+    // c lacks the tag; a weighs 3 from its metadata; b's value is not a number, so it
+    // keeps its weight of 1. Smooth weighted round robin gives exact shares per cycle.
+    assert_eq!(
+        counts,
+        BTreeMap::from([("a".to_string(), 12), ("b".to_string(), 4)])
+    );
+    let ids: Vec<String> = proxy.services[0]
+        .availability()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
 }
