@@ -33,6 +33,7 @@ mod sim_swim;
 mod sim_twopc;
 mod stream;
 mod svc;
+mod txn;
 
 use clap::{Parser, Subcommand};
 
@@ -87,6 +88,8 @@ enum Command {
     Stream(stream::StreamCommand),
     /// MapReduce jobs: run one, run a worker, generate input, run a reference.
     Job(job::JobCommand),
+    /// Transactions across the multi-Raft ranges of the running cluster (synod up --ranges).
+    Txn(txn::TxnCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -117,6 +120,7 @@ fn main() -> std::process::ExitCode {
         Command::Stream(cmd) => stream::run(cmd),
         Command::Run(cmd) => run::run(cmd),
         Command::Job(cmd) => job::run(cmd),
+        Command::Txn(cmd) => txn::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -19,11 +19,13 @@
 //! - `GET /v1/txn/kv/{key}`: snapshot read at a fresh timestamp.
 //! - `PUT /v1/txn/kv/{key}` (body: a u64): a one-key transaction.
 //! - `POST /v1/txn/read` `{"keys": [...]}`: one snapshot of many keys.
-//! - `POST /v1/txn` `{"compare": [{"key", "value"}], "put": {key: value}}`: reads the
-//!   compared keys at the transaction's snapshot and, if every one holds the expected
-//!   value (`null`: absent), commits the puts atomically, across ranges (etcd's Txn with
-//!   value compares and puts). Conflicts abort and retry the whole transaction at a
-//!   newer snapshot, at most [`MAX_ATTEMPTS`] times.
+//! - `POST /v1/txn` `{"compare": [{"key", "value"}], "put": {key: value}, "add": {key:
+//!   delta}}`: reads the compared and added keys at the transaction's snapshot and, if
+//!   every compare holds (`null`: absent) and every add finds its key and stays within
+//!   `0..=u64::MAX`, commits the puts and the sums atomically, across ranges (etcd's Txn
+//!   with value compares, plus read-modify-write). `succeeded: false` means a condition
+//!   failed and nothing was written. Conflicts abort and retry the whole transaction at
+//!   a newer snapshot, at most [`MAX_ATTEMPTS`] times.
 //! - `GET /v1/txn/ranges`: this node's replicas; `GET /v1/txn/stats`: counters.
 
 use crate::node::NodeState;
@@ -565,11 +567,28 @@ impl TxnHost {
         self: &Arc<Self>,
         compare: &[(Key, Option<Value>)],
         puts: &[(Key, Value)],
+        adds: &[(Key, i64)],
     ) -> Result<TxnOutcome, TxnError> {
-        let keys: Vec<Key> = compare.iter().map(|(k, _)| k.clone()).collect();
+        let mut keys: Vec<Key> = compare.iter().map(|(k, _)| k.clone()).collect();
+        keys.extend(adds.iter().map(|(k, _)| k.clone()));
+        keys.sort();
+        keys.dedup();
         for attempt in 0..MAX_ATTEMPTS {
             let (start_ts, values) = self.snapshot(&keys).await?;
-            let succeeded = compare.iter().all(|(k, v)| values.get(k) == Some(v));
+            let mut writes: BTreeMap<Key, Value> = puts.iter().cloned().collect();
+            let mut succeeded = compare.iter().all(|(k, v)| values.get(k) == Some(v));
+            for (key, delta) in adds {
+                // An add needs the key present and the result within 0..=u64::MAX.
+                let base = values.get(key).copied().flatten();
+                let next = base.and_then(|b| b.checked_add_signed(*delta));
+                match next {
+                    Some(v) => {
+                        writes.insert(key.clone(), v);
+                    }
+                    None => succeeded = false,
+                }
+            }
+            let puts: Vec<(Key, Value)> = writes.into_iter().collect();
             let mut outcome = TxnOutcome {
                 succeeded,
                 start_ts: start_ts.0,
@@ -588,7 +607,7 @@ impl TxnHost {
                 expires_at: wall_nanos()
                     .saturating_add(u64::try_from(TXN_TTL.as_nanos()).unwrap_or(0)),
             };
-            match self.commit(meta, puts).await {
+            match self.commit(meta, &puts).await {
                 Ok(Commit::Committed(ts, path)) => {
                     let counter = if path == "1pc" {
                         &self.counters.one_phase
@@ -813,6 +832,8 @@ struct TxnJson {
     compare: Vec<CompareJson>,
     #[serde(default)]
     put: BTreeMap<Key, Value>,
+    #[serde(default)]
+    add: BTreeMap<Key, i64>,
 }
 
 #[derive(Deserialize)]
@@ -836,19 +857,29 @@ async fn txn(State(state): State<Arc<NodeState>>, body: String) -> Answer {
     let run = async {
         let host = host(&state)?;
         let req: TxnJson = parse(&body)?;
-        if req.compare.len() + req.put.len() > MAX_KEYS {
+        if req.compare.len() + req.put.len() + req.add.len() > MAX_KEYS {
             return Err(error(
                 StatusCode::BAD_REQUEST,
                 format!("a transaction may name at most {MAX_KEYS} keys"),
             ));
         }
-        for k in req.compare.iter().map(|c| &c.key).chain(req.put.keys()) {
+        for k in req
+            .compare
+            .iter()
+            .map(|c| &c.key)
+            .chain(req.put.keys())
+            .chain(req.add.keys())
+        {
             check_key(k)?;
         }
         let compare: Vec<(Key, Option<Value>)> =
             req.compare.into_iter().map(|c| (c.key, c.value)).collect();
         let puts: Vec<(Key, Value)> = req.put.into_iter().collect();
-        let outcome = host.transact(&compare, &puts).await.map_err(txn_error)?;
+        let adds: Vec<(Key, i64)> = req.add.into_iter().collect();
+        let outcome = host
+            .transact(&compare, &puts, &adds)
+            .await
+            .map_err(txn_error)?;
         Ok((StatusCode::OK, Json(outcome_json(&outcome))))
     };
     run.await.unwrap_or_else(|e| e)
@@ -911,7 +942,7 @@ async fn kv_put(
             )
         })?;
         let outcome = host
-            .transact(&[], &[(key.clone(), value)])
+            .transact(&[], &[(key.clone(), value)], &[])
             .await
             .map_err(txn_error)?;
         Ok((StatusCode::OK, Json(outcome_json(&outcome))))
