@@ -379,12 +379,8 @@ async fn transfers(
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (groups, tally, addrs, stop) = (
-            groups.clone(),
-            tally.clone(),
-            addrs.clone(),
-            stop.clone(),
-        );
+        let (groups, tally, addrs, stop) =
+            (groups.clone(), tally.clone(), addrs.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
@@ -484,7 +480,10 @@ async fn total(http: &reqwest::Client, addr: SocketAddr, accounts: u32) -> Resul
         .send()
         .await?;
     if !r.status().is_success() {
-        bail!("snapshot read failed: {}", r.text().await.unwrap_or_default());
+        bail!(
+            "snapshot read failed: {}",
+            r.text().await.unwrap_or_default()
+        );
     }
     let v: Value = r.json().await?;
     let mut sum = 0;
@@ -537,7 +536,10 @@ pub(crate) fn bench_cluster(b: ClusterBench) -> Result<ExitCode> {
             .await
             .context("the first node did not answer")?;
         if !r.status().is_success() {
-            bail!("initializing the accounts: {}", r.text().await.unwrap_or_default());
+            bail!(
+                "initializing the accounts: {}",
+                r.text().await.unwrap_or_default()
+            );
         }
         let expected = total(&http, all[0], b.accounts).await?;
         // Let size-based splits settle: no range above the threshold, layout unchanged.
@@ -615,7 +617,13 @@ pub(crate) fn bench_cluster(b: ClusterBench) -> Result<ExitCode> {
         let secs = b.seconds as f64;
         println!(
             "{:<24} | {:>9} | {:>8} {:>8} | {:>7} {:>7} | {:>7} | {:>6}",
-            "phase (median of rounds)", "commits/s", "p50 ms", "p99 ms", "1PC", "2PC", "aborts",
+            "phase (median of rounds)",
+            "commits/s",
+            "p50 ms",
+            "p99 ms",
+            "1PC",
+            "2PC",
+            "aborts",
             "errors"
         );
         for (label, _) in &phases {
@@ -630,7 +638,11 @@ pub(crate) fn bench_cluster(b: ClusterBench) -> Result<ExitCode> {
                 label,
                 median(runs.iter().map(|t| t.commits() as f64 / secs).collect()),
                 median(runs.iter().map(|t| quantile_ms(&all_lat(t), 0.5)).collect()),
-                median(runs.iter().map(|t| quantile_ms(&all_lat(t), 0.99)).collect()),
+                median(
+                    runs.iter()
+                        .map(|t| quantile_ms(&all_lat(t), 0.99))
+                        .collect()
+                ),
                 runs.iter().map(|t| t.one_phase.len()).sum::<usize>(),
                 runs.iter().map(|t| t.two_phase.len()).sum::<usize>(),
                 median(runs.iter().map(Tally::abort_rate).collect()),
@@ -753,7 +765,11 @@ async fn crash_run(
             .map(|(t, _)| *t - killed_at)
             .min()
     };
-    let ms = |d: Option<Duration>| d.map_or("none".to_string(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3));
+    let ms = |d: Option<Duration>| {
+        d.map_or("none".to_string(), |d| {
+            format!("{:.0} ms", d.as_secs_f64() * 1e3)
+        })
+    };
     println!(
         "SIGKILL of n{victim}, leader of the range [{}, {}) that holds the records of \
          transfers anchored there: first such commit after {}, first commit of any \
