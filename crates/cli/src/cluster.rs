@@ -207,7 +207,7 @@ fn write_config(u: &UpCommand) -> Result<ClusterConfig> {
         cluster_id: u.cluster_id.clone(),
         insecure: u.insecure,
         ap: u.ap,
-        ranges: u.ranges.then(|| synod_server::txn::RangesConfig {
+        ranges: u.ranges.then_some(synod_server::txn::RangesConfig {
             split_keys: u.range_split_keys as usize,
         }),
         certs_dir: PathBuf::from("certs"),

@@ -6,6 +6,8 @@
 //! timestamp oracle) are SIGKILLed and restarted. Every snapshot read must sum to the
 //! total (so none sees part of a transfer), and every key's history of reads and writes
 //! must be linearizable (synod-check).
+// A test driver: it reads the wall clock to report recovery times.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 mod common;
 
