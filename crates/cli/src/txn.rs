@@ -42,6 +42,11 @@ enum TxnOp {
         /// The value, an unsigned 64-bit integer.
         value: u64,
     },
+    /// Delete a key (a one-key transaction).
+    Del {
+        /// The key.
+        key: String,
+    },
     /// Read many keys in one snapshot.
     Read {
         /// The keys.
@@ -49,7 +54,7 @@ enum TxnOp {
         keys: Vec<String>,
     },
     /// One atomic transaction, across ranges: if every --if holds at its snapshot, apply
-    /// every --put and --add.
+    /// every --put, --add and --delete.
     Commit {
         /// KEY=VALUE or KEY=absent: the key must hold that value at the snapshot.
         #[arg(long = "if", value_parser = compare)]
@@ -60,6 +65,9 @@ enum TxnOp {
         /// KEY=DELTA: add a signed delta to the key's value (it must exist, and stay >= 0).
         #[arg(long, value_parser = add, allow_hyphen_values = true)]
         add: Vec<(String, i64)>,
+        /// KEY: delete the key.
+        #[arg(long)]
+        delete: Vec<String>,
     },
     /// Show the ranges this node hosts: key interval, role, leader, applied index.
     Ranges,
@@ -165,9 +173,15 @@ pub(crate) fn run(cmd: TxnCommand) -> Result<ExitCode> {
             TxnOp::Read { keys } => http
                 .post(format!("{base}/read"))
                 .json(&json!({ "keys": keys })),
-            TxnOp::Commit { compare, put, add } => {
-                if put.is_empty() && add.is_empty() && compare.is_empty() {
-                    bail!("give at least one --if, --put or --add");
+            TxnOp::Del { key } => http.delete(format!("{base}/kv/{}", encode(key))),
+            TxnOp::Commit {
+                compare,
+                put,
+                add,
+                delete,
+            } => {
+                if put.is_empty() && add.is_empty() && compare.is_empty() && delete.is_empty() {
+                    bail!("give at least one --if, --put, --add or --delete");
                 }
                 let compare: Vec<Value> = compare
                     .iter()
@@ -176,7 +190,7 @@ pub(crate) fn run(cmd: TxnCommand) -> Result<ExitCode> {
                 let put: BTreeMap<&String, &u64> = put.iter().map(|(k, v)| (k, v)).collect();
                 let add: BTreeMap<&String, &i64> = add.iter().map(|(k, v)| (k, v)).collect();
                 http.post(base.clone())
-                    .json(&json!({ "compare": compare, "put": put, "add": add }))
+                    .json(&json!({ "compare": compare, "put": put, "add": add, "delete": delete }))
             }
             TxnOp::Ranges => http.get(format!("{base}/ranges")),
         };
@@ -196,7 +210,9 @@ pub(crate) fn run(cmd: TxnCommand) -> Result<ExitCode> {
         }
         match &cmd.op {
             TxnOp::Get { .. } => println!("{}", body["value"]),
-            TxnOp::Put { .. } => println!("OK (commit ts {})", body["commit_ts"]),
+            TxnOp::Put { .. } | TxnOp::Del { .. } => {
+                println!("OK (commit ts {})", body["commit_ts"])
+            }
             TxnOp::Read { .. } => {
                 println!("snapshot ts {}", body["ts"]);
                 if let Some(values) = body["values"].as_object() {

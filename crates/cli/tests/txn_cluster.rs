@@ -341,4 +341,15 @@ fn txn_commands_work_and_reject_bad_flags() {
     assert_eq!(code, 1);
     let (_, out, _) = synod(&["txn", "--dir", &dir, "get", "b"]);
     assert_eq!(out.trim(), "1");
+    // Deletes: one key, and atomically with a put.
+    let (code, _, _) = synod(&["txn", "--dir", &dir, "del", "b"]);
+    assert_eq!(code, 0);
+    let (_, out, _) = synod(&["txn", "--dir", &dir, "get", "b"]);
+    assert_eq!(out.trim(), "null");
+    let (code, _, _) = synod(&[
+        "txn", "--dir", &dir, "commit", "--if", "b=absent", "--delete", "a", "--put", "b=2",
+    ]);
+    assert_eq!(code, 0);
+    let (_, out, _) = synod(&["txn", "--dir", &dir, "read", "a", "b"]);
+    assert!(out.contains("a null") && out.contains("b 2"), "{out}");
 }

@@ -17,12 +17,13 @@
 //!
 //! HTTP API (JSON), on every node's admin port:
 //! - `GET /v1/txn/kv/{key}`: snapshot read at a fresh timestamp.
-//! - `PUT /v1/txn/kv/{key}` (body: a u64): a one-key transaction.
+//! - `PUT /v1/txn/kv/{key}` (body: a u64), `DELETE /v1/txn/kv/{key}`: one-key
+//!   transactions (a delete writes a tombstone version).
 //! - `POST /v1/txn/read` `{"keys": [...]}`: one snapshot of many keys.
 //! - `POST /v1/txn` `{"compare": [{"key", "value"}], "put": {key: value}, "add": {key:
-//!   delta}}`: reads the compared and added keys at the transaction's snapshot and, if
+//!   delta}, "delete": [key]}`: reads the compared and added keys at the transaction's snapshot and, if
 //!   every compare holds (`null`: absent) and every add finds its key and stays within
-//!   `0..=u64::MAX`, commits the puts and the sums atomically, across ranges (etcd's Txn
+//!   `0..=u64::MAX`, commits the puts, sums and deletes atomically, across ranges (etcd's Txn
 //!   with value compares, plus read-modify-write). `succeeded: false` means a condition
 //!   failed and nothing was written. Conflicts abort and retry the whole transaction at
 //!   a newer snapshot, at most [`MAX_ATTEMPTS`] times.
@@ -568,6 +569,7 @@ impl TxnHost {
         compare: &[(Key, Option<Value>)],
         puts: &[(Key, Value)],
         adds: &[(Key, i64)],
+        deletes: &[Key],
     ) -> Result<TxnOutcome, TxnError> {
         let mut keys: Vec<Key> = compare.iter().map(|(k, _)| k.clone()).collect();
         keys.extend(adds.iter().map(|(k, _)| k.clone()));
@@ -575,7 +577,9 @@ impl TxnHost {
         keys.dedup();
         for attempt in 0..MAX_ATTEMPTS {
             let (start_ts, values) = self.snapshot(&keys).await?;
-            let mut writes: BTreeMap<Key, Value> = puts.iter().cloned().collect();
+            let mut writes: BTreeMap<Key, Option<Value>> =
+                deletes.iter().map(|k| (k.clone(), None)).collect();
+            writes.extend(puts.iter().map(|(k, v)| (k.clone(), Some(*v))));
             let mut succeeded = compare.iter().all(|(k, v)| values.get(k) == Some(v));
             for (key, delta) in adds {
                 // An add needs the key present and the result within 0..=u64::MAX.
@@ -583,12 +587,12 @@ impl TxnHost {
                 let next = base.and_then(|b| b.checked_add_signed(*delta));
                 match next {
                     Some(v) => {
-                        writes.insert(key.clone(), v);
+                        writes.insert(key.clone(), Some(v));
                     }
                     None => succeeded = false,
                 }
             }
-            let puts: Vec<(Key, Value)> = writes.into_iter().collect();
+            let puts: Vec<(Key, Option<Value>)> = writes.into_iter().collect();
             let mut outcome = TxnOutcome {
                 succeeded,
                 start_ts: start_ts.0,
@@ -637,7 +641,11 @@ impl TxnHost {
 
     /// Commit `writes` for `meta`: one phase if they fall in one range (as far as the
     /// routing cache knows), else prewrite, decide the record, resolve.
-    async fn commit(&self, mut meta: TxnMeta, writes: &[(Key, Value)]) -> Result<Commit, TxnError> {
+    async fn commit(
+        &self,
+        mut meta: TxnMeta,
+        writes: &[(Key, Option<Value>)],
+    ) -> Result<Commit, TxnError> {
         let first = self.range_of(&writes[0].0);
         if first.is_some() && writes.iter().all(|(k, _)| self.range_of(k) == first) {
             if let Some(done) = self.one_phase(&meta, writes).await? {
@@ -690,7 +698,7 @@ impl TxnHost {
     async fn one_phase(
         &self,
         meta: &TxnMeta,
-        writes: &[(Key, Value)],
+        writes: &[(Key, Option<Value>)],
     ) -> Result<Option<Commit>, TxnError> {
         for _ in 0..MAX_CONFLICTS {
             let commit_ts = self.timestamp().await?;
@@ -773,7 +781,10 @@ pub fn routes() -> Router<Arc<NodeState>> {
     Router::new()
         .route("/v1/txn", post(txn))
         .route("/v1/txn/read", post(snapshot_read))
-        .route("/v1/txn/kv/{key}", get(kv_get).put(kv_put))
+        .route(
+            "/v1/txn/kv/{key}",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
         .route("/v1/txn/ranges", get(ranges))
         .route("/v1/txn/stats", get(stats))
 }
@@ -834,6 +845,8 @@ struct TxnJson {
     put: BTreeMap<Key, Value>,
     #[serde(default)]
     add: BTreeMap<Key, i64>,
+    #[serde(default)]
+    delete: Vec<Key>,
 }
 
 #[derive(Deserialize)]
@@ -857,7 +870,7 @@ async fn txn(State(state): State<Arc<NodeState>>, body: String) -> Answer {
     let run = async {
         let host = host(&state)?;
         let req: TxnJson = parse(&body)?;
-        if req.compare.len() + req.put.len() + req.add.len() > MAX_KEYS {
+        if req.compare.len() + req.put.len() + req.add.len() + req.delete.len() > MAX_KEYS {
             return Err(error(
                 StatusCode::BAD_REQUEST,
                 format!("a transaction may name at most {MAX_KEYS} keys"),
@@ -869,6 +882,7 @@ async fn txn(State(state): State<Arc<NodeState>>, body: String) -> Answer {
             .map(|c| &c.key)
             .chain(req.put.keys())
             .chain(req.add.keys())
+            .chain(req.delete.iter())
         {
             check_key(k)?;
         }
@@ -877,7 +891,7 @@ async fn txn(State(state): State<Arc<NodeState>>, body: String) -> Answer {
         let puts: Vec<(Key, Value)> = req.put.into_iter().collect();
         let adds: Vec<(Key, i64)> = req.add.into_iter().collect();
         let outcome = host
-            .transact(&compare, &puts, &adds)
+            .transact(&compare, &puts, &adds, &req.delete)
             .await
             .map_err(txn_error)?;
         Ok((StatusCode::OK, Json(outcome_json(&outcome))))
@@ -942,7 +956,20 @@ async fn kv_put(
             )
         })?;
         let outcome = host
-            .transact(&[], &[(key.clone(), value)], &[])
+            .transact(&[], &[(key.clone(), value)], &[], &[])
+            .await
+            .map_err(txn_error)?;
+        Ok((StatusCode::OK, Json(outcome_json(&outcome))))
+    };
+    run.await.unwrap_or_else(|e| e)
+}
+
+async fn kv_delete(State(state): State<Arc<NodeState>>, Path(key): Path<String>) -> Answer {
+    let run = async {
+        let host = host(&state)?;
+        check_key(&key)?;
+        let outcome = host
+            .transact(&[], &[], &[], std::slice::from_ref(&key))
             .await
             .map_err(txn_error)?;
         Ok((StatusCode::OK, Json(outcome_json(&outcome))))
