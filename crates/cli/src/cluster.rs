@@ -37,6 +37,12 @@ pub(crate) struct UpCommand {
     /// Also run the Dynamo-style AP store (HTTP /kv/{bucket}/{key}, synod ap).
     #[arg(long)]
     ap: bool,
+    /// Also run the multi-Raft ranges with cross-range transactions (HTTP /v1/txn, synod txn).
+    #[arg(long)]
+    ranges: bool,
+    /// With --ranges: a range splits when it holds more keys than this.
+    #[arg(long, default_value = "64", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    range_split_keys: u32,
     /// Peer port of n1; n2 gets the next one, and so on.
     #[arg(long, default_value = "7001")]
     peer_port: u16,
@@ -201,6 +207,9 @@ fn write_config(u: &UpCommand) -> Result<ClusterConfig> {
         cluster_id: u.cluster_id.clone(),
         insecure: u.insecure,
         ap: u.ap,
+        ranges: u.ranges.then_some(synod_server::txn::RangesConfig {
+            split_keys: u.range_split_keys as usize,
+        }),
         certs_dir: PathBuf::from("certs"),
         tuning: Tuning::default(),
         nodes,

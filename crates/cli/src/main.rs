@@ -34,6 +34,7 @@ mod sim_swim;
 mod sim_twopc;
 mod stream;
 mod svc;
+mod txn;
 
 use clap::{Parser, Subcommand};
 
@@ -88,6 +89,8 @@ enum Command {
     Stream(stream::StreamCommand),
     /// MapReduce jobs: run one, run a worker, generate input, run a reference.
     Job(job::JobCommand),
+    /// Transactions across the multi-Raft ranges of the running cluster (synod up --ranges).
+    Txn(txn::TxnCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -118,6 +121,7 @@ fn main() -> std::process::ExitCode {
         Command::Stream(cmd) => stream::run(cmd),
         Command::Run(cmd) => run::run(cmd),
         Command::Job(cmd) => job::run(cmd),
+        Command::Txn(cmd) => txn::run(cmd),
     };
     match result {
         Ok(code) => code,

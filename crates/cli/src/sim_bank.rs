@@ -83,6 +83,20 @@ pub(crate) struct TxnBenchArgs {
     /// The seed of every run.
     #[arg(long, default_value = "1")]
     seed: u64,
+    /// Measure the running cluster in this directory (synod up --ranges) instead of the
+    /// simulator: real processes, real fsync.
+    #[arg(long)]
+    cluster: Option<std::path::PathBuf>,
+    /// With --cluster: accounts (acct/000...).
+    #[arg(long, default_value = "64", value_parser = clap::value_parser!(u32).range(4..=1000))]
+    accounts: u32,
+    /// With --cluster: rounds of the single- and cross-range phases (medians are reported).
+    #[arg(long, default_value = "3", value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+    /// With --cluster: also SIGKILL the leader of the range of acct/000 under load,
+    /// restart it, and report the recovery time.
+    #[arg(long)]
+    crash: bool,
 }
 
 fn secs(s: &str) -> Result<u64, String> {
@@ -131,6 +145,16 @@ fn line(label: &str, r: &BenchRun) {
 }
 
 pub(crate) fn bench(a: TxnBenchArgs) -> Result<ExitCode> {
+    if let Some(dir) = a.cluster {
+        return crate::txn::bench_cluster(crate::txn::ClusterBench {
+            dir,
+            seconds: a.seconds,
+            clients: a.clients,
+            accounts: a.accounts,
+            rounds: a.rounds,
+            crash: a.crash,
+        });
+    }
     println!(
         "synod bench txn: 3 simulated nodes on a LAN (100 µs + 100 µs tail, fsync 200-500 µs), \
          Raft 100 ms election timeout, {} transfer clients, {} simulated s per run, seed {}",

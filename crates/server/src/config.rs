@@ -136,6 +136,9 @@ pub struct ClusterConfig {
     /// Run the Dynamo-style AP store on every node (`synod up --ap`).
     #[serde(default)]
     pub ap: bool,
+    /// Run the multi-Raft ranges and cross-range transactions (`synod up --ranges`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<crate::txn::RangesConfig>,
     /// Directory of `ca.pem` and `n<id>.pem`/`n<id>.key`, relative to the cluster file.
     #[serde(default = "default_certs_dir")]
     pub certs_dir: PathBuf,

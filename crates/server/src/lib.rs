@@ -16,3 +16,4 @@ pub mod etcd;
 pub mod gateway;
 pub mod node;
 pub mod run;
+pub mod txn;

@@ -43,6 +43,8 @@ pub mod service {
     pub const RAFT_GATEWAY: u16 = 6;
     /// The Dynamo-style AP store (`synod up --ap`).
     pub const DYNAMO: u16 = 7;
+    /// The multi-Raft ranges (`synod up --ranges`), and forwarded requests into them.
+    pub use crate::txn::{TXN, TXN_GATEWAY};
 }
 
 /// The replicated store every node serves: etcd's MVCC store with leases, over Raft.
@@ -119,6 +121,8 @@ pub struct NodeState {
     pub swim: ActorHandle<Swim>,
     /// The Dynamo-style store, when the cluster runs it (`ap = true`).
     pub dynamo: Option<ActorHandle<synod_protocols::dynamo::Dynamo>>,
+    /// The multi-Raft ranges and their transaction coordinator (`ranges` set).
+    pub txn: Option<Arc<crate::txn::TxnHost>>,
     /// Per-actor driver counters, by service name.
     pub actor_stats: Vec<(&'static str, Arc<ActorStats>)>,
     /// `synod run mutex|election`: the coordination algorithms' runs.
@@ -294,6 +298,28 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         None
     };
 
+    let txn = match &config.ranges {
+        Some(ranges) => {
+            let node = services.spawn(
+                "txn",
+                placement(service::TXN),
+                crate::txn::actor(config.node_ids(), ranges, &config.tuning),
+                Box::new(DiskStorage::open(
+                    data_dir.join("txn"),
+                    DiskOptions::default(),
+                )?),
+                outbox.clone(),
+            );
+            let host = crate::txn::TxnHost::new(me, config.node_ids(), node, transport.clone());
+            let gateway = host.clone();
+            services.route(service::TXN_GATEWAY, move |from, payload| {
+                gateway.on_peer_message(from, &payload)
+            });
+            Some(host)
+        }
+        None => None,
+    };
+
     // Route what peers send to the service it names.
     let routes = services.take_routes();
     let router = tokio::spawn(async move {
@@ -327,6 +353,7 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         swim,
         chord,
         dynamo,
+        txn,
         actor_stats: services.stats.clone(),
         run,
         started: std::time::Instant::now(),

@@ -470,7 +470,11 @@ impl BankClients {
                 Route::Key(t.writes[0].0.clone()),
                 RangeCommand::OnePhase {
                     txn: t.meta.clone(),
-                    writes: t.writes.clone(),
+                    writes: t
+                        .writes
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Some(*v)))
+                        .collect(),
                     commit_ts: t.commit_ts.unwrap_or_default(),
                 },
             ),
@@ -479,7 +483,7 @@ impl BankClients {
                 RangeCommand::Prewrite {
                     txn: t.meta.clone(),
                     key: t.writes[i].0.clone(),
-                    value: t.writes[i].1,
+                    value: Some(t.writes[i].1),
                 },
             ),
             Phase::EndTxn => (

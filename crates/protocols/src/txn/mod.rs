@@ -86,8 +86,9 @@
 //! Parallel commits (the record's STAGING state), transaction heartbeats (a record
 //! expires a fixed time after the transaction started), garbage collection of old
 //! versions and records, snapshots/log compaction for ranges (needs splits carried in
-//! snapshots), range merges and rebalancing replicas across nodes, and serving this on
-//! `synod up` (node service ids 13..=15 are reserved for it).
+//! snapshots), range merges and rebalancing replicas across nodes, and the etcd API
+//! over ranges. On a live cluster (`synod up --ranges`) this actor runs unchanged as node
+//! service 13; see `synod_server::txn` and docs/multiraft.md.
 //!
 //! ## Differences from the chapter's sketch
 //!

@@ -125,8 +125,8 @@ pub enum RangeCommand {
         txn: TxnMeta,
         /// The key.
         key: Key,
-        /// The new value.
-        value: Value,
+        /// The new value (`None`: delete the key).
+        value: Option<Value>,
     },
     /// The commit point: decide the transaction record that lives in the range of
     /// `txn.anchor`. The first decision wins; a later one learns it.
@@ -158,8 +158,8 @@ pub enum RangeCommand {
     OnePhase {
         /// The transaction.
         txn: TxnMeta,
-        /// Its writes, all in this range.
-        writes: Vec<(Key, Value)>,
+        /// Its writes, all in this range (`None`: delete the key).
+        writes: Vec<(Key, Option<Value>)>,
         /// Its commit timestamp, from the oracle.
         commit_ts: Timestamp,
     },

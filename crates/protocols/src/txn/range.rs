@@ -15,8 +15,8 @@ use synod_core::{codec, LogIndex};
 /// One committed version of a key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {
-    /// The value.
-    pub value: Value,
+    /// The value; `None` is a deletion (a tombstone: reads at or after it see nothing).
+    pub value: Option<Value>,
     /// The transaction that wrote it (makes the one-phase commit idempotent).
     pub txn: TxnId,
 }
@@ -26,8 +26,8 @@ pub struct Version {
 pub struct Intent {
     /// The writer.
     pub txn: TxnMeta,
-    /// The value it will have if the writer commits.
-    pub value: Value,
+    /// The value it will have if the writer commits (`None`: deleted).
+    pub value: Option<Value>,
 }
 
 /// The replicated state of one range.
@@ -185,7 +185,7 @@ impl RangeState {
                         };
                     }
                 }
-                R::Value(self.read_at(key, *read_ts).map(|v| v.value))
+                R::Value(self.read_at(key, *read_ts).and_then(|v| v.value))
             }
             C::Prewrite { txn, key, value } => {
                 if let Some(intent) = self.intents.get(key) {

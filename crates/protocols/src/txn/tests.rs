@@ -43,7 +43,7 @@ fn prewrite_refuses_a_key_committed_after_the_snapshot() {
             &mut sm,
             RangeCommand::OnePhase {
                 txn: w,
-                writes: vec![("a".into(), 5)],
+                writes: vec![("a".into(), Some(5))],
                 commit_ts: Timestamp(3)
             }
         ),
@@ -56,7 +56,7 @@ fn prewrite_refuses_a_key_committed_after_the_snapshot() {
             RangeCommand::Prewrite {
                 txn: late,
                 key: "a".into(),
-                value: 6
+                value: Some(6)
             }
         ),
         RangeResult::WriteConflict
@@ -68,7 +68,7 @@ fn prewrite_refuses_a_key_committed_after_the_snapshot() {
             RangeCommand::Prewrite {
                 txn: fresh,
                 key: "a".into(),
-                value: 7
+                value: Some(7)
             }
         ),
         RangeResult::Prewritten
@@ -86,7 +86,7 @@ fn a_read_meets_an_intent_only_if_the_writer_started_before_the_snapshot() {
         RangeCommand::Prewrite {
             txn: w.clone(),
             key: "a".into(),
-            value: 1,
+            value: Some(1),
         },
     );
     assert_eq!(
@@ -206,7 +206,7 @@ fn one_phase_commit_stays_above_served_reads_and_applies_once() {
         },
     );
     let t = meta(1, "a", 2, u64::MAX);
-    let writes = vec![("a".into(), 1), ("b".into(), 2)];
+    let writes = vec![("a".into(), Some(1)), ("b".into(), Some(2))];
     assert_eq!(
         apply(
             &mut sm,
@@ -239,7 +239,7 @@ fn a_split_moves_the_right_half_once() {
             &mut sm,
             RangeCommand::OnePhase {
                 txn: t,
-                writes: vec![((*k).into(), 1)],
+                writes: vec![((*k).into(), Some(1))],
                 commit_ts: Timestamp(2 + i as u64),
             },
         );
@@ -250,7 +250,7 @@ fn a_split_moves_the_right_half_once() {
         RangeCommand::Prewrite {
             txn: w.clone(),
             key: "d".into(),
-            value: 4,
+            value: Some(4),
         },
     );
     apply(
@@ -383,4 +383,43 @@ fn bench_figures() {
         let (a, b) = harness::recovery_run(seed, std::time::Duration::from_secs(2)).unwrap();
         eprintln!("recovery seed {seed}: anchored {a:?}, any {b:?}");
     }
+}
+
+/// A deletion is a version like any other (a tombstone): snapshots at or after it see
+/// the key absent, older snapshots still see the value, and it conflicts like a write.
+#[test]
+fn a_deletion_hides_the_key_from_later_snapshots_only() {
+    let mut sm = root();
+    let put = meta(1, "a", 1, u64::MAX);
+    let one = RangeCommand::OnePhase {
+        txn: put,
+        writes: vec![("a".into(), Some(5))],
+        commit_ts: Timestamp(2),
+    };
+    apply(&mut sm, one);
+    let del = meta(2, "a", 3, u64::MAX);
+    let delete = RangeCommand::Prewrite {
+        txn: del.clone(),
+        key: "a".into(),
+        value: None,
+    };
+    assert_eq!(apply(&mut sm, delete), RangeResult::Prewritten);
+    let resolve = RangeCommand::Resolve {
+        txn: del.id,
+        key: "a".into(),
+        status: TxnStatus::Committed(Timestamp(4)),
+    };
+    assert_eq!(apply(&mut sm, resolve), RangeResult::Resolved);
+    let read = |ts| RangeCommand::Get {
+        key: "a".into(),
+        read_ts: Timestamp(ts),
+    };
+    assert_eq!(apply(&mut sm, read(3)), RangeResult::Value(Some(5)));
+    assert_eq!(apply(&mut sm, read(4)), RangeResult::Value(None));
+    let stale = RangeCommand::Prewrite {
+        txn: meta(3, "a", 3, u64::MAX),
+        key: "a".into(),
+        value: Some(9),
+    };
+    assert_eq!(apply(&mut sm, stale), RangeResult::WriteConflict);
 }
