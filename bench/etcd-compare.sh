@@ -51,7 +51,7 @@ start_synod() {
 stop_synod() {
     $SYNOD down --dir "$WORK/synod" >/dev/null 2>&1 || true
     # The next cluster binds the same ports: wait until this one's are free.
-    for _ in $(seq 100); do ss -ltn | grep -qE ':33(00[1-3]|10[1-3]|20[1-3]) ' || return 0; sleep 0.2; done
+    for _ in $(seq 300); do ss -ltn | grep -qE ':33(00[1-3]|10[1-3]|20[1-3]) ' || return 0; sleep 0.2; done
 }
 trap 'stop_etcd; stop_synod' EXIT
 
