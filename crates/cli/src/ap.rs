@@ -1,6 +1,7 @@
 //! `synod ap get|put|del`: the Dynamo-style AP store of a cluster started with
 //! `synod up --ap`, over each node's HTTP API (`/kv/{bucket}/{key}`).
 
+use crate::admin_http::encode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::Value;
@@ -72,26 +73,7 @@ fn admin_addr(dir: &Path, node: Option<u32>) -> Result<SocketAddr> {
             dir.display()
         )
     })?;
-    let found = match node {
-        Some(id) => config.nodes.iter().find(|n| n.id == id),
-        None => config.nodes.first(),
-    };
-    found
-        .map(|n| n.admin_addr)
-        .ok_or_else(|| anyhow!("node {} is not in the cluster", node.unwrap_or(0)))
-}
-
-/// Percent-encode a path segment.
-pub(crate) fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::admin_http::admin_addr(&config, node)
 }
 
 pub(crate) fn run(cmd: ApCommand) -> Result<ExitCode> {

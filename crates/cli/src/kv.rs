@@ -1,7 +1,8 @@
 //! `synod kv`: the replicated (Raft) KV store of a running cluster, over its HTTP API,
 //! and `synod bench kv`: throughput and latency against the number of clients.
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::admin_http::{client, encode, runtime};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 use serde_json::Value;
@@ -57,33 +58,13 @@ enum KvOp {
 fn admin_addr(dir: &Path, node: Option<u32>) -> Result<SocketAddr> {
     let config = ClusterConfig::load(&dir.join("cluster.toml"))
         .with_context(|| format!("no cluster in {} (start one with synod up)", dir.display()))?;
-    let found = match node {
-        Some(id) => config.nodes.iter().find(|n| n.id == id),
-        None => config.nodes.first(),
-    };
-    found
-        .map(|n| n.admin_addr)
-        .ok_or_else(|| anyhow!("node {} is not in the cluster", node.unwrap_or(0)))
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
-fn client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .context("building the HTTP client")
+    crate::admin_http::admin_addr(&config, node)
 }
 
 pub(crate) fn run(cmd: KvCommand) -> Result<ExitCode> {
     let addr = admin_addr(&cmd.dir, cmd.node)?;
     runtime()?.block_on(async move {
-        let http = client()?;
+        let http = client(Duration::from_secs(15))?;
         let base = format!("http://{addr}/v1/kv");
         let request = match &cmd.op {
             KvOp::Get { key } => http.get(format!("{base}/{}", encode(key))),
@@ -125,19 +106,6 @@ pub(crate) fn run(cmd: KvCommand) -> Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Percent-encode a key for a URL path segment.
-fn encode(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[derive(Debug, Args)]
@@ -297,7 +265,7 @@ enum DhtOp {
 pub(crate) fn dht(cmd: DhtCommand) -> Result<ExitCode> {
     let addr = admin_addr(&cmd.dir, cmd.node)?;
     runtime()?.block_on(async move {
-        let http = client()?;
+        let http = client(Duration::from_secs(15))?;
         let base = format!("http://{addr}/v1/dht");
         let request = match &cmd.op {
             DhtOp::Put { key, value } => http

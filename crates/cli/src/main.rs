@@ -5,6 +5,7 @@
 // The CLI is a driver: it may read the wall clock (benchmarks, progress).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+mod admin_http;
 mod agent;
 mod ap;
 mod args;

@@ -3,6 +3,7 @@
 //! `synod bench txn --cluster`: single- versus cross-range throughput and latency, the
 //! abort rate under contention, and recovery after a coordinator-group leader crash.
 
+use crate::admin_http::{admin_addr, client, encode, runtime};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -122,48 +123,11 @@ fn load(dir: &Path) -> Result<ClusterConfig> {
     Ok(config)
 }
 
-fn admin_addr(config: &ClusterConfig, node: Option<u32>) -> Result<SocketAddr> {
-    let found = match node {
-        Some(id) => config.nodes.iter().find(|n| n.id == id),
-        None => config.nodes.first(),
-    };
-    found
-        .map(|n| n.admin_addr)
-        .ok_or_else(|| anyhow!("node {} is not in the cluster", node.unwrap_or(0)))
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
-fn http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .context("building the HTTP client")
-}
-
-/// Percent-encode a key for a URL path segment.
-fn encode(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 pub(crate) fn run(cmd: TxnCommand) -> Result<ExitCode> {
     let config = load(&cmd.dir)?;
     let addr = admin_addr(&config, cmd.node)?;
     runtime()?.block_on(async move {
-        let http = http_client()?;
+        let http = client(Duration::from_secs(20))?;
         let base = format!("http://{addr}/v1/txn");
         let request = match &cmd.op {
             TxnOp::Get { key } => http.get(format!("{base}/kv/{}", encode(key))),
@@ -538,7 +502,7 @@ pub(crate) fn bench_cluster(b: ClusterBench) -> Result<ExitCode> {
     );
     let rt = runtime()?;
     rt.block_on(async move {
-        let http = http_client()?;
+        let http = client(Duration::from_secs(20))?;
         let initial = 1_000u64;
         let puts: BTreeMap<String, u64> = (0..b.accounts).map(|i| (account(i), initial)).collect();
         // Initialize once: a cluster already holding the accounts keeps its balances.

@@ -66,6 +66,39 @@ pub enum GatewayError {
 
 type Msg<S> = RaftMsg<<S as StateMachine>::Command, <S as StateMachine>::Output>;
 
+/// Raft client sessions for exactly-once writes (thesis §6.3), lent one write at a time so
+/// that one session never has two writes in flight. Ids start from a random base, so a
+/// restarted node never reuses a session of its earlier life.
+pub struct SessionPool {
+    free: Mutex<Vec<(SessionId, u64)>>,
+    next: AtomicU64,
+}
+
+impl Default for SessionPool {
+    fn default() -> Self {
+        // 40 random bits above a 24-bit counter: distinct across nodes and restarts.
+        SessionPool {
+            free: Mutex::new(Vec::new()),
+            next: AtomicU64::new(rand::random::<u64>() << 24),
+        }
+    }
+}
+
+impl SessionPool {
+    /// A free session and the last sequence number it used (0 for a new one).
+    pub fn take(&self) -> (SessionId, u64) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.pop()
+            .unwrap_or_else(|| (SessionId(self.next.fetch_add(1, Ordering::Relaxed)), 0))
+    }
+
+    /// Give `session` back with the last sequence number it used.
+    pub fn give_back(&self, session: SessionId, seq: u64) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.push((session, seq));
+    }
+}
+
 /// Routes client commands to the leader of the group, from any node.
 pub struct Gateway<S: StateMachine> {
     me: NodeId,
@@ -74,9 +107,7 @@ pub struct Gateway<S: StateMachine> {
     transport: TransportHandle,
     waiting: Mutex<BTreeMap<u64, oneshot::Sender<Msg<S>>>>,
     next_id: AtomicU64,
-    /// Free sessions and the last sequence number each used.
-    sessions: Mutex<Vec<(SessionId, u64)>>,
-    next_session: AtomicU64,
+    sessions: SessionPool,
     /// The leader the last request found (`u32::MAX`: none known).
     leader: AtomicU32,
     /// How long a request may take in all.
@@ -92,8 +123,6 @@ impl<S: StateMachine> Gateway<S> {
         transport: TransportHandle,
         deadline: Duration,
     ) -> Arc<Self> {
-        // 40 random bits above a 24-bit counter: distinct across nodes and restarts.
-        let base = rand::random::<u64>() << 24;
         Arc::new(Gateway {
             me,
             service,
@@ -101,8 +130,7 @@ impl<S: StateMachine> Gateway<S> {
             transport,
             waiting: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
-            sessions: Mutex::new(Vec::new()),
-            next_session: AtomicU64::new(base),
+            sessions: SessionPool::default(),
             leader: AtomicU32::new(u32::MAX),
             deadline,
         })
@@ -118,7 +146,7 @@ impl<S: StateMachine> Gateway<S> {
 
     /// Apply `command` through the log, exactly once, and return its output.
     pub async fn write(&self, command: S::Command) -> Result<S::Output, GatewayError> {
-        let (session, last) = self.take_session();
+        let (session, last) = self.sessions.take();
         let seq = last + 1;
         let outcome = self
             .submit(RaftMsg::ClientWrite {
@@ -127,28 +155,13 @@ impl<S: StateMachine> Gateway<S> {
                 command,
             })
             .await;
-        self.return_session(session, seq);
+        self.sessions.give_back(session, seq);
         outcome
     }
 
     /// Answer a read-only command linearizably (ReadIndex on the leader).
     pub async fn read(&self, command: S::Command) -> Result<S::Output, GatewayError> {
         self.submit(RaftMsg::ClientRead { seq: 0, command }).await
-    }
-
-    fn take_session(&self) -> (SessionId, u64) {
-        let mut pool = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        pool.pop().unwrap_or_else(|| {
-            (
-                SessionId(self.next_session.fetch_add(1, Ordering::Relaxed)),
-                0,
-            )
-        })
-    }
-
-    fn return_session(&self, session: SessionId, seq: u64) {
-        let mut pool = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        pool.push((session, seq));
     }
 
     /// Try the known leader (or this node), follow `NotLeader` hints, and retry the same

@@ -29,6 +29,7 @@
 //!   a newer snapshot, at most [`MAX_ATTEMPTS`] times.
 //! - `GET /v1/txn/ranges`: this node's replicas; `GET /v1/txn/stats`: counters.
 
+use crate::gateway::SessionPool;
 use crate::node::NodeState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -184,8 +185,7 @@ pub struct TxnHost {
     transport: TransportHandle,
     waiting: Mutex<BTreeMap<u64, oneshot::Sender<TxnMsg>>>,
     next_id: AtomicU64,
-    sessions: Mutex<Vec<(SessionId, u64)>>,
-    next_session: AtomicU64,
+    sessions: SessionPool,
     next_txn: AtomicU64,
     leaders: Mutex<BTreeMap<RangeId, NodeId>>,
     ranges: Mutex<Vec<RangeDescriptor>>,
@@ -213,8 +213,6 @@ impl TxnHost {
         node: ActorHandle<TxnNode>,
         transport: TransportHandle,
     ) -> Arc<Self> {
-        // 40 random bits above a 24-bit counter: distinct across nodes and restarts.
-        let base = rand::random::<u64>() << 24;
         Arc::new(TxnHost {
             me,
             nodes,
@@ -222,8 +220,7 @@ impl TxnHost {
             transport,
             waiting: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
-            sessions: Mutex::new(Vec::new()),
-            next_session: AtomicU64::new(base),
+            sessions: SessionPool::default(),
             next_txn: AtomicU64::new(rand::random::<u64>() << 24),
             leaders: Mutex::new(BTreeMap::new()),
             ranges: Mutex::new(Vec::new()),
@@ -288,21 +285,6 @@ impl TxnHost {
 
     // ---- the request layer -----------------------------------------------------------
 
-    fn take_session(&self) -> (SessionId, u64) {
-        let mut pool = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        pool.pop().unwrap_or_else(|| {
-            (
-                SessionId(self.next_session.fetch_add(1, Ordering::Relaxed)),
-                0,
-            )
-        })
-    }
-
-    fn return_session(&self, session: SessionId, seq: u64) {
-        let mut pool = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        pool.push((session, seq));
-    }
-
     /// Apply `command` in the group that serves `route`, following leader hints and
     /// retrying on other nodes until it is answered or the deadline passes. A reply of
     /// `RangeMismatch` (stale routing after a split) is retried with a fresh sequence
@@ -312,10 +294,10 @@ impl TxnHost {
         route: Route,
         command: RangeCommand,
     ) -> Result<RangeOutput, TxnError> {
-        let (session, last) = self.take_session();
+        let (session, last) = self.sessions.take();
         let mut seq = last + 1;
         let outcome = self.request_in(session, &mut seq, route, command).await;
-        self.return_session(session, seq);
+        self.sessions.give_back(session, seq);
         outcome
     }
 
