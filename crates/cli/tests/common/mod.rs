@@ -69,11 +69,16 @@ impl Drop for Cluster {
 
 /// A base port with `count` consecutive free ports at +0, +100 and +200.
 pub(crate) fn free_ports(count: u16) -> u16 {
-    // Tests in one binary run in parallel: each call starts from a different base.
+    // Tests in one binary run in parallel: each call starts from a different base. Ports
+    // stay below Linux's ephemeral range (32768 and up), where a port free at this check
+    // can be taken by some test's outgoing connection before the node binds it.
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_400; // LOW + SPAN + 200 + count < 32768
     static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let start = 20_000 + (std::process::id() % 300) as u16 * 100 + call * 10;
-    'base: for base in (start..60_000).step_by(997) {
+    let call = u32::from(CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let start = (std::process::id() % 124) * 100 + call * 10;
+    'base: for k in 0..400u32 {
+        let base = (LOW + (start + k * 997) % SPAN) as u16;
         for offset in [0u16, 100, 200] {
             for i in 0..count {
                 if TcpListener::bind(("127.0.0.1", base + offset + i)).is_err() {
