@@ -34,7 +34,7 @@
 
 use super::checkpoint::{CheckpointCoordinator, CheckpointId, TaskId};
 use super::exec::{
-    io_err, latest_complete, prune_checkpoints, settle_pending, spawn_task, write_durable,
+    complete_checkpoint, io_err, latest_complete, settle_pending, spawn_task, write_durable,
     Cancelled, CompleteMarker, CreditReturn, Element, ExecConfig, ExecError, Inbox, JobReport,
     Layout, Outlet, Progress, Shared, SourceTask, WindowTask, WriteJob,
 };
@@ -577,31 +577,14 @@ fn attempt(
                             .or_default()
                             .extend(window_ends.into_iter().map(EventTime));
                         if let Some(done) = coord.acknowledge(checkpoint, task, now()) {
-                            let dir = layout.checkpoint(done.id);
-                            let marker = postcard::to_stdvec(&CompleteMarker {
-                                checkpoint: done.id,
-                                sources,
-                                windows,
-                            })
-                            .map_err(|e| ExecError::Checkpoint(e.to_string()))?;
-                            write_durable(&dir.join("_COMPLETE"), &marker).map_err(io_err(&dir))?;
-                            settle_pending(layout, Some(done.id), false)?;
-                            if let Some(origin) = exec.latency_origin {
-                                let committed = Instant::now();
-                                for end in ends_at.remove(&done.id).unwrap_or_default() {
-                                    let end = origin + Duration::from_millis(end.0);
-                                    report.commit_latency_ms.push(
-                                        committed.saturating_duration_since(end).as_secs_f64()
-                                            * 1000.0,
-                                    );
-                                }
-                            }
-                            ends_at.retain(|&c, _| c > done.id);
-                            prune_checkpoints(layout, done.id);
-                            report
-                                .checkpoint_durations
-                                .push(Duration::from_micros(done.duration));
-                            report.last_checkpoint = Some(done.id);
+                            complete_checkpoint(
+                                layout,
+                                &done,
+                                (sources, windows),
+                                &mut ends_at,
+                                exec.latency_origin,
+                                report,
+                            )?;
                             if finished_at.get(&done.id).copied().unwrap_or(0) == sources {
                                 report.fired += stats.iter().map(|s| s.fired).sum::<u64>();
                                 report.late += stats.iter().map(|s| s.late).sum::<u64>();

@@ -29,7 +29,8 @@
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)] // the executor is a driver: it reads the wall clock
 
 use super::checkpoint::{
-    Alignment, BarrierAligner, BarrierOutcome, CheckpointCoordinator, CheckpointId, TaskId,
+    Alignment, BarrierAligner, BarrierOutcome, CheckpointCoordinator, CheckpointId, Completed,
+    TaskId,
 };
 use super::pipeline::{Event, Job, SourcePoll};
 use super::time::{BoundedOutOfOrderness, EventTime, WatermarkTracker};
@@ -698,6 +699,45 @@ pub(crate) fn spawn_task(
         .unwrap_or_else(|e| std::thread::spawn(move || Err(format!("spawn failed: {e}"))))
 }
 
+/// Every task acknowledged checkpoint `done`: mark it complete, commit the output it
+/// covers, record how long each window's result waited for that commit (with
+/// `latency_origin`), and drop the older checkpoints. Shared by the in-process and the
+/// distributed job manager.
+pub(crate) fn complete_checkpoint(
+    layout: &Layout,
+    done: &Completed,
+    (sources, windows): (usize, usize),
+    ends_at: &mut BTreeMap<CheckpointId, Vec<EventTime>>,
+    latency_origin: Option<Instant>,
+    report: &mut JobReport,
+) -> Result<(), ExecError> {
+    let dir = layout.checkpoint(done.id);
+    let marker = postcard::to_stdvec(&CompleteMarker {
+        checkpoint: done.id,
+        sources,
+        windows,
+    })
+    .map_err(|e| ExecError::Checkpoint(e.to_string()))?;
+    write_durable(&dir.join("_COMPLETE"), &marker).map_err(io_err(&dir))?;
+    settle_pending(layout, Some(done.id), false)?;
+    if let Some(origin) = latency_origin {
+        let committed = Instant::now();
+        for end in ends_at.remove(&done.id).unwrap_or_default() {
+            let end = origin + Duration::from_millis(end.0);
+            report
+                .commit_latency_ms
+                .push(committed.saturating_duration_since(end).as_secs_f64() * 1000.0);
+        }
+    }
+    ends_at.retain(|&c, _| c > done.id);
+    prune_checkpoints(layout, done.id);
+    report
+        .checkpoint_durations
+        .push(Duration::from_micros(done.duration));
+    report.last_checkpoint = Some(done.id);
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn coordinate(
     cfg: &ExecConfig,
@@ -729,30 +769,14 @@ fn coordinate(
                     .or_default()
                     .extend(ack.window_ends);
                 if let Some(done) = coord.acknowledge(ack.checkpoint, ack.task, now()) {
-                    let dir = layout.checkpoint(done.id);
-                    let marker = postcard::to_stdvec(&CompleteMarker {
-                        checkpoint: done.id,
-                        sources,
-                        windows,
-                    })
-                    .map_err(|e| ExecError::Checkpoint(e.to_string()))?;
-                    write_durable(&dir.join("_COMPLETE"), &marker).map_err(io_err(&dir))?;
-                    settle_pending(layout, Some(done.id), false)?;
-                    if let Some(origin) = cfg.latency_origin {
-                        let committed = Instant::now();
-                        for end in ends_at.remove(&done.id).unwrap_or_default() {
-                            let end = origin + Duration::from_millis(end.0);
-                            report.commit_latency_ms.push(
-                                committed.saturating_duration_since(end).as_secs_f64() * 1000.0,
-                            );
-                        }
-                    }
-                    ends_at.retain(|&c, _| c > done.id);
-                    prune_checkpoints(layout, done.id);
-                    report
-                        .checkpoint_durations
-                        .push(Duration::from_micros(done.duration));
-                    report.last_checkpoint = Some(done.id);
+                    complete_checkpoint(
+                        layout,
+                        &done,
+                        (sources, windows),
+                        &mut ends_at,
+                        cfg.latency_origin,
+                        report,
+                    )?;
                     if finished_at.get(&done.id).copied().unwrap_or(0) == sources {
                         return Ok(Outcome::Done);
                     }
