@@ -16,7 +16,7 @@
 //! |---|---|
 //! | `GET /v1/catalog/services` | every service and its tags |
 //! | `GET /v1/catalog/service/{name}` | every instance of a service, with its status |
-//! | `GET /v1/health/service/{name}?passing=true` | only passing instances (`&tag=v2`: with that tag) |
+//! | `GET /v1/health/service/{name}?passing=true` | only passing instances (`&tag=v2&tag=eu`: with every listed tag) |
 //! | `PUT /v1/catalog/service/{name}/{id}` | register (JSON body: address, tags, meta, weight, check) under the agent's lease |
 //! | `DELETE /v1/catalog/service/{name}/{id}` | deregister |
 //! | `PUT /v1/agent/check/pass/{name}/{id}` | a TTL heartbeat |
@@ -330,14 +330,42 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, format!("{message}\n")).into_response()
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct BlockingQuery {
     index: Option<i64>,
     wait: Option<String>,
     passing: Option<bool>,
-    /// Only instances carrying this tag (Consul's `?tag=`).
-    tag: Option<String>,
+    /// Only instances carrying every one of these tags (Consul's `?tag=`, repeatable).
+    tags: Vec<String>,
+}
+
+impl BlockingQuery {
+    /// From the query string's pairs; `tag` may repeat, anything unknown is an error.
+    fn parse(pairs: Vec<(String, String)>) -> Result<Self, Response> {
+        let bad = |what: String| Err(error(StatusCode::BAD_REQUEST, what));
+        let mut query = BlockingQuery::default();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "index" => match value.parse() {
+                    Ok(i) => query.index = Some(i),
+                    Err(_) => return bad(format!("index: not an integer: {value:?}")),
+                },
+                "wait" => query.wait = Some(value),
+                "passing" => match value.as_str() {
+                    "" | "true" | "1" => query.passing = Some(true),
+                    "false" | "0" => query.passing = Some(false),
+                    _ => return bad(format!("passing: not a boolean: {value:?}")),
+                },
+                "tag" => query.tags.push(value),
+                _ => {
+                    return bad(format!(
+                        "unknown query parameter {key:?} (known: index, wait, passing, tag)"
+                    ))
+                }
+            }
+        }
+        Ok(query)
+    }
 }
 
 /// Wait (at most `wait`, default 30 s, at most 5 min) until the registry's revision is
@@ -366,8 +394,12 @@ fn with_index(agent: &Agent, body: serde_json::Value) -> Response {
 
 async fn catalog_services(
     State(agent): State<Arc<Agent>>,
-    Query(query): Query<BlockingQuery>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
+    let query = match BlockingQuery::parse(pairs) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
     if let Err(r) = block(&agent, &query).await {
         return r;
     }
@@ -385,9 +417,11 @@ fn instances_json(agent: &Agent, name: &str, query: &BlockingQuery) -> serde_jso
             .flat_map(|ids| ids.values())
             .filter(|e| e.registration.is_some())
             .filter(|e| !passing_only || e.status() == Status::Passing)
-            .filter(|e| match &query.tag {
-                None => true,
-                Some(t) => e.registration.as_ref().is_some_and(|r| r.tags.contains(t)),
+            .filter(|e| {
+                query.tags.is_empty()
+                    || e.registration
+                        .as_ref()
+                        .is_some_and(|r| query.tags.iter().all(|t| r.tags.contains(t)))
             })
             .map(|e| {
                 let mut v = serde_json::to_value(&e.registration).unwrap_or_default();
@@ -408,8 +442,12 @@ fn instances_json(agent: &Agent, name: &str, query: &BlockingQuery) -> serde_jso
 async fn catalog_service(
     State(agent): State<Arc<Agent>>,
     Path(name): Path<String>,
-    Query(query): Query<BlockingQuery>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
+    let query = match BlockingQuery::parse(pairs) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
     if let Err(r) = block(&agent, &query).await {
         return r;
     }
@@ -420,8 +458,12 @@ async fn catalog_service(
 async fn health_service(
     State(agent): State<Arc<Agent>>,
     Path(name): Path<String>,
-    Query(query): Query<BlockingQuery>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
+    let query = match BlockingQuery::parse(pairs) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
     if let Err(r) = block(&agent, &query).await {
         return r;
     }

@@ -147,7 +147,7 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
         agent,
         "PUT",
         "/v1/catalog/service/api/a1",
-        r#"{"address":"127.0.0.1:1","tags":["v2"],"node":"n1","check":{"kind":"ttl","ttl_ms":1500,"interval_ms":500}}"#,
+        r#"{"address":"127.0.0.1:1","tags":["v2","eu"],"node":"n1","check":{"kind":"ttl","ttl_ms":1500,"interval_ms":500}}"#,
         Duration::from_secs(5),
     )
     .expect("agent answers");
@@ -159,6 +159,17 @@ fn registry_discovery_follows_checks_and_leases_with_real_processes() {
     assert!(ids(agent, "/v1/health/service/api?passing=true").is_empty());
     assert_eq!(ids(agent, "/v1/catalog/service/api?tag=v2"), ["a1"]);
     assert!(ids(agent, "/v1/catalog/service/api?tag=v9").is_empty());
+    // Repeated tags: an instance must carry every one.
+    assert_eq!(ids(agent, "/v1/catalog/service/api?tag=v2&tag=eu"), ["a1"]);
+    assert!(ids(agent, "/v1/catalog/service/api?tag=v2&tag=us").is_empty());
+    let unknown = request(
+        agent,
+        "GET",
+        "/v1/catalog/service/api?tags=v2",
+        "",
+        Duration::from_secs(5),
+    );
+    assert_eq!(unknown.map(|r| r.0), Some(400));
     let pass = || {
         request(
             agent,
