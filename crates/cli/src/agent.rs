@@ -341,8 +341,8 @@ struct BlockingQuery {
 
 impl BlockingQuery {
     /// From the query string's pairs; `tag` may repeat, anything unknown is an error.
-    fn parse(pairs: Vec<(String, String)>) -> Result<Self, Response> {
-        let bad = |what: String| Err(error(StatusCode::BAD_REQUEST, what));
+    fn parse(pairs: Vec<(String, String)>) -> Result<Self, String> {
+        let bad = |what: String| Err(what);
         let mut query = BlockingQuery::default();
         for (key, value) in pairs {
             match key.as_str() {
@@ -398,7 +398,7 @@ async fn catalog_services(
 ) -> Response {
     let query = match BlockingQuery::parse(pairs) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if let Err(r) = block(&agent, &query).await {
         return r;
@@ -446,7 +446,7 @@ async fn catalog_service(
 ) -> Response {
     let query = match BlockingQuery::parse(pairs) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if let Err(r) = block(&agent, &query).await {
         return r;
@@ -462,7 +462,7 @@ async fn health_service(
 ) -> Response {
     let query = match BlockingQuery::parse(pairs) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if let Err(r) = block(&agent, &query).await {
         return r;
