@@ -6,6 +6,8 @@
 #
 #   bench/proxy-compare.sh [rounds] [seconds] [connections]
 #
+# Then, with oha, latency at fixed offered loads (RATES, default "5000 10000 20000").
+#
 # SYNOD_WORKERS is a space-separated list of the proxy's `workers` settings to run, each
 # as its own contender (default "2 0"): N > 0 is N per-thread event loops fed by one
 # acceptor (nginx's model), 0 is one multi-threaded tokio runtime with two threads.
@@ -224,3 +226,53 @@ for p in "${PROXIES[@]}"; do
   printf "%-9s %10.0f %8.3f %8.3f %12.1f %8s %8s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$r1" "$r2"
 done
 echo "(req/s÷ and p99÷: medians relative to nginx's medians)"
+
+# --- latency at fixed offered loads -------------------------------------------------
+# wrk is closed-loop: at saturation each proxy's p99 is its queue, so the p99 above mostly
+# restates its throughput. Latency is compared at the same offered load with an
+# open-loop generator that corrects for coordinated omission (oha -q --latency-correction;
+# Tene, "How NOT to measure latency"). RATES lists the loads (requests/s; "" skips this).
+# oha: cargo install oha --locked (or OHA=path).
+RATES="${RATES-5000 10000 20000}"
+OHA="${OHA:-$(command -v oha || true)}"
+if [ -n "$RATES" ] && [ -z "$OHA" ]; then
+  echo "oha not found (cargo install oha --locked, or OHA=path): fixed-rate latency skipped" >&2
+  RATES=""
+fi
+[ -n "$RATES" ] && : > "$WORK/fixed"
+for rate in $RATES; do
+  for round in $(seq 1 "$ROUNDS"); do
+    for p in "${PROXIES[@]}"; do
+      name="${p%%:*}"; rest="${p#*:}"; port="${rest%%:*}"
+      "$OHA" -z "${SECONDS_PER_RUN}s" -c "$CONNECTIONS" -q "$rate" --latency-correction \
+        --no-tui --output-format json "http://127.0.0.1:$port/" > "$WORK/oha.json"
+      line="$(python3 - "$WORK/oha.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+p = d["latencyPercentiles"]
+ms = lambda v: (v or 0) * 1000
+print("%.1f %.3f %.3f %.3f %.4f" % (d["summary"]["requestsPerSec"], ms(p["p50"]), ms(p["p99"]),
+                                     ms(p["p99.9"]), d["summary"]["successRate"]))
+PY
+)"
+      echo "rate $rate round $round $name: $line (req/s p50 p99 p99.9 ms, success)"
+      echo "$rate $name $line" >> "$WORK/fixed"
+    done
+  done
+done
+if [ -n "$RATES" ]; then
+  echo
+  printf "%-7s %-9s %9s %8s %8s %9s %8s %8s\n" rate proxy "req/s" "p50 ms" "p99 ms" "p99.9 ms" success "p99÷"
+  for rate in $RATES; do
+    base="$(awk -v r="$rate" '$1 == r && $2 == "nginx" { print $5 }' "$WORK/fixed" | median)"
+    for p in "${PROXIES[@]}"; do
+      name="${p%%:*}"
+      col() { awk -v r="$rate" -v n="$name" -v c="$1" '$1 == r && $2 == n { print $c }' "$WORK/fixed" | median; }
+      p99="$(col 5)"
+      ratio="-"
+      [ -n "$base" ] && ratio="$(awk -v a="$p99" -v b="$base" 'BEGIN { printf "%.2fx", a / b }')"
+      printf "%-7s %-9s %9.0f %8.3f %8.3f %9.3f %8.4f %8s\n" "$rate" "$name" "$(col 3)" "$(col 4)" "$p99" "$(col 6)" "$(col 7)" "$ratio"
+    done
+  done
+  echo "(medians over $ROUNDS rounds; p99÷: relative to nginx's median p99 at the same rate)"
+fi
