@@ -671,3 +671,92 @@ fn progress_notify_reports_the_revision_to_a_quiet_watcher() {
         assert_eq!(notice.header().unwrap().revision(), revision);
     });
 }
+
+/// Raft snapshots are files beside the WAL, so a store past the WAL's 16 MiB value bound
+/// still snapshots and compacts its log, and a follower that missed the compacted part
+/// catches up from a snapshot that size (sent in chunks, installed, written, read back).
+#[test]
+fn snapshots_past_16_mib_compact_the_log_and_catch_up_a_follower() {
+    let (cluster, admin, client_addr) = start_cluster_ports("etcd-bigsnap", 3);
+    let down = synod_cmd()
+        .arg("down")
+        .arg("--dir")
+        .arg(&cluster.dir)
+        .output()
+        .unwrap();
+    assert!(down.status.success());
+    let file = cluster.dir.join("cluster.toml");
+    let text_of_file = std::fs::read_to_string(&file).unwrap();
+    assert!(text_of_file.contains("snapshot_entries = 100000"));
+    std::fs::write(
+        &file,
+        text_of_file.replace("snapshot_entries = 100000", "snapshot_entries = 30"),
+    )
+    .unwrap();
+    cluster.restart();
+    let endpoints: Vec<SocketAddr> = (1..=3).map(&client_addr).collect();
+    let value = |i: usize| vec![(i % 251) as u8; 200 << 10];
+    let rt = runtime();
+    // MVCC keeps every revision until a compaction: 120 puts of 200 KiB is a 23 MiB store.
+    let put_range = |range: std::ops::Range<usize>, endpoints: Vec<SocketAddr>| {
+        rt.block_on(async move {
+            let mut c = connect(&endpoints).await;
+            wait_ready(&mut c).await;
+            for i in range {
+                c.put(format!("big/{}", i % 10), value(i), None)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    put_range(0..120, endpoints.clone());
+    let blob_bytes = |node: &str| -> u64 {
+        let dir = cluster.dir.join(node).join("raft").join("blobs");
+        std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    eventually("every node has a snapshot past 16 MiB", || {
+        ["n1", "n2", "n3"].iter().all(|n| blob_bytes(n) > 16 << 20)
+    });
+    // A follower misses 120 more entries, more than the leader keeps in its log.
+    let victim = (1..=3)
+        .find(|&i| raft_leader(&admin, 3) != Some(i))
+        .unwrap();
+    cluster.kill(victim);
+    let survivors: Vec<SocketAddr> = (1..=3).filter(|&i| i != victim).map(&client_addr).collect();
+    put_range(120..240, survivors);
+    cluster.restart();
+    let last = value(239);
+    rt.block_on(async {
+        let mut c = connect(&[client_addr(victim)]).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = c
+                .get("big/9", Some(GetOptions::new().with_serializable()))
+                .await;
+            if let Ok(r) = got {
+                if r.kvs().first().is_some_and(|kv| kv.value() == last) {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "n{victim} never caught up with the last write"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let node = format!("n{victim}");
+    assert!(
+        blob_bytes(&node) > 32 << 20,
+        "n{victim}'s snapshot is {} bytes; it should hold more than the 120 writes it saw",
+        blob_bytes(&node)
+    );
+}

@@ -73,6 +73,19 @@ pub trait Storage {
     /// The index of the first record held, and the index the next append will get. The log
     /// is empty when they are equal.
     fn log_bounds(&self) -> (LogIndex, LogIndex);
+
+    /// Set the large value `name` (a Raft snapshot, say), durable with the step's other
+    /// writes. A store may keep blobs apart from the key-value space, which it may copy
+    /// often (the disk store keeps a copy of every key in each segment header); the default
+    /// keeps them in it.
+    fn put_blob(&mut self, name: &[u8], data: &[u8]) {
+        self.put(name, data);
+    }
+
+    /// The blob `name`, if any.
+    fn get_blob(&self, name: &[u8]) -> Option<Vec<u8>> {
+        self.get(name)
+    }
 }
 
 /// Typed helpers over any [`Storage`], encoding with the project codec.

@@ -586,7 +586,7 @@ impl SyncStorage for crate::storage::DiskStorage {
         let stats = crate::storage::DiskStorage::sync(self)?;
         metrics::counter!("synod_wal_bytes_total").increment(stats.bytes);
         metrics::counter!("synod_wal_records_total").increment(stats.records);
-        Ok(stats.records > 0)
+        Ok(stats.records > 0 || stats.blobs > 0)
     }
 }
 

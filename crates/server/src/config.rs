@@ -88,6 +88,9 @@ pub struct Tuning {
     /// How often watchers created with progress_notify hear the current revision when
     /// nothing else happens (etcd's default is 10 minutes).
     pub watch_progress_notify_ms: u64,
+    /// Applied entries between Raft snapshots, after which the log before them is
+    /// discarded (etcd's `--snapshot-count`).
+    pub snapshot_entries: u64,
 }
 
 impl Default for Tuning {
@@ -104,6 +107,7 @@ impl Default for Tuning {
             raft_heartbeat_ms: 50,
             request_timeout_ms: 7000,
             watch_progress_notify_ms: 600_000,
+            snapshot_entries: 100_000,
         }
     }
 }

@@ -230,10 +230,10 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     raft_cfg.election_timeout = Duration::from_millis(config.tuning.election_ms);
     raft_cfg.election_timeout_spread = Duration::from_millis(config.tuning.election_ms);
     raft_cfg.heartbeat_interval = Duration::from_millis(config.tuning.raft_heartbeat_ms);
-    // Snapshots are one WAL value, copied into every segment header: etcd's snapshot
-    // count, and never more than a quarter of the WAL's record bound (docs/etcdperf.md).
-    raft_cfg.snapshot_threshold = 100_000;
-    raft_cfg.max_snapshot_bytes = Some(synod_runtime::storage::MAX_RECORD_BYTES as u64 / 4);
+    // Snapshots are blob files beside the WAL (DiskStorage::put_blob), so their size has
+    // no bound but memory's: the state machine is in memory anyway.
+    raft_cfg.snapshot_threshold = config.tuning.snapshot_entries.max(1);
+    raft_cfg.max_snapshot_bytes = None;
     let raft = services.spawn(
         "raft",
         placement(service::RAFT),

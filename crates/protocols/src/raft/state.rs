@@ -1152,7 +1152,8 @@ impl<S: StateMachine> Actor for Raft<S> {
             Ok(None) => {}
             Err(e) => return self.set_fault(ctx, format!("hard state does not decode: {e}")),
         }
-        let snapshot = match ctx.storage().get_value::<Snapshot>(SNAPSHOT_KEY) {
+        let snapshot = ctx.storage().get_blob(SNAPSHOT_KEY);
+        let snapshot = match snapshot.map(|b| codec::decode::<Snapshot>(&b)).transpose() {
             Ok(snapshot) => snapshot,
             Err(e) => return self.set_fault(ctx, format!("snapshot does not decode: {e}")),
         };

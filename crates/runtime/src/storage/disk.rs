@@ -21,6 +21,11 @@ use synod_core::{LogIndex, Storage};
 
 /// Name of the snapshot subdirectory of a [`DiskStorage`] directory.
 const SNAPSHOT_DIR: &str = "snapshots";
+/// Where blobs ([`Storage::put_blob`]) live, one file each.
+const BLOB_DIR: &str = "blobs";
+/// A blob file ends with its length (`u64`), the CRC32C of the data (`u32`) and this.
+const BLOB_MAGIC: [u8; 8] = *b"SYNDBLOB";
+const BLOB_FOOTER_LEN: usize = 20;
 
 /// Settings for [`DiskStorage::open`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +80,8 @@ pub struct SyncStats {
     pub segments_created: u32,
     /// Segment files deleted after a compaction.
     pub segments_deleted: u32,
+    /// Blobs written (each its own file).
+    pub blobs: u32,
     /// Wall-clock time the sync took.
     pub duration: Duration,
 }
@@ -125,6 +132,8 @@ pub struct DiskStorage {
     failure: Mutex<Option<Failure>>,
     snapshots: SnapshotStore,
     repairs: Vec<TailRepair>,
+    /// Blobs written since the last sync, by name; the sync writes them before the batch.
+    pending_blobs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 struct Segment {
@@ -173,6 +182,7 @@ impl DiskStorage {
         let dir = dir.as_ref().to_path_buf();
         ensure_dir(&dir)?;
         let snapshots = SnapshotStore::open(dir.join(SNAPSHOT_DIR))?;
+        open_blob_dir(&dir.join(BLOB_DIR))?;
         let recovered = wal::recover(&dir)?;
         let mut segments = BTreeMap::new();
         for (seq, path, written) in &recovered.segments {
@@ -235,6 +245,7 @@ impl DiskStorage {
             failure: Mutex::new(None),
             snapshots,
             repairs: recovered.repairs,
+            pending_blobs: BTreeMap::new(),
         })
     }
 
@@ -268,6 +279,16 @@ impl DiskStorage {
         if let Some(failure) = self.failure_state() {
             return Err(failure.to_error());
         }
+        // Blobs first: a batch that refers to a blob (a compaction after a snapshot) must
+        // never be durable without it.
+        for (name, data) in std::mem::take(&mut self.pending_blobs) {
+            if let Err(error) = write_blob(&self.dir.join(BLOB_DIR), &name, &data) {
+                return Err(self.fail(io::Error::other(error.to_string())));
+            }
+            stats.blobs += 1;
+            stats.bytes += data.len() as u64;
+            stats.fsyncs += 2;
+        }
         let chunks = std::mem::take(&mut self.pending);
         let wrote = !chunks.is_empty();
         for chunk in chunks {
@@ -292,9 +313,14 @@ impl DiskStorage {
         self.pending_records
     }
 
-    /// Bytes buffered since the last sync, framing included.
+    /// Bytes buffered since the last sync, framing included, blobs too.
     pub fn pending_bytes(&self) -> u64 {
-        self.pending.iter().map(|c| c.bytes.len() as u64).sum()
+        let blobs: u64 = self.pending_blobs.values().map(|b| b.len() as u64).sum();
+        self.pending
+            .iter()
+            .map(|c| c.bytes.len() as u64)
+            .sum::<u64>()
+            + blobs
     }
 
     /// The store's directory.
@@ -685,6 +711,97 @@ impl Storage for DiskStorage {
     fn log_bounds(&self) -> (LogIndex, LogIndex) {
         (self.positions.first, self.positions.next())
     }
+
+    /// One file per blob, written whole at the next sync (temporary file, fsync, rename,
+    /// directory fsync), so a blob has no size bound but the disk's and is never copied
+    /// into segment headers.
+    fn put_blob(&mut self, name: &[u8], data: &[u8]) {
+        self.pending_blobs.insert(name.to_vec(), data.to_vec());
+        // A store written before blobs existed kept this value in the key-value space.
+        self.delete(name);
+    }
+
+    fn get_blob(&self, name: &[u8]) -> Option<Vec<u8>> {
+        if let Some(data) = self.pending_blobs.get(name) {
+            return Some(data.clone());
+        }
+        match read_blob(&self.dir.join(BLOB_DIR), name) {
+            Ok(Some(data)) => Some(data),
+            Ok(None) => self.get(name),
+            Err(error) => {
+                // As for a failed log read: poison, so nothing decided from `None` leaves.
+                self.fail(io::Error::other(error.to_string()));
+                None
+            }
+        }
+    }
+}
+
+/// A blob's file name: its name in hex, so any bytes make a valid file name.
+fn blob_file(name: &[u8]) -> String {
+    let mut file = String::with_capacity(name.len() * 2 + 5);
+    for b in name {
+        file.push_str(&format!("{b:02x}"));
+    }
+    file.push_str(".blob");
+    file
+}
+
+/// Create the blob directory and delete writes a crash interrupted.
+fn open_blob_dir(dir: &Path) -> Result<(), StorageError> {
+    ensure_dir(dir)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| StorageError::io("list", dir, e))?.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            tracing::info!(file = %path.display(), "removing an abandoned blob write");
+            super::fsutil::remove_if_exists(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_blob(dir: &Path, name: &[u8], data: &[u8]) -> Result<(), StorageError> {
+    let mut bytes = Vec::with_capacity(data.len() + BLOB_FOOTER_LEN);
+    bytes.extend_from_slice(data);
+    bytes.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    bytes.extend_from_slice(&BLOB_MAGIC);
+    super::fsutil::write_atomically(dir, &blob_file(name), &bytes)
+}
+
+/// The blob's data, checked against its footer; `None` if there is no such blob.
+fn read_blob(dir: &Path, name: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    let path = dir.join(blob_file(name));
+    let mut bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StorageError::io("read", &path, e)),
+    };
+    let damaged = |why: &str| {
+        StorageError::io(
+            "check",
+            &path,
+            io::Error::new(io::ErrorKind::InvalidData, format!("damaged blob: {why}")),
+        )
+    };
+    let Some(data_len) = bytes.len().checked_sub(BLOB_FOOTER_LEN) else {
+        return Err(damaged("shorter than its footer"));
+    };
+    let footer = &bytes[data_len..];
+    if footer[12..] != BLOB_MAGIC {
+        return Err(damaged("no footer"));
+    }
+    let declared = u64::from_le_bytes(footer[..8].try_into().unwrap_or_default());
+    let crc = u32::from_le_bytes(footer[8..12].try_into().unwrap_or_default());
+    if declared != data_len as u64 {
+        return Err(damaged("length does not match"));
+    }
+    bytes.truncate(data_len);
+    if crc32c::crc32c(&bytes) != crc {
+        return Err(damaged("checksum does not match"));
+    }
+    Ok(Some(bytes))
 }
 
 impl fmt::Debug for DiskStorage {

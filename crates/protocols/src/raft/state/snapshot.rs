@@ -67,7 +67,8 @@ impl<S: StateMachine> Raft<S> {
             hash,
             data,
         };
-        ctx.storage().put_value(SNAPSHOT_KEY, &snapshot);
+        ctx.storage()
+            .put_blob(SNAPSHOT_KEY, &codec::encode(&snapshot));
         self.log.compact(ctx.storage(), index);
         self.base_membership = membership;
         self.snapshot = Some(snapshot);
@@ -179,7 +180,8 @@ impl<S: StateMachine> Raft<S> {
             data: incoming.data,
         };
         // Rule 5: save the snapshot; rules 6-7: keep or discard the log after it.
-        ctx.storage().put_value(SNAPSHOT_KEY, &snapshot);
+        ctx.storage()
+            .put_blob(SNAPSHOT_KEY, &codec::encode(&snapshot));
         self.log
             .install_snapshot(ctx.storage(), snapshot.index, snapshot.term, snapshot.hash);
         self.refresh_membership();

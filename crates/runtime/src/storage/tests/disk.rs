@@ -333,3 +333,68 @@ fn stores_can_move_to_another_thread() {
     send::<crate::storage::SnapshotWriter>();
     send::<crate::storage::SnapshotReader>();
 }
+
+#[test]
+fn blobs_live_outside_the_key_space_and_have_no_record_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions::default();
+    // Past the bound on one record: a key-value pair this size would poison the store.
+    let big: Vec<u8> = (0..MAX_RECORD_BYTES + 1000)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    {
+        let mut s = open(dir.path(), &options);
+        s.put(b"raft/snapshot", b"old, from before blobs");
+        s.sync().unwrap();
+        s.put_blob(b"raft/snapshot", &big);
+        // Seen at once, before the sync, and no longer in the key-value space.
+        assert_eq!(s.get_blob(b"raft/snapshot").as_deref(), Some(&big[..]));
+        assert_eq!(s.get(b"raft/snapshot"), None);
+        s.sync().unwrap();
+        assert!(s.failure().is_none());
+        s.put_blob(b"raft/snapshot", b"lost in the crash");
+        // Dropped without sync: the crash.
+    }
+    let s = open(dir.path(), &options);
+    assert_eq!(s.get_blob(b"raft/snapshot").as_deref(), Some(&big[..]));
+    assert_eq!(s.get(b"raft/snapshot"), None);
+    assert_eq!(s.get_blob(b"nothing"), None);
+}
+
+#[test]
+fn a_blob_from_before_blobs_existed_is_read_from_the_key_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &DiskOptions::default());
+    s.put(b"raft/snapshot", b"kept as a key");
+    s.sync().unwrap();
+    assert_eq!(
+        s.get_blob(b"raft/snapshot"),
+        Some(b"kept as a key".to_vec())
+    );
+}
+
+#[test]
+fn a_damaged_blob_poisons_the_store_instead_of_vanishing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = open(dir.path(), &DiskOptions::default());
+        s.put_blob(b"b", b"some snapshot bytes");
+        s.sync().unwrap();
+    }
+    let blobs = dir.path().join("blobs");
+    let file = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "blob"))
+        .expect("a blob file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[3] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    // An interrupted write of another blob is cleaned up on open.
+    std::fs::write(blobs.join("63.blob.tmp"), b"half").unwrap();
+    let mut s = open(dir.path(), &DiskOptions::default());
+    assert!(!blobs.join("63.blob.tmp").exists());
+    assert_eq!(s.get_blob(b"b"), None);
+    let error = s.sync().expect_err("poisoned");
+    assert!(error.to_string().contains("checksum"), "{error}");
+}
