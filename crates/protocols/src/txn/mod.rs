@@ -106,8 +106,8 @@ mod range;
 mod tests;
 
 pub use msg::{
-    Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeRaftMsg, RangeResult, Route,
-    Timestamp, TxnId, TxnMeta, TxnMsg, TxnStatus, Value,
+    u64_value, value_u64, Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeRaftMsg,
+    RangeResult, Route, Row, Timestamp, TxnId, TxnMeta, TxnMsg, TxnStatus, Value,
 };
 pub use node::{TxnConfig, TxnNode, TxnTimer};
 pub use range::{Intent, RangeSm, RangeState, Version};
