@@ -455,7 +455,10 @@ fn scan(start: &str, end: Option<&str>, ts: u64, limit: u64) -> RangeCommand {
     }
 }
 
-fn rows(result: RangeResult) -> (Vec<(String, String, u64, u64, u64)>, u64) {
+/// (key, value, create_ts, mod_ts, version)
+type Flat = (String, String, u64, u64, u64);
+
+fn rows(result: RangeResult) -> (Vec<Flat>, u64) {
     let RangeResult::Rows { rows, count } = result else {
         panic!("not rows: {result:?}");
     };
