@@ -195,6 +195,11 @@ fn etcd_kv_over_ranges_scans_across_boundaries_and_txns_are_atomic() {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("future revision"), "{err}");
+        // Bad input: etcd's own error strings.
+        let err = c.get("", None).await.unwrap_err();
+        assert!(err.to_string().contains("key is not provided"), "{err}");
+        let err = c.put("", "x", None).await.unwrap_err();
+        assert!(err.to_string().contains("key is not provided"), "{err}");
         // count counts every key of the interval across ranges; limit cuts the rows.
         let opts = GetOptions::new().with_prefix().with_limit(3);
         let got = c.get("k/", Some(opts)).await.unwrap();

@@ -180,6 +180,9 @@ impl<'a> Eval<'a> {
     }
 
     async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Status> {
+        if req.key.is_empty() {
+            return Err(mvcc_error(MvccError::EmptyKey));
+        }
         let at = self.read_ts(req.revision)?;
         let filtered = req.min_mod_revision > 0
             || req.max_mod_revision > 0
