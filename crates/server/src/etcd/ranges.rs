@@ -502,7 +502,7 @@ mod tests {
         for k in keys {
             assert_eq!(decode_key(&encode_key(k)).as_deref(), Some(k));
         }
-        assert!(encode_key(b"\xff\xff") < END_OF_ETCD.to_string());
+        assert!(encode_key(b"\xff\xff").as_str() < END_OF_ETCD);
         assert_eq!(decode_key("x/00"), None);
         assert_eq!(decode_key("e/0"), None);
         assert_eq!(decode_key("e/zz"), None);
