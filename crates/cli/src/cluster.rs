@@ -37,7 +37,8 @@ pub(crate) struct UpCommand {
     /// Also run the Dynamo-style AP store (HTTP /kv/{bucket}/{key}, synod ap).
     #[arg(long)]
     ap: bool,
-    /// Also run the multi-Raft ranges with cross-range transactions (HTTP /v1/txn, synod txn).
+    /// Also run the multi-Raft ranges with cross-range transactions (HTTP /v1/txn, synod txn);
+    /// the etcd KV API is then served over them.
     #[arg(long)]
     ranges: bool,
     /// With --ranges: a range splits when it holds more keys than this.

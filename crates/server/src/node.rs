@@ -372,6 +372,9 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
             source,
         })?;
     let etcd = EtcdNode::new(me, config.clone(), state.raft.clone(), state.kv.clone());
+    if let Some(host) = &state.txn {
+        etcd.serve_over_ranges(Arc::clone(host));
+    }
     let etcd_task = tokio::spawn(etcd.serve(client_listener));
     tracing::info!(node = %me, admin = %node_cfg.admin_addr, client = %node_cfg.client_addr, "node running");
 

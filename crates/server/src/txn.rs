@@ -45,8 +45,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use synod_core::{codec, NodeId};
 use synod_protocols::raft::{RaftMsg, Role, SessionId};
 use synod_protocols::txn::{
-    Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeResult, Route, Timestamp,
-    TxnConfig, TxnId, TxnMeta, TxnMsg, TxnNode, TxnStatus, Value,
+    u64_value, value_u64, Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeResult,
+    Route, Row, Timestamp, TxnConfig, TxnId, TxnMeta, TxnMsg, TxnNode, TxnStatus, Value,
 };
 use synod_runtime::driver::{ActorHandle, DriverError};
 use synod_runtime::transport::{ServiceId, TransportHandle};
@@ -544,12 +544,111 @@ impl TxnHost {
         Ok((ts, values))
     }
 
+    /// Every live key of `[start, end)` (`end: None`: to the end of the keyspace) at
+    /// snapshot `ts`, across range boundaries: one `Scan` per range, each starting where
+    /// the previous range's descriptor ends. At most `limit` rows (0: all); the count is
+    /// of every live key of the interval, as etcd's `count`.
+    pub async fn scan(
+        &self,
+        start: &str,
+        end: Option<&str>,
+        ts: Timestamp,
+        limit: u64,
+        keys_only: bool,
+    ) -> Result<(Vec<Row>, u64), TxnError> {
+        let mut rows = Vec::new();
+        let mut count = 0;
+        let mut cursor = start.to_string();
+        let mut retries = 0;
+        loop {
+            let wanted = if limit == 0 {
+                0
+            } else {
+                limit.saturating_sub(rows.len() as u64)
+            };
+            // Past the limit only the count is wanted: one key-only row per range.
+            let command = RangeCommand::Scan {
+                start: cursor.clone(),
+                end: end.map(str::to_string),
+                read_ts: ts,
+                limit: if limit > 0 && wanted == 0 { 1 } else { wanted },
+                keys_only: keys_only || (limit > 0 && wanted == 0),
+            };
+            let output = self.request(Route::Key(cursor.clone()), command).await?;
+            match output.result {
+                RangeResult::Rows {
+                    rows: got,
+                    count: n,
+                } => {
+                    count += n;
+                    if limit == 0 || wanted > 0 {
+                        rows.extend(got);
+                    }
+                    match output.range.end {
+                        Some(next) if end.is_none_or(|e| next.as_str() < e) => cursor = next,
+                        _ => return Ok((rows, count)),
+                    }
+                    retries = 0;
+                }
+                RangeResult::Locked { txn, key } => self.clear_blocker(txn, key).await?,
+                RangeResult::RangeMismatch => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => return Err(TxnError::Protocol(format!("{other:?} to a scan"))),
+            }
+            retries += 1;
+            if retries > MAX_CONFLICTS {
+                return Err(TxnError::Timeout);
+            }
+        }
+    }
+
+    /// Commit `writes` as one transaction that read at `start_ts`: one phase if they
+    /// fall in one range, else two. `Ok(None)`: a conflict aborted it (first committer
+    /// wins, or a push); the caller retries at a newer snapshot.
+    pub async fn commit_at(
+        &self,
+        start_ts: Timestamp,
+        writes: &[(Key, Option<Value>)],
+    ) -> Result<Option<Timestamp>, TxnError> {
+        let Some((first, _)) = writes.first() else {
+            return Ok(Some(start_ts));
+        };
+        let meta = TxnMeta {
+            id: TxnId(self.next_txn.fetch_add(1, Ordering::Relaxed)),
+            anchor: first.clone(),
+            start_ts,
+            expires_at: wall_nanos().saturating_add(u64::try_from(TXN_TTL.as_nanos()).unwrap_or(0)),
+        };
+        match self.commit(meta, writes).await {
+            Ok(Commit::Committed(ts, path)) => {
+                let counter = if path == "1pc" {
+                    &self.counters.one_phase
+                } else {
+                    &self.counters.two_phase
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(ts))
+            }
+            Ok(Commit::Conflict) => {
+                self.counters.aborted.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => {
+                if e == TxnError::Timeout {
+                    self.counters.unknown.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Run a transaction: read `compare`'s keys at a fresh snapshot and, if each holds its
     /// expected value, commit `puts` atomically. Conflicts retry the whole transaction.
     pub async fn transact(
         self: &Arc<Self>,
-        compare: &[(Key, Option<Value>)],
-        puts: &[(Key, Value)],
+        compare: &[(Key, Option<u64>)],
+        puts: &[(Key, u64)],
         adds: &[(Key, i64)],
         deletes: &[Key],
     ) -> Result<TxnOutcome, TxnError> {
@@ -561,15 +660,20 @@ impl TxnHost {
             let (start_ts, values) = self.snapshot(&keys).await?;
             let mut writes: BTreeMap<Key, Option<Value>> =
                 deletes.iter().map(|k| (k.clone(), None)).collect();
-            writes.extend(puts.iter().map(|(k, v)| (k.clone(), Some(*v))));
-            let mut succeeded = compare.iter().all(|(k, v)| values.get(k) == Some(v));
+            writes.extend(puts.iter().map(|(k, v)| (k.clone(), Some(u64_value(*v)))));
+            let register = |k: &Key| values.get(k).cloned().flatten();
+            let mut succeeded = compare.iter().all(|(k, v)| match (register(k), v) {
+                (None, None) => true,
+                (Some(got), Some(want)) => value_u64(&got) == Some(*want),
+                _ => false,
+            });
             for (key, delta) in adds {
                 // An add needs the key present and the result within 0..=u64::MAX.
-                let base = values.get(key).copied().flatten();
+                let base = register(key).and_then(|b| value_u64(&b));
                 let next = base.and_then(|b| b.checked_add_signed(*delta));
                 match next {
                     Some(v) => {
-                        writes.insert(key.clone(), Some(v));
+                        writes.insert(key.clone(), Some(u64_value(v)));
                     }
                     None => succeeded = false,
                 }
@@ -646,7 +750,7 @@ impl TxnHost {
                 let prewrite = RangeCommand::Prewrite {
                     txn: meta.clone(),
                     key: key.clone(),
-                    value: *value,
+                    value: value.clone(),
                 };
                 match self
                     .request(Route::Key(key.clone()), prewrite)
@@ -815,7 +919,7 @@ fn check_key(key: &str) -> Result<(), Answer> {
 #[serde(deny_unknown_fields)]
 struct CompareJson {
     key: Key,
-    value: Option<Value>,
+    value: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -824,7 +928,7 @@ struct TxnJson {
     #[serde(default)]
     compare: Vec<CompareJson>,
     #[serde(default)]
-    put: BTreeMap<Key, Value>,
+    put: BTreeMap<Key, u64>,
     #[serde(default)]
     add: BTreeMap<Key, i64>,
     #[serde(default)]
@@ -837,12 +941,33 @@ struct ReadJson {
     keys: Vec<Key>,
 }
 
+/// A stored value as JSON: a number if it is a u64's decimal text (what this API
+/// writes), else its text (what the etcd API may have written), `null` if absent.
+fn value_json(v: &Option<Value>) -> Json_ {
+    match v {
+        None => Json_::Null,
+        Some(b) => match value_u64(b) {
+            Some(n) => json!(n),
+            None => json!(String::from_utf8_lossy(b)),
+        },
+    }
+}
+
+fn values_json(values: &BTreeMap<Key, Option<Value>>) -> Json_ {
+    Json_::Object(
+        values
+            .iter()
+            .map(|(k, v)| (k.clone(), value_json(v)))
+            .collect(),
+    )
+}
+
 fn outcome_json(o: &TxnOutcome) -> Json_ {
     json!({
         "succeeded": o.succeeded,
         "start_ts": o.start_ts,
         "commit_ts": o.commit_ts,
-        "values": o.values,
+        "values": values_json(&o.values),
         "path": o.path,
         "aborted_attempts": o.aborted_attempts,
     })
@@ -868,9 +993,9 @@ async fn txn(State(state): State<Arc<NodeState>>, body: String) -> Answer {
         {
             check_key(k)?;
         }
-        let compare: Vec<(Key, Option<Value>)> =
+        let compare: Vec<(Key, Option<u64>)> =
             req.compare.into_iter().map(|c| (c.key, c.value)).collect();
-        let puts: Vec<(Key, Value)> = req.put.into_iter().collect();
+        let puts: Vec<(Key, u64)> = req.put.into_iter().collect();
         let adds: Vec<(Key, i64)> = req.add.into_iter().collect();
         let outcome = host
             .transact(&compare, &puts, &adds, &req.delete)
@@ -897,7 +1022,7 @@ async fn snapshot_read(State(state): State<Arc<NodeState>>, body: String) -> Ans
         let (ts, values) = host.snapshot(&req.keys).await.map_err(txn_error)?;
         Ok((
             StatusCode::OK,
-            Json(json!({ "ts": ts.0, "values": values })),
+            Json(json!({ "ts": ts.0, "values": values_json(&values) })),
         ))
     };
     run.await.unwrap_or_else(|e| e)
@@ -911,7 +1036,7 @@ async fn kv_get(State(state): State<Arc<NodeState>>, Path(key): Path<String>) ->
             .snapshot(std::slice::from_ref(&key))
             .await
             .map_err(txn_error)?;
-        let value = values.get(&key).copied().flatten();
+        let value = value_json(&values.get(&key).cloned().flatten());
         Ok((
             StatusCode::OK,
             Json(json!({ "key": key, "value": value, "ts": ts.0 })),
@@ -928,7 +1053,7 @@ async fn kv_put(
     let run = async {
         let host = host(&state)?;
         check_key(&key)?;
-        let value: Value = body.trim().parse().map_err(|_| {
+        let value: u64 = body.trim().parse().map_err(|_| {
             error(
                 StatusCode::BAD_REQUEST,
                 format!(

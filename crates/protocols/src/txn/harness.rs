@@ -9,8 +9,8 @@
 //! Compiled for tests and with the `harness` feature (the CLI turns it on).
 
 use super::msg::{
-    Key, RangeCommand, RangeDescriptor, RangeId, RangeResult, Route, Timestamp, TxnId, TxnMeta,
-    TxnMsg, TxnStatus, Value,
+    u64_value, value_u64, Key, RangeCommand, RangeDescriptor, RangeId, RangeResult, Route,
+    Timestamp, TxnId, TxnMeta, TxnMsg, TxnStatus,
 };
 use super::node::{TxnConfig, TxnNode};
 use crate::raft::{RaftMsg, SessionId};
@@ -130,8 +130,8 @@ struct Txn {
     invoked_at: u64,
     meta: TxnMeta,
     reads: Vec<Key>,
-    read_values: Vec<Option<Value>>,
-    writes: Vec<(Key, Value)>,
+    read_values: Vec<Option<u64>>,
+    writes: Vec<(Key, u64)>,
     write_ops: Vec<OpId>,
     prewritten: Vec<Key>,
     commit_ts: Option<Timestamp>,
@@ -473,7 +473,7 @@ impl BankClients {
                     writes: t
                         .writes
                         .iter()
-                        .map(|(k, v)| (k.clone(), Some(*v)))
+                        .map(|(k, v)| (k.clone(), Some(u64_value(*v))))
                         .collect(),
                     commit_ts: t.commit_ts.unwrap_or_default(),
                 },
@@ -483,7 +483,7 @@ impl BankClients {
                 RangeCommand::Prewrite {
                     txn: t.meta.clone(),
                     key: t.writes[i].0.clone(),
-                    value: Some(t.writes[i].1),
+                    value: Some(u64_value(t.writes[i].1)),
                 },
             ),
             Phase::EndTxn => (
@@ -624,12 +624,13 @@ impl BankClients {
                 }
             }
             (Phase::Read(i), R::Value(v)) => {
-                t.read_values[i] = v;
+                // Every value this harness writes is a u64's decimal text.
+                t.read_values[i] = v.map(|b| value_u64(&b).unwrap_or(u64::MAX));
                 if i + 1 < t.reads.len() {
                     self.goto(ctl, client, Phase::Read(i + 1));
                 } else {
                     let invoked = t.invoked_at;
-                    let reads: Vec<(Key, Option<Value>)> = t
+                    let reads: Vec<(Key, Option<u64>)> = t
                         .reads
                         .iter()
                         .cloned()
@@ -741,7 +742,7 @@ impl BankClients {
         let Some(t) = self.clients[Self::slot(client)].txn.as_mut() else {
             return;
         };
-        let writes: Vec<(Key, Value)> = match &t.kind {
+        let writes: Vec<(Key, u64)> = match &t.kind {
             Kind::ReadAll => {
                 let sum: Option<u64> = t.read_values.iter().copied().sum();
                 match sum {

@@ -73,6 +73,17 @@
 //! refused with `TooOld` (retried with a fresh timestamp) if a read at or above its
 //! `commit_ts` was served — CockroachDB's timestamp cache, made replicated.
 //!
+//! ## Byte values, scans and etcd metadata
+//!
+//! Values are bytes. `Scan` reads every live key of an interval (clipped to the range)
+//! at a snapshot, with etcd's per-key metadata derived from the version chain
+//! ([`RangeState::row_at`]: `mod_revision` = newest commit timestamp, `create_revision`
+//! = first put since the last delete, `version` = puts since then); the coordinator
+//! chains scans across ranges. Revisions are oracle timestamps: unique and ordered, not
+//! dense. A multi-key scan raises the range's `scan_ts`, above which one-phase commits
+//! must land (no phantoms under a served scan). The etcd KV API over ranges is built on
+//! this in `synod_server` (etcd/ranges.rs).
+//!
 //! ## Fault model and invariants
 //!
 //! Crash-recovery nodes with durable storage, a lossy, duplicating, reordering network
@@ -86,8 +97,8 @@
 //! Parallel commits (the record's STAGING state), transaction heartbeats (a record
 //! expires a fixed time after the transaction started), garbage collection of old
 //! versions and records, snapshots/log compaction for ranges (needs splits carried in
-//! snapshots), range merges and rebalancing replicas across nodes, and the etcd API
-//! over ranges. On a live cluster (`synod up --ranges`) this actor runs unchanged as node
+//! snapshots), range merges and rebalancing replicas across nodes, closed timestamps
+//! (needed for an etcd Watch over ranges) and leases. On a live cluster (`synod up --ranges`) this actor runs unchanged as node
 //! service 13; see `synod_server::txn` and docs/multiraft.md.
 //!
 //! ## Differences from the chapter's sketch
@@ -106,8 +117,8 @@ mod range;
 mod tests;
 
 pub use msg::{
-    Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeRaftMsg, RangeResult, Route,
-    Timestamp, TxnId, TxnMeta, TxnMsg, TxnStatus, Value,
+    u64_value, value_u64, Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeRaftMsg,
+    RangeResult, Route, Row, Timestamp, TxnId, TxnMeta, TxnMsg, TxnStatus, Value,
 };
 pub use node::{TxnConfig, TxnNode, TxnTimer};
 pub use range::{Intent, RangeSm, RangeState, Version};

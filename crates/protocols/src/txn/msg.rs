@@ -8,8 +8,36 @@ use std::fmt;
 /// A key of the transactional keyspace. Keys order as strings; ranges are intervals of it.
 pub type Key = String;
 
-/// A stored value. Bank balances and register values are `u64`, as in synod-check.
-pub type Value = u64;
+/// A stored value: bytes (etcd values). Bank balances and register values, which are
+/// `u64` in synod-check's models, are stored as their decimal text ([`u64_value`]).
+pub type Value = Vec<u8>;
+
+/// The stored form of a `u64` register: its decimal text.
+pub fn u64_value(n: u64) -> Value {
+    n.to_string().into_bytes()
+}
+
+/// A stored value read as a `u64` register (`None` if it is not decimal text).
+pub fn value_u64(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// One key of a [`RangeCommand::Scan`] answer, with etcd's per-key metadata. Revisions
+/// are the oracle timestamps of the commits (see [`Timestamp`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Row {
+    /// The key.
+    pub key: Key,
+    /// The value at the snapshot (empty when the scan asked for keys only).
+    pub value: Value,
+    /// Commit timestamp of the put that created this incarnation of the key (the first
+    /// put after the last delete): etcd's `create_revision`.
+    pub create_ts: Timestamp,
+    /// Commit timestamp of the newest version at the snapshot: etcd's `mod_revision`.
+    pub mod_ts: Timestamp,
+    /// Puts since that creation, starting at 1: etcd's `version`.
+    pub version: u64,
+}
 
 /// Identifies a range and the Raft group that serves it. Range 0 is the meta group,
 /// which serves no keys and runs the timestamp oracle.
@@ -119,6 +147,23 @@ pub enum RangeCommand {
         /// The snapshot.
         read_ts: Timestamp,
     },
+    /// Snapshot-read every live key of `[start, end)` that this range serves (the part
+    /// of the interval outside it is for other ranges), in key order, with etcd's
+    /// metadata. At most `limit` rows (0: all); `count` in the answer counts all.
+    /// Through the log like `Get`: a one-key interval (`end == start + "\0"`) records
+    /// the read in the per-key cache, a wider one raises the range's `scan_ts`.
+    Scan {
+        /// First key.
+        start: Key,
+        /// First key not read; `None`: to the end of the keyspace.
+        end: Option<Key>,
+        /// The snapshot.
+        read_ts: Timestamp,
+        /// Most rows returned; 0: no limit.
+        limit: u64,
+        /// Leave values out of the rows.
+        keys_only: bool,
+    },
     /// Phase 1 of the cross-range commit: check `key` for conflicts and lay an intent.
     Prewrite {
         /// The writer.
@@ -179,6 +224,14 @@ pub enum RangeResult {
     Timestamp(Timestamp),
     /// The value read (`None`: absent at the snapshot).
     Value(Option<Value>),
+    /// A scan's rows (in key order) from the answering range, and how many live keys of
+    /// the interval it holds (before `limit`).
+    Rows {
+        /// The rows, at most `limit`.
+        rows: Vec<Row>,
+        /// Live keys of the interval in this range.
+        count: u64,
+    },
     /// An intent of another transaction on `key` stands in the way: push it, resolve
     /// it, retry.
     Locked {

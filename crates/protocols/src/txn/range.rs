@@ -3,7 +3,7 @@
 //! meta group) the timestamp oracle.
 
 use super::msg::{
-    Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeResult, Timestamp, TxnId,
+    Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeResult, Row, Timestamp, TxnId,
     TxnMeta, TxnStatus, Value,
 };
 use crate::raft::StateMachine;
@@ -44,6 +44,12 @@ pub struct RangeState {
     /// The highest snapshot any read of the key was served at (the one-phase commit must
     /// commit above it).
     pub max_read: BTreeMap<Key, Timestamp>,
+    /// The highest snapshot any scan of more than one key was served at. It guards the
+    /// keys a scan did *not* find: a one-phase commit of any key of the range must
+    /// commit above it, or a repeated scan at the same snapshot would see a phantom.
+    /// Coarser than CockroachDB's interval timestamp cache (the whole range, not the
+    /// scanned interval), which costs extra `TooOld` retries, never correctness.
+    pub scan_ts: Timestamp,
     /// The timestamp oracle's last timestamp (meta group only).
     pub oracle: Timestamp,
 }
@@ -129,6 +135,7 @@ impl RangeState {
             intents: BTreeMap::new(),
             records: BTreeMap::new(),
             max_read: BTreeMap::new(),
+            scan_ts: Timestamp(0),
             oracle: Timestamp(0),
         }
     }
@@ -138,6 +145,31 @@ impl RangeState {
         self.versions
             .get(key)
             .and_then(|v| v.range(..=ts).next_back().map(|(_, v)| v))
+    }
+
+    /// `key` as a snapshot at `ts` sees it, with etcd's metadata: `None` if absent or
+    /// deleted. The creation is the oldest put of the unbroken run of puts that ends at
+    /// the version read (a delete ends an incarnation, as in etcd).
+    pub fn row_at(&self, key: &str, ts: Timestamp, keys_only: bool) -> Option<Row> {
+        let mut chain = self.versions.get(key)?.range(..=ts).rev();
+        let (mod_ts, newest) = chain.next()?;
+        let value = newest.value.as_ref()?;
+        let mut create_ts = *mod_ts;
+        let mut version = 1;
+        for (ts, v) in chain {
+            if v.value.is_none() {
+                break;
+            }
+            create_ts = *ts;
+            version += 1;
+        }
+        Some(Row {
+            key: key.to_string(),
+            value: if keys_only { Vec::new() } else { value.clone() },
+            create_ts,
+            mod_ts: *mod_ts,
+            version,
+        })
     }
 
     fn newest_commit(&self, key: &str) -> Option<(Timestamp, &Version)> {
@@ -151,6 +183,7 @@ impl RangeState {
         use RangeResult as R;
         let keyed = match command {
             C::AllocTimestamp | C::Split { .. } => None,
+            C::Scan { start, .. } => Some(start),
             C::Get { key, .. } | C::Prewrite { key, .. } | C::Resolve { key, .. } => Some(key),
             C::EndTxn { txn, .. } | C::Push { txn, .. } => Some(&txn.anchor),
             C::OnePhase { writes, .. } => {
@@ -185,7 +218,63 @@ impl RangeState {
                         };
                     }
                 }
-                R::Value(self.read_at(key, *read_ts).and_then(|v| v.value))
+                R::Value(self.read_at(key, *read_ts).and_then(|v| v.value.clone()))
+            }
+            C::Scan {
+                start,
+                end,
+                read_ts,
+                limit,
+                keys_only,
+            } => {
+                // The part of [start, end) this range serves.
+                let upper = match (end, &self.desc.end) {
+                    (Some(a), Some(b)) => Some(a.min(b).clone()),
+                    (Some(a), None) => Some(a.clone()),
+                    (None, b) => b.clone(),
+                };
+                let bounds = (
+                    std::ops::Bound::Included(start.clone()),
+                    match &upper {
+                        Some(u) => std::ops::Bound::Excluded(u.clone()),
+                        None => std::ops::Bound::Unbounded,
+                    },
+                );
+                if upper.as_ref().is_some_and(|u| u <= start) {
+                    return R::Rows {
+                        rows: Vec::new(),
+                        count: 0,
+                    };
+                }
+                if end.as_deref() == Some(format!("{start}\0").as_str()) {
+                    let cached = self.max_read.entry(start.clone()).or_default();
+                    *cached = (*cached).max(*read_ts);
+                } else {
+                    self.scan_ts = self.scan_ts.max(*read_ts);
+                }
+                // As for Get: an intent that may commit below the snapshot must be
+                // resolved first.
+                if let Some((key, intent)) = self
+                    .intents
+                    .range::<Key, _>(bounds.clone())
+                    .find(|(_, i)| i.txn.start_ts <= *read_ts)
+                {
+                    return R::Locked {
+                        txn: intent.txn.clone(),
+                        key: key.clone(),
+                    };
+                }
+                let mut rows = Vec::new();
+                let mut count = 0;
+                for key in self.versions.range::<Key, _>(bounds).map(|(k, _)| k) {
+                    if let Some(row) = self.row_at(key, *read_ts, *keys_only) {
+                        count += 1;
+                        if *limit == 0 || (rows.len() as u64) < *limit {
+                            rows.push(row);
+                        }
+                    }
+                }
+                R::Rows { rows, count }
             }
             C::Prewrite { txn, key, value } => {
                 if let Some(intent) = self.intents.get(key) {
@@ -212,7 +301,7 @@ impl RangeState {
                     key.clone(),
                     Intent {
                         txn: txn.clone(),
-                        value: *value,
+                        value: value.clone(),
                     },
                 );
                 R::Prewritten
@@ -291,7 +380,9 @@ impl RangeState {
                     }
                     // Without intents, a reader at or above commit_ts that came first
                     // would not have seen this write: commit above every served read.
-                    if self.max_read.get(key).is_some_and(|ts| *ts >= *commit_ts) {
+                    if self.scan_ts >= *commit_ts
+                        || self.max_read.get(key).is_some_and(|ts| *ts >= *commit_ts)
+                    {
                         return R::TooOld;
                     }
                 }
@@ -299,7 +390,7 @@ impl RangeState {
                     self.versions.entry(key.clone()).or_default().insert(
                         *commit_ts,
                         Version {
-                            value: *value,
+                            value: value.clone(),
                             txn: txn.id,
                         },
                     );
@@ -326,6 +417,7 @@ impl RangeState {
         self.desc.generation += 1;
         self.desc.depth = depth + 1;
         let mut child = RangeState::empty(child_desc);
+        child.scan_ts = self.scan_ts;
         child.versions = self.versions.split_off(split_key);
         child.intents = self.intents.split_off(split_key);
         child.max_read = self.max_read.split_off(split_key);

@@ -43,7 +43,7 @@ fn prewrite_refuses_a_key_committed_after_the_snapshot() {
             &mut sm,
             RangeCommand::OnePhase {
                 txn: w,
-                writes: vec![("a".into(), Some(5))],
+                writes: vec![("a".into(), Some(u64_value(5)))],
                 commit_ts: Timestamp(3)
             }
         ),
@@ -56,7 +56,7 @@ fn prewrite_refuses_a_key_committed_after_the_snapshot() {
             RangeCommand::Prewrite {
                 txn: late,
                 key: "a".into(),
-                value: Some(6)
+                value: Some(u64_value(6))
             }
         ),
         RangeResult::WriteConflict
@@ -68,7 +68,7 @@ fn prewrite_refuses_a_key_committed_after_the_snapshot() {
             RangeCommand::Prewrite {
                 txn: fresh,
                 key: "a".into(),
-                value: Some(7)
+                value: Some(u64_value(7))
             }
         ),
         RangeResult::Prewritten
@@ -86,7 +86,7 @@ fn a_read_meets_an_intent_only_if_the_writer_started_before_the_snapshot() {
         RangeCommand::Prewrite {
             txn: w.clone(),
             key: "a".into(),
-            value: Some(1),
+            value: Some(u64_value(1)),
         },
     );
     assert_eq!(
@@ -139,7 +139,7 @@ fn a_read_meets_an_intent_only_if_the_writer_started_before_the_snapshot() {
                 read_ts: Timestamp(7)
             }
         ),
-        RangeResult::Value(Some(1))
+        RangeResult::Value(Some(u64_value(1)))
     );
 }
 
@@ -206,7 +206,10 @@ fn one_phase_commit_stays_above_served_reads_and_applies_once() {
         },
     );
     let t = meta(1, "a", 2, u64::MAX);
-    let writes = vec![("a".into(), Some(1)), ("b".into(), Some(2))];
+    let writes = vec![
+        ("a".into(), Some(u64_value(1))),
+        ("b".into(), Some(u64_value(2))),
+    ];
     assert_eq!(
         apply(
             &mut sm,
@@ -239,7 +242,7 @@ fn a_split_moves_the_right_half_once() {
             &mut sm,
             RangeCommand::OnePhase {
                 txn: t,
-                writes: vec![((*k).into(), Some(1))],
+                writes: vec![((*k).into(), Some(u64_value(1)))],
                 commit_ts: Timestamp(2 + i as u64),
             },
         );
@@ -250,7 +253,7 @@ fn a_split_moves_the_right_half_once() {
         RangeCommand::Prewrite {
             txn: w.clone(),
             key: "d".into(),
-            value: Some(4),
+            value: Some(u64_value(4)),
         },
     );
     apply(
@@ -393,7 +396,7 @@ fn a_deletion_hides_the_key_from_later_snapshots_only() {
     let put = meta(1, "a", 1, u64::MAX);
     let one = RangeCommand::OnePhase {
         txn: put,
-        writes: vec![("a".into(), Some(5))],
+        writes: vec![("a".into(), Some(u64_value(5)))],
         commit_ts: Timestamp(2),
     };
     apply(&mut sm, one);
@@ -414,12 +417,159 @@ fn a_deletion_hides_the_key_from_later_snapshots_only() {
         key: "a".into(),
         read_ts: Timestamp(ts),
     };
-    assert_eq!(apply(&mut sm, read(3)), RangeResult::Value(Some(5)));
+    assert_eq!(
+        apply(&mut sm, read(3)),
+        RangeResult::Value(Some(u64_value(5)))
+    );
     assert_eq!(apply(&mut sm, read(4)), RangeResult::Value(None));
     let stale = RangeCommand::Prewrite {
         txn: meta(3, "a", 3, u64::MAX),
         key: "a".into(),
-        value: Some(9),
+        value: Some(u64_value(9)),
     };
     assert_eq!(apply(&mut sm, stale), RangeResult::WriteConflict);
+}
+
+fn one_phase(sm: &mut RangeSm, id: u64, writes: &[(&str, Option<&str>)], start: u64, commit: u64) {
+    let command = RangeCommand::OnePhase {
+        txn: meta(id, writes[0].0, start, u64::MAX),
+        writes: writes
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.map(|v| v.as_bytes().to_vec())))
+            .collect(),
+        commit_ts: Timestamp(commit),
+    };
+    assert_eq!(
+        apply(sm, command),
+        RangeResult::Status(TxnStatus::Committed(Timestamp(commit)))
+    );
+}
+
+fn scan(start: &str, end: Option<&str>, ts: u64, limit: u64) -> RangeCommand {
+    RangeCommand::Scan {
+        start: start.into(),
+        end: end.map(Into::into),
+        read_ts: Timestamp(ts),
+        limit,
+        keys_only: false,
+    }
+}
+
+/// (key, value, create_ts, mod_ts, version)
+type Flat = (String, String, u64, u64, u64);
+
+fn rows(result: RangeResult) -> (Vec<Flat>, u64) {
+    let RangeResult::Rows { rows, count } = result else {
+        panic!("not rows: {result:?}");
+    };
+    let rows = rows
+        .into_iter()
+        .map(|r| {
+            let value = String::from_utf8(r.value).unwrap();
+            (r.key, value, r.create_ts.0, r.mod_ts.0, r.version)
+        })
+        .collect();
+    (rows, count)
+}
+
+/// etcd's per-key metadata from the version chain: `mod_revision` is the newest commit
+/// at the snapshot, `version` counts puts since the key's creation, and a delete ends
+/// the incarnation (the next put creates it again with version 1), as in etcd's
+/// `mvccpb.KeyValue`. A snapshot at an older revision sees the older metadata.
+#[test]
+fn scans_carry_etcd_metadata_from_the_version_chain() {
+    let mut sm = root();
+    one_phase(&mut sm, 1, &[("a", Some("x")), ("b", Some("y"))], 1, 2);
+    one_phase(&mut sm, 2, &[("a", Some("x2"))], 3, 5);
+    one_phase(&mut sm, 3, &[("b", None)], 6, 7);
+    one_phase(&mut sm, 4, &[("b", Some("z"))], 8, 9);
+    one_phase(&mut sm, 5, &[("c", Some("w"))], 10, 11);
+    let (all, count) = rows(apply(&mut sm, scan("", None, 20, 0)));
+    assert_eq!(count, 3);
+    assert_eq!(
+        all,
+        vec![
+            ("a".into(), "x2".into(), 2, 5, 2),
+            ("b".into(), "z".into(), 9, 9, 1),
+            ("c".into(), "w".into(), 11, 11, 1),
+        ]
+    );
+    // At revision 4 only the first transaction had committed.
+    let (old, _) = rows(apply(&mut sm, scan("", None, 4, 0)));
+    assert_eq!(
+        old,
+        vec![
+            ("a".into(), "x".into(), 2, 2, 1),
+            ("b".into(), "y".into(), 2, 2, 1)
+        ]
+    );
+    // At revision 8 b is deleted; limit cuts rows, not the count.
+    let (cut, count) = rows(apply(&mut sm, scan("a", Some("c"), 8, 1)));
+    assert_eq!((cut.len(), count), (1, 1));
+    let (cut, count) = rows(apply(&mut sm, scan("", None, 20, 2)));
+    assert_eq!((cut.len(), count), (2, 3));
+}
+
+/// A scan must stay repeatable: a key it did not find may not appear below its snapshot
+/// later. A one-phase commit at or below a served scan's timestamp is refused (`TooOld`),
+/// even for a key that did not exist; one above it commits.
+#[test]
+fn a_one_phase_commit_below_a_served_scan_is_refused() {
+    let mut sm = root();
+    assert_eq!(rows(apply(&mut sm, scan("a", Some("z"), 10, 0))).1, 0);
+    let below = RangeCommand::OnePhase {
+        txn: meta(1, "m", 5, u64::MAX),
+        writes: vec![("m".into(), Some(b"v".to_vec()))],
+        commit_ts: Timestamp(9),
+    };
+    assert_eq!(apply(&mut sm, below), RangeResult::TooOld);
+    one_phase(&mut sm, 2, &[("m", Some("v"))], 5, 11);
+    // A one-key scan only guards its key.
+    assert_eq!(rows(apply(&mut sm, scan("q", Some("q\0"), 30, 0))).1, 0);
+    one_phase(&mut sm, 3, &[("n", Some("v"))], 12, 13);
+    let q = RangeCommand::OnePhase {
+        txn: meta(4, "q", 12, u64::MAX),
+        writes: vec![("q".into(), Some(b"v".to_vec()))],
+        commit_ts: Timestamp(14),
+    };
+    assert_eq!(apply(&mut sm, q), RangeResult::TooOld);
+}
+
+/// A scan meets an intent that may commit below its snapshot: it must resolve it first
+/// (Locked), like a point read; an intent of a transaction that started after the
+/// snapshot is invisible. After a split, each half answers only for its own keys.
+#[test]
+fn scans_stop_at_intents_and_at_the_range_boundary() {
+    let mut sm = root();
+    one_phase(
+        &mut sm,
+        1,
+        &[("a", Some("1")), ("b", Some("2")), ("c", Some("3"))],
+        1,
+        2,
+    );
+    let prewrite = RangeCommand::Prewrite {
+        txn: meta(2, "b", 5, u64::MAX),
+        key: "b".into(),
+        value: Some(b"9".to_vec()),
+    };
+    assert_eq!(apply(&mut sm, prewrite), RangeResult::Prewritten);
+    assert!(matches!(
+        apply(&mut sm, scan("", None, 6, 0)),
+        RangeResult::Locked { key, .. } if key == "b"
+    ));
+    assert_eq!(rows(apply(&mut sm, scan("", None, 4, 0))).1, 3);
+    let split = RangeCommand::Split {
+        generation: 0,
+        split_key: "b".into(),
+    };
+    assert_eq!(apply(&mut sm, split), RangeResult::Split);
+    let mut right = RangeSm::new(sm.take_children().remove(0));
+    let (left_rows, _) = rows(apply(&mut sm, scan("", None, 4, 0)));
+    assert_eq!(left_rows.len(), 1);
+    assert_eq!(
+        apply(&mut sm, scan("b", None, 4, 0)),
+        RangeResult::RangeMismatch
+    );
+    assert_eq!(rows(apply(&mut right, scan("b", None, 4, 0))).1, 2);
 }

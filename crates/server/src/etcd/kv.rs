@@ -2,7 +2,7 @@
 
 use super::convert;
 use super::pb::etcdserverpb as pb;
-use super::{gateway_status, mvcc_status, EtcdNode};
+use super::{gateway_status, mvcc_status, ranges, EtcdNode};
 use std::sync::Arc;
 use synod_protocols::mvcc::{CompactionRequest, MvccCommand, MvccResponse};
 use tonic::{Request, Response, Status};
@@ -32,6 +32,9 @@ impl pb::kv_server::Kv for KvApi {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let req = request.into_inner();
+        if let Some(host) = self.0.ranges() {
+            return Ok(Response::new(ranges::range(&self.0, host, req).await?));
+        }
         let serializable = req.serializable;
         let range = convert::range_from_pb(req);
         let header = self.0.header_fn();
@@ -63,6 +66,10 @@ impl pb::kv_server::Kv for KvApi {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        if let Some(host) = self.0.ranges() {
+            let req = request.into_inner();
+            return Ok(Response::new(ranges::put(&self.0, host, req).await?));
+        }
         let put = convert::put_from_pb(request.into_inner());
         match self.write(MvccCommand::Put(put)).await? {
             MvccResponse::Put(r) => Ok(Response::new(convert::put_to_pb(r, &self.0.header_fn()))),
@@ -74,6 +81,12 @@ impl pb::kv_server::Kv for KvApi {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        if let Some(host) = self.0.ranges() {
+            let req = request.into_inner();
+            return Ok(Response::new(
+                ranges::delete_range(&self.0, host, req).await?,
+            ));
+        }
         let delete = convert::delete_from_pb(request.into_inner());
         match self.write(MvccCommand::DeleteRange(delete)).await? {
             MvccResponse::DeleteRange(r) => {
@@ -87,6 +100,10 @@ impl pb::kv_server::Kv for KvApi {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        if let Some(host) = self.0.ranges() {
+            let req = request.into_inner();
+            return Ok(Response::new(ranges::txn(&self.0, host, req).await?));
+        }
         let txn = convert::txn_from_pb(request.into_inner()).map_err(Status::invalid_argument)?;
         match self.write(MvccCommand::Txn(txn)).await? {
             MvccResponse::Txn(r) => Ok(Response::new(convert::txn_to_pb(r, &self.0.header_fn()))),
@@ -98,6 +115,8 @@ impl pb::kv_server::Kv for KvApi {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        self.0
+            .check_not_ranges("compaction (old versions are kept)")?;
         let req = request.into_inner();
         let command = MvccCommand::Compact(CompactionRequest {
             revision: req.revision,

@@ -104,6 +104,7 @@ impl pb::lease_server::Lease for LeaseApi {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        self.0.check_not_ranges("lease")?;
         let req = request.into_inner();
         let command = MvccCommand::LeaseGrant {
             id: LeaseId(req.id),
@@ -133,6 +134,7 @@ impl pb::lease_server::Lease for LeaseApi {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        self.0.check_not_ranges("lease")?;
         let id = LeaseId(request.into_inner().id);
         match self
             .0
@@ -155,6 +157,7 @@ impl pb::lease_server::Lease for LeaseApi {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.0.check_not_ranges("lease")?;
         let mut incoming = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let api = LeaseApi(Arc::clone(&self.0));
@@ -182,6 +185,7 @@ impl pb::lease_server::Lease for LeaseApi {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        self.0.check_not_ranges("lease")?;
         let req = request.into_inner();
         let lessor = Arc::clone(&self.0.lessor);
         let now = self.0.now();
@@ -219,6 +223,7 @@ impl pb::lease_server::Lease for LeaseApi {
         &self,
         _request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.0.check_not_ranges("lease")?;
         let ids = self
             .0
             .raft

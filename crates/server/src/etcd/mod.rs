@@ -17,6 +17,7 @@ mod lease;
 mod lock;
 mod maintenance;
 pub mod pb;
+mod ranges;
 mod recipes;
 mod watch;
 
@@ -53,6 +54,8 @@ pub struct EtcdNode {
     /// A lazily connected channel to every node's client port, for what a follower
     /// forwards to the leader (lease keep-alives and time-to-live).
     peers: std::collections::BTreeMap<NodeId, tonic::transport::Channel>,
+    /// With `synod up --ranges`: KV is served over the multi-Raft ranges (etcd/ranges.rs).
+    ranges: std::sync::OnceLock<Arc<crate::txn::TxnHost>>,
 }
 
 /// etcd's member id for a node: here simply its number.
@@ -98,7 +101,27 @@ impl EtcdNode {
             leader: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             peers,
+            ranges: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serve KV over the multi-Raft ranges (`synod up --ranges`); Watch and Lease then
+    /// answer Unimplemented.
+    pub fn serve_over_ranges(&self, host: Arc<crate::txn::TxnHost>) {
+        let _ = self.ranges.set(host);
+    }
+
+    /// The ranges' coordinator, if KV is served over the ranges.
+    pub(crate) fn ranges(&self) -> Option<&Arc<crate::txn::TxnHost>> {
+        self.ranges.get()
+    }
+
+    /// In `--ranges` mode: the Unimplemented error of a service the ranges lack.
+    pub(crate) fn check_not_ranges(&self, what: &str) -> Result<(), Status> {
+        match self.ranges.get() {
+            Some(_) => Err(ranges::unimplemented(what)),
+            None => Ok(()),
+        }
     }
 
     fn now(&self) -> synod_core::Instant {

@@ -188,6 +188,7 @@ impl pb::watch_server::Watch for WatchApi {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.0.check_not_ranges("watch")?;
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel::<Reply>(1024);
         let node = Arc::clone(&self.0);

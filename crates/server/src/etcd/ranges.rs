@@ -1,0 +1,517 @@
+//! etcd's KV service over the multi-Raft ranges (`synod up --ranges`, issue 11).
+//!
+//! With `--ranges`, Range, Put, DeleteRange and Txn on the client ports are served by
+//! the node's transaction coordinator ([`TxnHost`]) instead of the single MVCC Raft
+//! group of service 3:
+//!
+//! - **Keys.** An etcd key (bytes) is stored as `e/` followed by its lower-case hex. Hex
+//!   of fixed width per byte preserves byte order (and prefixes), so an etcd interval
+//!   `[key, range_end)` is one interval of the ranges' keyspace, splits fall anywhere
+//!   inside it, and a scan crosses range boundaries in key order. The `e/` prefix keeps
+//!   etcd's keys apart from the `/v1/txn` API's.
+//! - **Revisions** are the oracle's timestamps: `mod_revision` is the commit timestamp
+//!   of the version read, `create_revision` the commit timestamp of the first put since
+//!   the key's last delete, `version` the number of puts since then, all derived from
+//!   the version chain. They are unique, increase in commit order and real time across
+//!   all ranges, and every key a transaction writes gets the same revision, as in etcd.
+//!   Unlike etcd's they are not dense: every start timestamp, every aborted attempt and
+//!   every read takes a number from the same counter. A client sees the difference only
+//!   as gaps (etcd clients use revisions as opaque ordered numbers: compare them, read
+//!   at one, watch from one), so `etcdctl` and clientv3 are unaffected.
+//! - **Reads** (`Range`, also `serializable` ones) are snapshot reads at a fresh
+//!   timestamp, or at `revision` if given; a revision above the oracle's is etcd's
+//!   "future revision" error. The header's revision is the read timestamp.
+//! - **Writes** (`Put`, `DeleteRange`, `Txn`): the request is evaluated at a snapshot
+//!   (compares, prev_kv, which keys a delete removes), its writes are buffered, then
+//!   committed by one transaction — one Raft round if they fall in one range, the
+//!   two-phase commit with a replicated record otherwise — so a Txn across ranges is
+//!   atomic. A conflict (first committer wins) re-evaluates the whole request at a newer
+//!   snapshot. The header's revision is the commit timestamp.
+//!
+//! Differences from etcd, all documented in docs/multiraft.md: isolation is snapshot
+//! isolation, not etcd's serializability (two Txns whose compares read each other's
+//! writes can both commit: write skew; a Txn that writes the keys it compares is safe,
+//! since the writes conflict); reads inside a Txn see the snapshot, not the Txn's own
+//! earlier writes; no leases, no watch, no compaction (old versions are kept).
+
+use super::pb::etcdserverpb as pb;
+use super::{convert, EtcdNode};
+use crate::txn::{TxnError, TxnHost, MAX_ATTEMPTS};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use synod_protocols::mvcc::{
+    Compare, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, KeyValue, MvccError,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder,
+    SortTarget, TxnRequest, TxnResponse,
+};
+use synod_protocols::txn::{Key, Row, Timestamp, Value};
+use tonic::{Code, Status};
+
+/// etcd's limit on operations in one Txn list (`--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
+/// The prefix of etcd's keys in the ranges' keyspace.
+const PREFIX: &str = "e/";
+/// The first key after every etcd key (`'/' + 1 == '0'`).
+const END_OF_ETCD: &str = "e0";
+
+/// The ranges' key of an etcd key.
+pub(crate) fn encode_key(key: &[u8]) -> Key {
+    let mut out = String::with_capacity(PREFIX.len() + 2 * key.len());
+    out.push_str(PREFIX);
+    for b in key {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The etcd key of a ranges' key (`None`: not an etcd key).
+pub(crate) fn decode_key(key: &str) -> Option<Vec<u8>> {
+    let hex = key.strip_prefix(PREFIX)?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// etcd's `[key, range_end)` as an interval of the ranges' keyspace: `range_end` empty
+/// is the key alone, `"\0"` is every key from `key` on. `None`: the interval is empty.
+pub(crate) fn interval(key: &[u8], range_end: &[u8]) -> Option<(Key, Key)> {
+    let start = encode_key(key);
+    match range_end {
+        [] => {
+            let end = format!("{start}\0");
+            Some((start, end))
+        }
+        [0] => Some((start, END_OF_ETCD.to_string())),
+        end if end <= key => None,
+        end => Some((start, encode_key(end))),
+    }
+}
+
+/// Anything that failed, as the gRPC status etcd clients expect.
+fn mvcc_error(e: MvccError) -> Status {
+    super::mvcc_status(e)
+}
+
+fn txn_status(e: TxnError) -> Status {
+    match e {
+        TxnError::Timeout => Status::unavailable("etcdserver: request timed out"),
+        TxnError::Aborted(n) => Status::aborted(format!(
+            "etcdserver: transaction aborted after {n} conflicting attempts"
+        )),
+        TxnError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        TxnError::Protocol(p) => Status::internal(p),
+    }
+}
+
+/// What `--ranges` does not serve.
+pub(crate) fn unimplemented(what: &str) -> Status {
+    Status::new(
+        Code::Unimplemented,
+        format!(
+            "{what} is not supported with synod up --ranges (the etcd API over ranges \
+             serves KV only; see docs/multiraft.md)"
+        ),
+    )
+}
+
+fn kv_of(row: Row) -> KeyValue {
+    KeyValue {
+        key: decode_key(&row.key).unwrap_or_default(),
+        create_revision: i64::try_from(row.create_ts.0).unwrap_or(i64::MAX),
+        mod_revision: i64::try_from(row.mod_ts.0).unwrap_or(i64::MAX),
+        version: i64::try_from(row.version).unwrap_or(i64::MAX),
+        value: row.value,
+        lease: 0,
+    }
+}
+
+fn revision(ts: Timestamp) -> i64 {
+    i64::try_from(ts.0).unwrap_or(i64::MAX)
+}
+
+/// One request's evaluation at a snapshot: the writes it buffers.
+struct Eval<'a> {
+    host: &'a Arc<TxnHost>,
+    /// The snapshot.
+    ts: Timestamp,
+    writes: BTreeMap<Key, Option<Value>>,
+    /// Keys put so far (etcd refuses a Txn that puts a key twice).
+    puts: Vec<Key>,
+}
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send + 'a>>;
+
+impl<'a> Eval<'a> {
+    async fn scan(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        at: Timestamp,
+        limit: u64,
+        keys_only: bool,
+    ) -> Result<(Vec<KeyValue>, u64), Status> {
+        let Some((start, end)) = interval(key, range_end) else {
+            return Ok((Vec::new(), 0));
+        };
+        let (rows, count) = self
+            .host
+            .scan(&start, Some(&end), at, limit, keys_only)
+            .await
+            .map_err(txn_status)?;
+        Ok((rows.into_iter().map(kv_of).collect(), count))
+    }
+
+    /// The snapshot a read at `revision` (0: the request's own) uses.
+    fn read_ts(&self, revision: i64) -> Result<Timestamp, Status> {
+        if revision <= 0 {
+            return Ok(self.ts);
+        }
+        let at = Timestamp(u64::try_from(revision).unwrap_or(0));
+        if at > self.ts {
+            return Err(mvcc_error(MvccError::FutureRevision));
+        }
+        Ok(at)
+    }
+
+    async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Status> {
+        if req.key.is_empty() {
+            return Err(mvcc_error(MvccError::EmptyKey));
+        }
+        let at = self.read_ts(req.revision)?;
+        let filtered = req.min_mod_revision > 0
+            || req.max_mod_revision > 0
+            || req.min_create_revision > 0
+            || req.max_create_revision > 0;
+        let sorted = !(req.sort_target == SortTarget::Key
+            && matches!(req.sort_order, SortOrder::None | SortOrder::Ascend));
+        let limit = u64::try_from(req.limit.max(0)).unwrap_or(0);
+        // Filters and sorting need every key before the limit applies.
+        let scan_limit = if filtered || sorted || req.count_only {
+            0
+        } else {
+            limit
+        };
+        let keys_only = req.keys_only || req.count_only;
+        let (mut kvs, count) = self
+            .scan(&req.key, &req.range_end, at, scan_limit, keys_only)
+            .await?;
+        let keep = |kv: &KeyValue| {
+            (req.min_mod_revision <= 0 || kv.mod_revision >= req.min_mod_revision)
+                && (req.max_mod_revision <= 0 || kv.mod_revision <= req.max_mod_revision)
+                && (req.min_create_revision <= 0 || kv.create_revision >= req.min_create_revision)
+                && (req.max_create_revision <= 0 || kv.create_revision <= req.max_create_revision)
+        };
+        kvs.retain(keep);
+        if sorted {
+            let by = |a: &KeyValue, b: &KeyValue| match req.sort_target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            };
+            kvs.sort_by(|a, b| by(a, b).then_with(|| a.key.cmp(&b.key)));
+            if req.sort_order == SortOrder::Descend {
+                kvs.reverse();
+            }
+        }
+        let mut more = false;
+        if limit > 0 && kvs.len() as u64 > limit {
+            kvs.truncate(limit as usize);
+            more = true;
+        }
+        if limit > 0 && !filtered && count > limit {
+            more = true;
+        }
+        if req.count_only {
+            kvs.clear();
+        }
+        Ok(RangeResponse {
+            revision: revision(self.ts),
+            kvs,
+            more,
+            count: i64::try_from(count).unwrap_or(i64::MAX),
+        })
+    }
+
+    async fn put(&mut self, req: &PutRequest) -> Result<PutResponse, Status> {
+        if req.key.is_empty() {
+            return Err(mvcc_error(MvccError::EmptyKey));
+        }
+        if req.ignore_value && !req.value.is_empty() {
+            return Err(mvcc_error(MvccError::ValueProvided));
+        }
+        if req.ignore_lease && req.lease != 0 {
+            return Err(mvcc_error(MvccError::LeaseProvided));
+        }
+        if req.lease != 0 {
+            return Err(unimplemented("a lease"));
+        }
+        let key = encode_key(&req.key);
+        if self.puts.contains(&key) {
+            return Err(mvcc_error(MvccError::DuplicateKey));
+        }
+        let prev = if req.prev_kv || req.ignore_value || req.ignore_lease {
+            let (kvs, _) = self.scan(&req.key, &[], self.ts, 0, false).await?;
+            kvs.into_iter().next()
+        } else {
+            None
+        };
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err(mvcc_error(MvccError::KeyNotFound));
+        }
+        let value = match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.clone(),
+            _ => req.value.clone(),
+        };
+        self.puts.push(key.clone());
+        self.writes.insert(key, Some(value));
+        Ok(PutResponse {
+            revision: 0,
+            prev_kv: if req.prev_kv { prev } else { None },
+        })
+    }
+
+    async fn delete(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
+        if req.key.is_empty() {
+            return Err(mvcc_error(MvccError::EmptyKey));
+        }
+        let (kvs, count) = self
+            .scan(&req.key, &req.range_end, self.ts, 0, !req.prev_kv)
+            .await?;
+        if let Some((start, end)) = interval(&req.key, &req.range_end) {
+            if self.puts.iter().any(|k| *k >= start && *k < end) {
+                return Err(mvcc_error(MvccError::DuplicateKey));
+            }
+        }
+        for kv in &kvs {
+            self.writes.insert(encode_key(&kv.key), None);
+        }
+        Ok(DeleteRangeResponse {
+            revision: 0,
+            deleted: i64::try_from(count).unwrap_or(i64::MAX),
+            prev_kvs: if req.prev_kv { kvs } else { Vec::new() },
+        })
+    }
+
+    /// etcd's `applyCompare` at the snapshot: over an interval every key must hold; no
+    /// key compares as a zero KeyValue, except that a value compare on nothing fails.
+    async fn compare(&self, c: &Compare) -> Result<bool, Status> {
+        let (kvs, _) = self.scan(&c.key, &c.range_end, self.ts, 0, false).await?;
+        if kvs.is_empty() {
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return Ok(false);
+            }
+            return Ok(holds(c, &KeyValue::default()));
+        }
+        Ok(kvs.iter().all(|kv| holds(c, kv)))
+    }
+
+    fn txn<'b>(&'b mut self, req: &'b TxnRequest) -> BoxFut<'b, TxnResponse> {
+        Box::pin(async move {
+            if req.compare.len() > MAX_TXN_OPS
+                || req.success.len() > MAX_TXN_OPS
+                || req.failure.len() > MAX_TXN_OPS
+            {
+                return Err(mvcc_error(MvccError::TooManyOps));
+            }
+            let mut succeeded = true;
+            for c in &req.compare {
+                if !self.compare(c).await? {
+                    succeeded = false;
+                    break;
+                }
+            }
+            let ops = if succeeded {
+                &req.success
+            } else {
+                &req.failure
+            };
+            let mut responses = Vec::with_capacity(ops.len());
+            for op in ops {
+                responses.push(match op {
+                    RequestOp::Range(r) => ResponseOp::Range(self.range(r).await?),
+                    RequestOp::Put(p) => ResponseOp::Put(self.put(p).await?),
+                    RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete(d).await?),
+                    // A nested Txn shares the snapshot and the write buffer.
+                    RequestOp::Txn(t) => ResponseOp::Txn(self.txn(t).await?),
+                });
+            }
+            Ok(TxnResponse {
+                revision: 0,
+                succeeded,
+                responses,
+            })
+        })
+    }
+}
+
+fn holds(c: &Compare, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering;
+    use synod_protocols::mvcc::CompareResult;
+    let ordering = match &c.target {
+        CompareTarget::Version(x) => kv.version.cmp(x),
+        CompareTarget::Create(x) => kv.create_revision.cmp(x),
+        CompareTarget::Mod(x) => kv.mod_revision.cmp(x),
+        CompareTarget::Value(x) => kv.value.as_slice().cmp(x.as_slice()),
+        CompareTarget::Lease(x) => kv.lease.cmp(x),
+    };
+    match c.result {
+        CompareResult::Equal => ordering == Ordering::Equal,
+        CompareResult::Greater => ordering == Ordering::Greater,
+        CompareResult::Less => ordering == Ordering::Less,
+        CompareResult::NotEqual => ordering != Ordering::Equal,
+    }
+}
+
+/// Set the revision of every write response (the commit timestamp, known only after the
+/// commit) and of every read response in a Txn to `rev`.
+fn stamp(resp: &mut TxnResponse, rev: i64) {
+    resp.revision = rev;
+    for op in &mut resp.responses {
+        match op {
+            ResponseOp::Range(r) => r.revision = rev,
+            ResponseOp::Put(p) => p.revision = rev,
+            ResponseOp::DeleteRange(d) => d.revision = rev,
+            ResponseOp::Txn(t) => stamp(t, rev),
+        }
+    }
+}
+
+/// Which request a write is.
+enum Write {
+    Put(PutRequest),
+    Delete(DeleteRangeRequest),
+    Txn(TxnRequest),
+}
+
+/// Evaluate `write` at a fresh snapshot and commit its writes as one transaction,
+/// re-evaluating at a newer snapshot after a conflict. Returns the Txn-shaped response
+/// with every revision set.
+async fn run_write(host: &Arc<TxnHost>, write: &Write) -> Result<TxnResponse, Status> {
+    for _ in 0..MAX_ATTEMPTS {
+        let ts = host.timestamp().await.map_err(txn_status)?;
+        let mut eval = Eval {
+            host,
+            ts,
+            writes: BTreeMap::new(),
+            puts: Vec::new(),
+        };
+        let mut resp = match write {
+            Write::Put(p) => TxnResponse {
+                revision: 0,
+                succeeded: true,
+                responses: vec![ResponseOp::Put(eval.put(p).await?)],
+            },
+            Write::Delete(d) => TxnResponse {
+                revision: 0,
+                succeeded: true,
+                responses: vec![ResponseOp::DeleteRange(eval.delete(d).await?)],
+            },
+            Write::Txn(t) => eval.txn(t).await?,
+        };
+        let writes: Vec<(Key, Option<Value>)> = eval.writes.into_iter().collect();
+        if writes.is_empty() {
+            stamp(&mut resp, revision(ts));
+            return Ok(resp);
+        }
+        if let Some(commit_ts) = host.commit_at(ts, &writes).await.map_err(txn_status)? {
+            stamp(&mut resp, revision(commit_ts));
+            // Reads inside a Txn answer for the snapshot; their header says which.
+            return Ok(resp);
+        }
+        let backoff = rand::random::<u64>() % 4_000;
+        tokio::time::sleep(std::time::Duration::from_micros(backoff)).await;
+    }
+    Err(txn_status(TxnError::Aborted(MAX_ATTEMPTS)))
+}
+
+/// `KV.Range` over the ranges.
+pub(crate) async fn range(
+    node: &Arc<EtcdNode>,
+    host: &Arc<TxnHost>,
+    req: pb::RangeRequest,
+) -> Result<pb::RangeResponse, Status> {
+    let req = convert::range_from_pb(req);
+    let ts = host.timestamp().await.map_err(txn_status)?;
+    let eval = Eval {
+        host,
+        ts,
+        writes: BTreeMap::new(),
+        puts: Vec::new(),
+    };
+    let resp = eval.range(&req).await?;
+    Ok(convert::range_to_pb(resp, &node.header_fn()))
+}
+
+/// `KV.Put` over the ranges.
+pub(crate) async fn put(
+    node: &Arc<EtcdNode>,
+    host: &Arc<TxnHost>,
+    req: pb::PutRequest,
+) -> Result<pb::PutResponse, Status> {
+    let resp = run_write(host, &Write::Put(convert::put_from_pb(req))).await?;
+    match resp.responses.into_iter().next() {
+        Some(ResponseOp::Put(p)) => Ok(convert::put_to_pb(p, &node.header_fn())),
+        _ => Err(Status::internal("a put without its response")),
+    }
+}
+
+/// `KV.DeleteRange` over the ranges.
+pub(crate) async fn delete_range(
+    node: &Arc<EtcdNode>,
+    host: &Arc<TxnHost>,
+    req: pb::DeleteRangeRequest,
+) -> Result<pb::DeleteRangeResponse, Status> {
+    let resp = run_write(host, &Write::Delete(convert::delete_from_pb(req))).await?;
+    match resp.responses.into_iter().next() {
+        Some(ResponseOp::DeleteRange(d)) => Ok(convert::delete_to_pb(d, &node.header_fn())),
+        _ => Err(Status::internal("a delete without its response")),
+    }
+}
+
+/// `KV.Txn` over the ranges: atomic across ranges.
+pub(crate) async fn txn(
+    node: &Arc<EtcdNode>,
+    host: &Arc<TxnHost>,
+    req: pb::TxnRequest,
+) -> Result<pb::TxnResponse, Status> {
+    let txn = convert::txn_from_pb(req).map_err(Status::invalid_argument)?;
+    let resp = run_write(host, &Write::Txn(txn)).await?;
+    Ok(convert::txn_to_pb(resp, &node.header_fn()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hex keeps byte order and prefixes, so an etcd interval is one interval of the
+    /// ranges' keyspace.
+    #[test]
+    fn key_encoding_preserves_order_and_round_trips() {
+        let keys: [&[u8]; 6] = [b"", b"\x00", b"a", b"a\x00", b"a\xff", b"b"];
+        for pair in keys.windows(2) {
+            assert!(encode_key(pair[0]) < encode_key(pair[1]), "{pair:?}");
+        }
+        for k in keys {
+            assert_eq!(decode_key(&encode_key(k)).as_deref(), Some(k));
+        }
+        assert!(encode_key(b"\xff\xff").as_str() < END_OF_ETCD);
+        assert_eq!(decode_key("x/00"), None);
+        assert_eq!(decode_key("e/0"), None);
+        assert_eq!(decode_key("e/zz"), None);
+        let (s, e) = interval(b"a", b"").unwrap();
+        assert!(s < e && encode_key(b"a\x00") >= e);
+        let (s, e) = interval(b"pre/", b"pre0").unwrap();
+        assert!(encode_key(b"pre/x") >= s && encode_key(b"pre/x") < e);
+        assert!(encode_key(b"pre0") >= e);
+        assert_eq!(interval(b"b", b"a"), None);
+        assert_eq!(interval(b"a", b"\0").unwrap().1, END_OF_ETCD);
+    }
+}
