@@ -10,6 +10,8 @@
 # on a shared machine the CPU time is the steadier figure. synod and the baseline run
 # ROUNDS times, alternately; Spark runs once, bounded by SPARK_TIMEOUT seconds.
 #
+# SYNOD=path/to/synod uses that binary instead of building target/release/synod.
+#
 # Needs: cargo, python3 with pyspark (pip install pyspark), Java 17, /usr/bin/time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +26,10 @@ SPARK_TIMEOUT=${SPARK_TIMEOUT:-1800}
 DIR=${DIR:-/tmp/synod-mr-bench}
 TARGET=${CARGO_TARGET_DIR:-target}
 mkdir -p "$DIR"
-cargo build --release -p synod >/dev/null
-SYNOD=$TARGET/release/synod
+if [ -z "${SYNOD:-}" ]; then
+  cargo build --release -p synod >/dev/null
+  SYNOD=$TARGET/release/synod
+fi
 
 echo "# machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%dT%H:%MZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ ! -d "$DIR/text-$TEXT" ]; then

@@ -3,6 +3,7 @@
 //! reference implementations (the COST baseline).
 
 use crate::args;
+use crate::job_cluster::ClusterWorkers;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -26,7 +27,8 @@ pub(crate) struct JobCommand {
 
 #[derive(Debug, Subcommand)]
 enum JobWhat {
-    /// Run a built-in job: a master here, and `--workers` local worker processes.
+    /// Run a built-in job: a master here, and `--workers` local worker processes or, with
+    /// `--cluster`, the nodes of a `synod up` cluster as workers.
     Run(RunArgs),
     /// Run a worker for a master (what `synod job run` starts per worker).
     Worker(WorkerArgs),
@@ -67,6 +69,13 @@ struct RunArgs {
     /// Local worker processes to start (0: wait for `synod job worker`s).
     #[arg(long, default_value = "2", value_parser = clap::value_parser!(u32).range(0..=256))]
     workers: u32,
+    /// Use the nodes of the `synod up` cluster in this directory as the workers (each
+    /// node runs one), instead of local worker processes.
+    #[arg(long, conflicts_with_all = ["workers", "work_dir"])]
+    cluster: Option<PathBuf>,
+    /// Testing aid: every worker sleeps this long before each task.
+    #[arg(long, default_value = "0s", value_parser = args::duration, hide = true)]
+    task_delay: Duration,
     /// Reduce tasks (output partitions).
     #[arg(long, default_value = "4", value_parser = clap::value_parser!(u32).range(1..=10_000))]
     reduces: u32,
@@ -220,6 +229,7 @@ pub(crate) fn run(cmd: JobCommand) -> Result<ExitCode> {
                 heartbeat: Duration::from_millis(25),
                 master_grace: Duration::from_secs(30),
                 task_delay: a.task_delay,
+                data_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -335,10 +345,12 @@ struct StageResult {
     maps: u32,
 }
 
-fn spawn_worker(master: SocketAddr, dir: &Path) -> Result<Child> {
+fn spawn_worker(master: SocketAddr, dir: &Path, task_delay: Duration) -> Result<Child> {
     let exe = std::env::current_exe().context("find the synod binary")?;
     Command::new(exe)
-        .args(["job", "worker", "--master", &master.to_string(), "--dir"])
+        .args(["job", "worker", "--master", &master.to_string()])
+        .args(["--task-delay", &format!("{}ms", task_delay.as_millis())])
+        .arg("--dir")
         .arg(dir)
         .stdin(Stdio::null())
         .spawn()
@@ -366,6 +378,8 @@ struct Session {
     server: Option<MasterServer>,
     children: Vec<Option<Child>>,
     restarts: u32,
+    /// `--cluster`: the nodes working for this master.
+    cluster: Option<ClusterWorkers>,
 }
 
 impl Session {
@@ -373,6 +387,9 @@ impl Session {
     fn close(&mut self) {
         if let Some(server) = &self.server {
             server.close();
+        }
+        if let Some(mut cluster) = self.cluster.take() {
+            cluster.release(Duration::from_secs(3));
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         for child in self.children.iter_mut().flatten() {
@@ -434,19 +451,24 @@ fn run_stage(stage: &Stage<'_>, session: &mut Session) -> Result<StageResult> {
         progress.reduces,
         a.quiet,
     );
-    if fresh && a.workers == 0 {
+    if fresh && a.workers == 0 && a.cluster.is_none() {
         eprintln!(
             "master listening on {}; start workers with `synod job worker --master {} --dir DIR`",
             server.addr(),
             server.addr()
         );
     }
-    // Local workers start with the first stage that has work (a resumed stage may be done).
-    if session.children.is_empty() && !server.finished() {
+    // Workers start with the first stage that has work (a resumed stage may be done).
+    if let Some(dir) = &a.cluster {
+        if session.cluster.is_none() && !server.finished() {
+            session.cluster = Some(ClusterWorkers::enlist(dir, server.addr(), a.task_delay)?);
+        }
+    } else if session.children.is_empty() && !server.finished() {
         for i in 0..a.workers {
             session.children.push(Some(spawn_worker(
                 server.addr(),
                 &work_dir.join(format!("w{i}")),
+                a.task_delay,
             )?));
         }
     }
@@ -475,6 +497,7 @@ fn run_stage(stage: &Stage<'_>, session: &mut Session) -> Result<StageResult> {
                 *slot = Some(spawn_worker(
                     server.addr(),
                     &work_dir.join(format!("w{i}-{}", session.restarts)),
+                    a.task_delay,
                 )?);
             }
         }
@@ -519,6 +542,9 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
     if !a.input.is_dir() {
         bail!("--input {} is not a directory", a.input.display());
     }
+    if let Some(dir) = &a.cluster {
+        crate::job_cluster::load(dir)?;
+    }
     let started = Instant::now();
     let bytes = input_bytes(&a.input);
     let name = match a.job {
@@ -538,6 +564,7 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
     };
     let mut extra = Vec::new();
     let mut session = Session::default();
+    let mut nodes = None;
     let final_dir = if a.job == JobName::Pagerank {
         let run = jobs::run_pagerank(
             &a.input,
@@ -558,6 +585,7 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
                     &mut session,
                 )?;
                 add(&r.progress);
+                nodes = nodes.or(session.cluster.as_ref().map(ClusterWorkers::nodes));
                 Ok(r.counters)
             },
         )?;
@@ -579,6 +607,7 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
             &mut session,
         )?;
         add(&r.progress);
+        nodes = session.cluster.as_ref().map(ClusterWorkers::nodes);
         extra.push(format!("{} map tasks", r.maps));
         if a.job == JobName::Logs {
             let lines = output_lines(&a.output)?;
@@ -607,6 +636,9 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
         totals.map_reruns,
         totals.dead_workers,
     );
+    if let (Some(dir), Some(n)) = (&a.cluster, nodes) {
+        println!("workers: the {n} nodes of the cluster in {}", dir.display());
+    }
     for l in extra {
         println!("{l}");
     }

@@ -17,6 +17,7 @@ mod check;
 mod cluster;
 mod compare;
 mod job;
+mod job_cluster;
 mod kv;
 mod members;
 mod mesh;

@@ -347,3 +347,150 @@ fn restarted_master_resumes_the_job() {
     assert_eq!(parts(&out), parts(&clean));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Map output files (`*.idx`) anywhere under `dir`.
+fn count_idx_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count_idx_under(&e.path())
+                    } else {
+                        usize::from(e.file_name().to_string_lossy().ends_with(".idx"))
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `synod job run --cluster`: the nodes of a 3-node `synod up` cluster are the workers
+/// (each node's MapReduce service runs one, serving its map output to reducers). One node
+/// is SIGKILLed in the middle of the map phase: its completed map tasks run again on the
+/// other nodes, and the output equals the reference and is byte-identical to a clean run
+/// with local workers. A restarted node joins the next job.
+#[test]
+fn wordcount_on_the_nodes_of_synod_up_survives_a_node_sigkill() {
+    let dir = scratch("mapreduce", "cluster");
+    let input = generate(&dir);
+    let clean = clean_run(&input, &dir.join("clean"));
+    let (cluster, admin) = common::start_cluster("mr-cluster", 3);
+    common::eventually("every node serves the MapReduce worker API", || {
+        (1..=3).all(|i| {
+            common::get(admin(i), "/v1/mapreduce/worker").is_some_and(|b| b.contains("workers"))
+        })
+    });
+    let run = |out: &Path| {
+        synod_cmd()
+            .args(["job", "run", "wordcount", "--cluster"])
+            .arg(&cluster.dir)
+            .args(["--reduces", "4", "--split-size", "256KiB"])
+            .args(["--worker-timeout", "1s", "--task-delay", "200ms", "--quiet"])
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the job")
+    };
+    let out = dir.join("out");
+    let mut procs = Procs(vec![run(&out)]);
+    // Mid-map: node 2 has finished a map task, and no reduce has committed.
+    let n2 = cluster.dir.join("n2").join("mapreduce");
+    wait_for("a map output on n2", Duration::from_secs(60), || {
+        count_idx_under(&n2) >= 1
+    });
+    assert!(!out.join("part-00000").exists());
+    cluster.kill(2);
+    let job = &mut procs.0[0];
+    let status = wait_exit(job, Duration::from_secs(120));
+    let mut summary = String::new();
+    std::io::Read::read_to_string(job.stdout.as_mut().expect("stdout"), &mut summary).ok();
+    let mut errors = String::new();
+    std::io::Read::read_to_string(job.stderr.as_mut().expect("stderr"), &mut errors).ok();
+    assert!(status.success(), "{summary}{errors}");
+    assert!(summary.contains("workers: the 3 nodes"), "{summary}");
+    assert!(!summary.contains(" 0 map re-executions"), "{summary}");
+    assert_eq!(
+        parts(&out),
+        parts(&clean),
+        "output differs after a node died"
+    );
+    let reference = dir.join("ref.txt");
+    let (code, _, err) = synod(&[
+        "job",
+        "reference",
+        "wordcount",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        reference.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let want: Vec<String> = std::fs::read_to_string(&reference)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(sorted_lines(&parts(&out)), want);
+
+    // The node comes back and works for the next job; every node's worker ends with it.
+    cluster.restart();
+    common::eventually("n2 serves the MapReduce worker API again", || {
+        common::get(admin(2), "/v1/mapreduce/worker").is_some_and(|b| b.contains("workers"))
+    });
+    let again = dir.join("again");
+    let job = &mut procs.0[0];
+    *job = run(&again);
+    let status = wait_exit(job, Duration::from_secs(120));
+    assert!(status.success());
+    assert_eq!(parts(&again), parts(&clean));
+    for i in 1..=3 {
+        let body = common::get(admin(i), "/v1/mapreduce/worker").expect("worker status");
+        assert!(body.contains("finished"), "n{i}: {body}");
+        assert!(!body.contains("running"), "n{i}: {body}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--cluster` errors: a directory without a cluster, and a flag that makes no sense with it.
+#[test]
+fn cluster_flag_errors_are_clear() {
+    let dir = scratch("mapreduce", "cluster-flags");
+    let input = generate(&dir);
+    let (code, _, err) = synod(&[
+        "job",
+        "run",
+        "wordcount",
+        "--cluster",
+        dir.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        dir.join("out").to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no cluster in"), "{err}");
+    let (code, _, err) = synod(&[
+        "job",
+        "run",
+        "wordcount",
+        "--cluster",
+        dir.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        dir.join("out2").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--workers") && err.contains("--cluster"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

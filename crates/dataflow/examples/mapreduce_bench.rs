@@ -58,6 +58,7 @@ impl Session {
                         heartbeat: Duration::from_millis(20),
                         master_grace: Duration::from_secs(5),
                         task_delay: Duration::ZERO,
+                        data_ip: std::net::Ipv4Addr::LOCALHOST.into(),
                     };
                     self.workers
                         .push(std::thread::spawn(move || run_worker(&o)));

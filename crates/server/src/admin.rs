@@ -61,6 +61,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<NodeState>) {
             get(kv_get).put(kv_put).delete(kv_delete).post(kv_cas),
         )
         .merge(crate::run::routes())
+        .merge(crate::mapreduce::routes())
         .merge(crate::txn::routes())
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {

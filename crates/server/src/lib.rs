@@ -5,6 +5,7 @@
 //! - [`gateway`]: client requests into the Raft group from any node.
 //! - [`admin`]: `/status`, `/metrics` and the `/v1/kv` API over HTTP.
 //! - [`run`]: `synod run mutex|election` on the live cluster.
+//! - [`mapreduce`]: MapReduce workers for `synod job run --cluster`.
 #![warn(missing_docs)]
 // A driver-level crate: it reads the OS clock for uptime and uses std collections freely.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
@@ -14,6 +15,7 @@ pub mod ap;
 pub mod config;
 pub mod etcd;
 pub mod gateway;
+pub mod mapreduce;
 pub mod node;
 pub mod run;
 pub mod txn;

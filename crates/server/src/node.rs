@@ -43,6 +43,8 @@ pub mod service {
     pub const RAFT_GATEWAY: u16 = 6;
     /// The Dynamo-style AP store (`synod up --ap`).
     pub const DYNAMO: u16 = 7;
+    /// MapReduce workers for `synod job run --cluster` ([`crate::mapreduce`]).
+    pub use crate::mapreduce::MAPREDUCE_SERVICE as MAPREDUCE;
     /// The multi-Raft ranges (`synod up --ranges`), and forwarded requests into them.
     pub use crate::txn::{TXN, TXN_GATEWAY};
 }
@@ -127,6 +129,8 @@ pub struct NodeState {
     pub actor_stats: Vec<(&'static str, Arc<ActorStats>)>,
     /// `synod run mutex|election`: the coordination algorithms' runs.
     pub run: Arc<crate::run::RunHost>,
+    /// `synod job run --cluster`: this node's MapReduce workers.
+    pub mapreduce: Arc<crate::mapreduce::MapReduceHost>,
     /// When the process started.
     pub started: std::time::Instant,
 }
@@ -356,6 +360,11 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         txn,
         actor_stats: services.stats.clone(),
         run,
+        mapreduce: crate::mapreduce::MapReduceHost::new(
+            me,
+            node_cfg.peer_addr.ip(),
+            data_dir.join("mapreduce"),
+        ),
         started: std::time::Instant::now(),
     });
     let listener = tokio::net::TcpListener::bind(node_cfg.admin_addr)

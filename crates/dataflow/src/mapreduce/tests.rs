@@ -51,6 +51,7 @@ fn run_stage(
                 heartbeat: Duration::from_millis(20),
                 master_grace: Duration::from_secs(5),
                 task_delay: Duration::ZERO,
+                data_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             };
             std::thread::spawn(move || run_worker(&o))
         })
@@ -225,6 +226,7 @@ fn pagerank_equals_reference() {
                                 heartbeat: Duration::from_millis(20),
                                 master_grace: Duration::from_secs(5),
                                 task_delay: Duration::ZERO,
+                                data_ip: std::net::Ipv4Addr::LOCALHOST.into(),
                             };
                             std::thread::spawn(move || run_worker(&o))
                         })

@@ -12,7 +12,7 @@ use super::wire::{FetchHeader, FetchRequest, FromMaster, JobSpec, ToMaster, MAX_
 use anyhow::{anyhow, bail, Context};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -33,6 +33,9 @@ pub struct WorkerOptions {
     pub master_grace: Duration,
     /// Testing aid: sleep this long at the start of every attempt.
     pub task_delay: Duration,
+    /// The address the map-output server binds (port chosen by the OS) and that reducers
+    /// are told: loopback for local workers, a node's peer address on a cluster.
+    pub data_ip: IpAddr,
 }
 
 fn map_name(job: u64, map: u32, attempt: u64) -> String {
@@ -79,8 +82,8 @@ fn serve_fetch(dir: &Path, stream: TcpStream) -> io::Result<()> {
 }
 
 /// Start the data server that streams map output segments; returns its address.
-fn start_data_server(dir: PathBuf) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+fn start_data_server(dir: PathBuf, ip: IpAddr) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0))?;
     let addr = listener.local_addr()?;
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
@@ -302,7 +305,7 @@ pub fn run_worker(opts: &WorkerOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&opts.dir);
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("create worker directory {}", opts.dir.display()))?;
-    let data_addr = start_data_server(opts.dir.clone())?;
+    let data_addr = start_data_server(opts.dir.clone(), opts.data_ip)?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
