@@ -34,6 +34,7 @@ mod sim_raft;
 mod sim_swim;
 mod sim_twopc;
 mod stream;
+mod stream_cluster;
 mod svc;
 mod txn;
 

@@ -16,4 +16,5 @@ pub mod etcd;
 pub mod gateway;
 pub mod node;
 pub mod run;
+pub mod stream;
 pub mod txn;

@@ -43,6 +43,8 @@ pub mod service {
     pub const RAFT_GATEWAY: u16 = 6;
     /// The Dynamo-style AP store (`synod up --ap`).
     pub const DYNAMO: u16 = 7;
+    /// Stream workers of `synod stream run --cluster` (no peer messages).
+    pub use crate::stream::STREAM;
     /// The multi-Raft ranges (`synod up --ranges`), and forwarded requests into them.
     pub use crate::txn::{TXN, TXN_GATEWAY};
 }
