@@ -35,6 +35,7 @@ mod sim_raft;
 mod sim_swim;
 mod sim_twopc;
 mod stream;
+mod stream_cluster;
 mod svc;
 mod txn;
 

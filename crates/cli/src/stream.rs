@@ -17,6 +17,8 @@ use synod_dataflow::stream::sim::{abs_faults, abs_net, run_abs, AbsSpec, Broken}
 use synod_dataflow::stream::{bench, file};
 use synod_sim::SwarmOptions;
 
+use crate::stream_cluster;
+
 #[derive(Debug, Args)]
 pub(crate) struct StreamCommand {
     #[command(subcommand)]
@@ -51,6 +53,10 @@ struct WorkerArgs {
     /// The attempt token the manager handed out.
     #[arg(long)]
     token: u64,
+    /// Set by a cluster node that starts this worker (`--cluster`): exit when that
+    /// process is no longer this one's parent.
+    #[arg(long)]
+    node_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,6 +130,12 @@ struct RunArgs {
     /// manager; without it, every task is a thread of this process.
     #[arg(long, value_parser = parallelism)]
     workers: Option<usize>,
+    /// Deploy the workers onto the nodes of the `synod up` cluster in this directory
+    /// (one worker per node unless --workers says otherwise; worker i on node i mod
+    /// nodes, or on a surviving node when that one is down). --dir must be reachable by
+    /// every node (one machine, or a shared file system).
+    #[arg(long)]
+    cluster: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -366,7 +378,29 @@ fn run_job(mut a: RunArgs) -> Result<ExitCode> {
     let (bar, callback) = progress_bar(spec.input.events);
     cfg.progress = Some(callback);
     let origin = a.paced.then_some(origin);
-    let report = if let Some(workers) = a.workers {
+    let report = if let Some(cluster) = &a.cluster {
+        let nodes = stream_cluster::nodes(cluster)?;
+        // The nodes run in their own directories: hand them absolute paths.
+        a.dir =
+            std::fs::canonicalize(&a.dir).with_context(|| format!("--dir {}", a.dir.display()))?;
+        let mut mcfg = ManagerConfig::new(cfg, a.workers.unwrap_or(nodes.len()));
+        mcfg.pid_file = Some(a.dir.join("workers.pid"));
+        let base = a.worker_args();
+        let dir = a.dir.clone();
+        let mut spawn = |i: usize, manager: std::net::SocketAddr, token: u64| {
+            let mut args = base.clone();
+            args.extend([
+                "--manager".to_string(),
+                manager.to_string(),
+                "--worker-index".into(),
+                i.to_string(),
+                "--token".into(),
+                token.to_string(),
+            ]);
+            stream_cluster::deploy(&nodes, i, token, args, dir.join(format!("worker-{i}.log")))
+        };
+        dist::run_manager(&mcfg, a.partitions, a.parallelism, &mut spawn)
+    } else if let Some(workers) = a.workers {
         let mut mcfg = ManagerConfig::new(cfg, workers);
         mcfg.pid_file = Some(a.dir.join("workers.pid"));
         let exe = std::env::current_exe().context("finding the synod binary")?;
@@ -389,6 +423,7 @@ fn run_job(mut a: RunArgs) -> Result<ExitCode> {
                 .stdout(std::process::Stdio::null())
                 .stderr(log)
                 .spawn()
+                .map(|c| Box::new(c) as Box<dyn dist::WorkerProcess>)
         };
         dist::run_manager(&mcfg, a.partitions, a.parallelism, &mut spawn)
     } else {
@@ -438,6 +473,9 @@ fn file_job(
 }
 
 fn worker(w: WorkerArgs) -> Result<ExitCode> {
+    if let Some(node) = w.node_pid {
+        stream_cluster::exit_with_node(node)?;
+    }
     let spec = job_spec(&w.run);
     let session = WorkerSession::connect(w.manager, w.worker_index, w.token)?;
     let origin = session.origin;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use synod_dataflow::stream::bench;
-use synod_dataflow::stream::dist::{run_manager, ManagerConfig, WorkerSession};
+use synod_dataflow::stream::dist::{run_manager, ManagerConfig, WorkerProcess, WorkerSession};
 use synod_dataflow::stream::exec::{self, ExecConfig, JobReport};
 use synod_dataflow::stream::jobs::{self, JobSpec};
 
@@ -93,6 +93,7 @@ fn multi(spec: &JobSpec, interval: Option<Duration>, dir: &Path, workers: usize)
             .arg(dir)
             .stdout(Stdio::null())
             .spawn()
+            .map(|c| Box::new(c) as Box<dyn WorkerProcess>)
     };
     let cpu = cpu_seconds();
     let report = run_manager(&mcfg, 2, 2, &mut spawn).expect("multi-process run");

@@ -63,6 +63,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<NodeState>) {
         .merge(crate::run::routes())
         .merge(crate::mapreduce::routes())
         .merge(crate::txn::routes())
+        .merge(crate::stream::routes())
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin endpoint failed");

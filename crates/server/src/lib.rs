@@ -18,4 +18,5 @@ pub mod gateway;
 pub mod mapreduce;
 pub mod node;
 pub mod run;
+pub mod stream;
 pub mod txn;

@@ -45,6 +45,8 @@ pub mod service {
     pub const DYNAMO: u16 = 7;
     /// MapReduce workers for `synod job run --cluster` ([`crate::mapreduce`]).
     pub use crate::mapreduce::MAPREDUCE_SERVICE as MAPREDUCE;
+    /// Stream workers of `synod stream run --cluster` (no peer messages).
+    pub use crate::stream::STREAM;
     /// The multi-Raft ranges (`synod up --ranges`), and forwarded requests into them.
     pub use crate::txn::{TXN, TXN_GATEWAY};
 }

@@ -223,9 +223,42 @@ impl ManagerConfig {
     }
 }
 
+/// A started worker, as the manager sees it: a child process of the manager
+/// (`--workers N`), or a process a cluster node started for it (`--cluster`).
+pub trait WorkerProcess: Send {
+    /// The operating system's process id (for the pid file).
+    fn pid(&self) -> u32;
+    /// Stop it at once (SIGKILL), without waiting.
+    fn kill(&mut self);
+    /// Return once no code of this worker can run any more, so it cannot write a file
+    /// after the manager settles the pending output.
+    fn wait(&mut self);
+    /// `Some(why)` once the manager knows the worker has exited.
+    fn exited(&mut self) -> Option<String>;
+}
+
+impl WorkerProcess for Child {
+    fn pid(&self) -> u32 {
+        self.id()
+    }
+    fn kill(&mut self) {
+        let _ = Child::kill(self);
+    }
+    fn wait(&mut self) {
+        let _ = Child::wait(self);
+    }
+    fn exited(&mut self) -> Option<String> {
+        match self.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+}
+
 /// Starts worker `index` for the manager at `manager`; `token` must be passed on to
 /// [`WorkerSession::connect`].
-pub type SpawnWorker<'a> = dyn FnMut(usize, SocketAddr, u64) -> io::Result<Child> + 'a;
+pub type SpawnWorker<'a> =
+    dyn FnMut(usize, SocketAddr, u64) -> io::Result<Box<dyn WorkerProcess>> + 'a;
 
 enum Event {
     Msg(usize, ToManager),
@@ -233,16 +266,16 @@ enum Event {
 }
 
 struct WorkerHandle {
-    child: Child,
+    child: Box<dyn WorkerProcess>,
     control: Option<TcpStream>,
 }
 
 fn kill_all(workers: &mut [WorkerHandle]) {
     for w in workers.iter_mut() {
-        let _ = w.child.kill();
+        w.child.kill();
     }
     for w in workers.iter_mut() {
-        let _ = w.child.wait();
+        w.child.wait();
     }
 }
 
@@ -306,7 +339,7 @@ pub fn run_manager(
         if let Some(path) = &cfg.pid_file {
             let pids: String = workers
                 .iter()
-                .map(|w| format!("{}\n", w.child.id()))
+                .map(|w| format!("{}\n", w.child.pid()))
                 .collect();
             write_durable(path, pids.as_bytes()).map_err(io_err(path))?;
         }
@@ -333,7 +366,7 @@ pub fn run_manager(
             let deadline = Instant::now() + Duration::from_secs(5);
             for w in workers.iter_mut() {
                 while Instant::now() < deadline {
-                    if let Ok(Some(_)) = w.child.try_wait() {
+                    if w.child.exited().is_some() {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(5));
@@ -425,7 +458,7 @@ fn attempt(
             return Ok(failed("workers did not register in time".into(), &stats));
         }
         for (i, w) in workers.iter_mut().enumerate() {
-            if let Ok(Some(status)) = w.child.try_wait() {
+            if let Some(status) = w.child.exited() {
                 return Ok(failed(
                     format!("worker {i} exited before registering ({status})"),
                     &stats,
@@ -605,7 +638,7 @@ fn attempt(
             }
         }
         for (i, w) in workers.iter_mut().enumerate() {
-            if let Ok(Some(status)) = w.child.try_wait() {
+            if let Some(status) = w.child.exited() {
                 return Ok(failed(format!("worker {i} exited ({status})"), &stats));
             }
             if last_heard[i].elapsed() > cfg.heartbeat_timeout {
