@@ -1079,11 +1079,23 @@ impl Dynamo {
             }
             self.store.get(&key) == Some(&object)
         };
+        let object = if ok {
+            None
+        } else {
+            self.store.get(&key).cloned()
+        };
         // Held until the merge is durable.
-        ctx.send(from, DynamoMsg::ReapReady { round, ok });
+        ctx.send(from, DynamoMsg::ReapReady { round, ok, object });
     }
 
-    fn on_reap_ready(&mut self, ctx: &mut DCtx<'_>, from: NodeId, round: u64, ok: bool) {
+    fn on_reap_ready(
+        &mut self,
+        ctx: &mut DCtx<'_>,
+        from: NodeId,
+        round: u64,
+        ok: bool,
+        object: Option<Object>,
+    ) {
         let Some(r) = self.rounds.get_mut(&round) else {
             return;
         };
@@ -1092,8 +1104,13 @@ impl Dynamo {
         }
         if !ok {
             // Someone holds more than the tombstone: a later write, or a concurrent one.
+            // Learn it, so that this node's copy is no longer a bare tombstone.
+            let key = r.key.clone();
             self.rounds.remove(&round);
             ctx.cancel_timer(DynamoTimer::Reap(round));
+            if let Some(object) = object {
+                self.merge_local(ctx, &key, &object);
+            }
             return;
         }
         r.ready.insert(from);
@@ -1443,7 +1460,9 @@ impl Actor for Dynamo {
             DynamoMsg::ReapPrepare { round, key, object } => {
                 self.on_reap_prepare(ctx, from, round, key, object)
             }
-            DynamoMsg::ReapReady { round, ok } => self.on_reap_ready(ctx, from, round, ok),
+            DynamoMsg::ReapReady { round, ok, object } => {
+                self.on_reap_ready(ctx, from, round, ok, object)
+            }
             DynamoMsg::Reap { key, hash } => self.reap(ctx, &key, hash),
             DynamoMsg::AaeRoots { roots } => self.on_aae_roots(ctx, from, roots),
             DynamoMsg::AaeSegments { partitions } => self.on_aae_segments(ctx, from, partitions),

@@ -235,6 +235,9 @@ pub enum DynamoMsg {
         round: u64,
         /// Whether the local object is exactly the tombstone.
         ok: bool,
+        /// If not, the local object, so that the initiator learns what superseded or
+        /// joined its tombstone (and stops starting rounds for it).
+        object: Option<Object>,
     },
     /// Tombstone collection, phase 2: forget `key` if its object still hashes to `hash`.
     Reap {

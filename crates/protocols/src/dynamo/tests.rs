@@ -451,27 +451,58 @@ fn a_node_holding_more_than_the_tombstone_stops_the_round() {
     let DynamoMsg::ReapPrepare { round, .. } = prepares[0].1 else {
         unreachable!()
     };
-    n.deliver(NodeId(1), DynamoMsg::ReapReady { round, ok: true });
-    n.deliver(NodeId(2), DynamoMsg::ReapReady { round, ok: false });
+    n.deliver(
+        NodeId(1),
+        DynamoMsg::ReapReady {
+            round,
+            ok: true,
+            object: None,
+        },
+    );
+    let mut newer = Object::new();
+    newer
+        .update(
+            &VersionVector::new(),
+            Sibling::Value(b"w".to_vec()),
+            NodeId(2),
+        )
+        .unwrap();
+    n.deliver(
+        NodeId(2),
+        DynamoMsg::ReapReady {
+            round,
+            ok: false,
+            object: Some(newer),
+        },
+    );
     n.advance(Duration::from_secs(10));
     n.fire(DynamoTimer::Reap(round));
-    assert!(n.actor.object(&key).is_some(), "no reap without every node");
+    let object = n.actor.object(&key).expect("no reap without every node");
+    assert_eq!(
+        object.len(),
+        2,
+        "the refusing node's write joined the tombstone"
+    );
 }
 
 /// (d) holds under every fault mix, and tombstones are really reaped during the load
 /// (keys rotate, so they are written again after their reap).
 #[test]
 fn tombstones_are_reaped_and_nothing_comes_back() {
+    let reaped = std::sync::atomic::AtomicU64::new(0);
     assert_seeds(
         0..6,
         |seed| {
             let o = run(&Scenario::new(seed, FaultMix::None))?;
-            if o.tombstones_reaped == 0 || o.reap_rounds == 0 {
-                return Err(format!("seed {seed}: no tombstone was reaped: {o:?}"));
-            }
+            reaped.fetch_add(o.tombstones_reaped, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         },
         replay(FaultMix::None),
+    );
+    let reaped = reaped.into_inner();
+    assert!(
+        reaped >= 6,
+        "too few tombstones reaped to test anything: {reaped}"
     );
 }
 
