@@ -55,8 +55,20 @@ pub(crate) struct DynamoArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Run the broken last-write-wins coordinator, to watch check (a) catch lost writes.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["reuse_dots", "reap_without_quorum"])]
     lww: bool,
+    /// Run the broken variant that keeps its actor id after reaping a key (Riak's KV679),
+    /// to watch check (d) catch a dot given out twice.
+    #[arg(long, conflicts_with = "reap_without_quorum")]
+    reuse_dots: bool,
+    /// Run the broken variant that reaps a tombstone without asking every node, to watch
+    /// check (d) catch a superseded value coming back.
+    #[arg(long)]
+    reap_without_quorum: bool,
+    /// How long a tombstone every node holds waits before it is reaped (default: longer
+    /// than the mix's longest message delay: 300ms, or 2s for `all`).
+    #[arg(long, value_parser = crate::args::duration)]
+    tombstone_delay: Option<Duration>,
 }
 
 fn mixes(m: Mix) -> Vec<FaultMix> {
@@ -97,25 +109,33 @@ pub(crate) fn run_cli(a: DynamoArgs) -> Result<ExitCode> {
         r: a.r,
         w: a.w,
     };
-    let variant = if a.lww {
-        Variant::LastWriteWins
+    let (variant, broken) = if a.lww {
+        (Variant::LastWriteWins, " --lww")
+    } else if a.reuse_dots {
+        (Variant::ReuseDots, " --reuse-dots")
+    } else if a.reap_without_quorum {
+        (Variant::ReapWithoutQuorum, " --reap-without-quorum")
     } else {
-        Variant::Correct
+        (Variant::Correct, "")
     };
+    let delay_flag = a.tombstone_delay.map_or(String::new(), |d| {
+        format!(" --tombstone-delay {}ms", d.as_millis())
+    });
     println!(
         "synod sim dynamo: 5 nodes, 4 clients, 12 keys, N={} R={} W={}, {:?} of load per seed{}",
         a.n,
         a.r,
         a.w,
         a.duration,
-        if a.lww {
-            ", LAST-WRITE-WINS (broken)"
-        } else {
-            ""
+        match variant {
+            Variant::Correct => "",
+            Variant::LastWriteWins => ", LAST-WRITE-WINS (broken)",
+            Variant::ReuseDots => ", REUSING DOTS after a reap (broken)",
+            Variant::ReapWithoutQuorum => ", REAPING WITHOUT ASKING EVERY NODE (broken)",
         }
     );
     println!(
-        "{:<11} {:>6} {:>6} {:>7} {:>7} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:<11} {:>6} {:>6} {:>7} {:>7} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5}",
         "faults",
         "seeds",
         "failed",
@@ -129,7 +149,9 @@ pub(crate) fn run_cli(a: DynamoArgs) -> Result<ExitCode> {
         "sib max",
         "hinted",
         "handoff",
-        "aae obj"
+        "aae obj",
+        "reaped",
+        "left"
     );
     let opts = SwarmOptions {
         threads: a.threads.unwrap_or_else(|| SwarmOptions::default().threads),
@@ -139,18 +161,20 @@ pub(crate) fn run_cli(a: DynamoArgs) -> Result<ExitCode> {
     for mix in mixes(a.faults) {
         let outcomes: Mutex<Vec<Outcome>> = Mutex::new(Vec::new());
         let duration = a.duration;
+        let tombstone_delay = a.tombstone_delay;
         let scenario = |seed: u64| -> Result<(), String> {
             let mut s = Scenario::new(seed, mix);
             s.duration = duration;
             s.bucket = bucket;
             s.variant = variant;
+            s.tombstone_delay = tombstone_delay;
             let o = run(&s)?;
             if let Ok(mut v) = outcomes.lock() {
                 v.push(o);
             }
             Ok(())
         };
-        let lww = if a.lww { " --lww" } else { "" };
+        let lww = format!("{broken}{delay_flag}");
         let (n, r, w) = (a.n, a.r, a.w);
         let report = synod_sim::swarm(
             a.first_seed..a.first_seed.saturating_add(a.seeds),
@@ -169,7 +193,7 @@ pub(crate) fn run_cli(a: DynamoArgs) -> Result<ExitCode> {
         let sum = |f: fn(&Outcome) -> u64| o.iter().map(f).sum::<u64>();
         let conv: Vec<f64> = o.iter().map(|x| ms(x.convergence)).collect();
         println!(
-            "{:<11} {:>6} {:>6} {:>7} {:>7} {:>7} {:>6} {:>9.0} {:>9.0} {:>8.2} {:>8} {:>8.1} {:>8.1} {:>8.1}",
+            "{:<11} {:>6} {:>6} {:>7} {:>7} {:>7} {:>6} {:>9.0} {:>9.0} {:>8.2} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>7.1} {:>5.1}",
             mix.name(),
             report.runs,
             report.failures.len(),
@@ -184,16 +208,22 @@ pub(crate) fn run_cli(a: DynamoArgs) -> Result<ExitCode> {
             sum(|x| x.hinted_writes) as f64 / count,
             sum(|x| x.handoff_objects) as f64 / count,
             sum(|x| x.aae_objects) as f64 / count,
+            sum(|x| x.tombstones_reaped) as f64 / count,
+            sum(|x| x.tombstones_left) as f64 / count,
         );
         failed.extend(report.failures);
     }
     println!(
         "columns: acked/unacked writes and reads summed over seeds; stale = reads that missed a write \
          acknowledged before they began; conv = time from healing until every owner holds identical \
-         siblings; sib/key = siblings per key at the end; hinted, handoff, aae obj = per seed"
+         siblings; sib/key = siblings per key at the end; hinted, handoff, aae obj = per seed; \
+         reaped = tombstone copies removed per seed, left = tombstone copies still stored at the end"
     );
     if failed.is_empty() {
-        println!("dynamo: all seeds passed (no acknowledged write lost, replicas converged)");
+        println!(
+            "dynamo: all seeds passed (no acknowledged write lost, no dot reused, no deleted \
+             value back, replicas converged)"
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         println!("dynamo: {} seeds failed", failed.len());

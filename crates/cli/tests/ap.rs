@@ -233,3 +233,52 @@ fn ap_store_survives_two_kills_and_converges() {
     assert_eq!(code, 2);
     assert!(err.contains("--r"), "{err}");
 }
+
+/// The node's SWIM member feeds the store's liveness view: after a SIGKILL, SWIM (not the
+/// store's heartbeats) declares the node down, and a write with W = N to a key it owns is
+/// acknowledged through a fallback that keeps a hinted copy.
+#[test]
+fn swim_marks_a_killed_node_down_and_writes_go_to_fallbacks() {
+    let (cluster, admin) = start_ap_cluster("ap-swim");
+    let local = |node: u16, key: &str| {
+        let path = format!("/kv/h/{key}?local=true");
+        match http(admin(node), "GET", &path, None, "") {
+            Some((200, _, body)) => json(&body),
+            _ => serde_json::Value::Null,
+        }
+    };
+    eventually("the store takes liveness from SWIM", || {
+        local(1, "x")["liveness"] == "swim"
+    });
+    cluster.kill(5);
+    eventually("SWIM declares node 5 down", || {
+        let v = local(1, "x");
+        v["liveness"] == "swim"
+            && v["down"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|n| n.as_u64() == Some(5)))
+    });
+    // A key that node 5 owns.
+    let owners = |v: &serde_json::Value| -> Vec<u64> {
+        v["owners"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|o| o.as_u64()).collect())
+            .unwrap_or_default()
+    };
+    let key = (0..200)
+        .map(|i| format!("k{i}"))
+        .find(|k| owners(&local(1, k)).contains(&5))
+        .expect("some key is owned by node 5");
+    let path = format!("/kv/h/{key}?w=3");
+    let answer = http(admin(1), "PUT", &path, None, "hinted");
+    assert!(
+        matches!(answer, Some((200, _, _))),
+        "W = 3 with an owner down needs a fallback: {answer:?}"
+    );
+    let owned = owners(&local(1, &key));
+    let hints: Vec<u16> = (1..=4)
+        .filter(|&n| !owned.contains(&u64::from(n)))
+        .filter(|&n| local(n, &key)["siblings"] == serde_json::json!(["hinted"]))
+        .collect();
+    assert!(!hints.is_empty(), "no fallback holds a hint for {key}");
+}

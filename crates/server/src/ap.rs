@@ -8,6 +8,8 @@
 //! - A read answers `{"siblings": [...], "context": "..."}`: every concurrent value, as
 //!   UTF-8 text (lossy), with deletes shown as `null`. 404 if there is no live value.
 //! - Query parameters `n`, `r` and `w` lower the bucket's quorum for one request.
+//! - Liveness comes from the node's SWIM member ([`feed_swim`]); `?local=true` shows the
+//!   peers the node treats as down and whether SWIM or the store's heartbeats said so.
 
 // Handlers return a ready HTTP response as their error; boxing it buys nothing here.
 #![allow(clippy::result_large_err)]
@@ -19,13 +21,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use synod_core::NodeId;
 use synod_protocols::clocks::VersionVector;
 use synod_protocols::dynamo::{
-    BucketProps, Dynamo, DynamoConfig, DynamoCounters, DynamoMsg, Key, Quorum, Sibling,
+    BucketProps, Dynamo, DynamoConfig, DynamoCounters, DynamoMsg, Key, PeerStatus, Quorum, Sibling,
 };
+use synod_protocols::swim::{MemberStatus, Swim};
+use synod_runtime::driver::ActorHandle;
 
 /// The header that carries the causal context.
 pub const CONTEXT_HEADER: &str = "x-synod-context";
@@ -49,6 +54,48 @@ pub fn config(nodes: Vec<NodeId>) -> DynamoConfig {
 /// A fresh actor for node `me`.
 pub fn actor(me: NodeId, nodes: Vec<NodeId>) -> Dynamo {
     Dynamo::new(me, config(nodes), Arc::new(DynamoCounters::default()))
+}
+
+/// How often the SWIM member's view is copied into the store.
+const SWIM_POLL: Duration = Duration::from_millis(100);
+
+fn peer_status(status: MemberStatus) -> PeerStatus {
+    match status {
+        MemberStatus::Alive => PeerStatus::Up,
+        MemberStatus::Suspect => PeerStatus::Suspect,
+        MemberStatus::Dead | MemberStatus::Left => PeerStatus::Down,
+    }
+}
+
+/// Feed the node's SWIM view to the store as `PeerEvent`s: every member's status once,
+/// then each change. From the first event on, the store takes liveness from SWIM
+/// instead of its own heartbeats (which keep gossiping ring membership).
+pub fn feed_swim(swim: ActorHandle<Swim>, dynamo: ActorHandle<Dynamo>) {
+    tokio::spawn(async move {
+        let Ok(session) = dynamo.session().await else {
+            return;
+        };
+        let mut known: BTreeMap<NodeId, PeerStatus> = BTreeMap::new();
+        loop {
+            let Ok(members) = swim.inspect(|s| s.members()).await else {
+                return;
+            };
+            for m in members {
+                let status = peer_status(m.status);
+                if known.insert(m.node, status) == Some(status) {
+                    continue;
+                }
+                let event = DynamoMsg::PeerEvent {
+                    node: m.node,
+                    status,
+                };
+                if session.send(event).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(SWIM_POLL).await;
+        }
+    });
 }
 
 /// The text form of a context: `node:counter,...`.
@@ -164,15 +211,23 @@ pub async fn get(
     let key = Key::new(bucket, key);
     if q.local {
         return match call(&state, DynamoMsg::Inspect { key }).await {
-            Ok(DynamoMsg::InspectReply { object, owners }) => {
+            Ok(DynamoMsg::InspectReply {
+                object,
+                owners,
+                down,
+                peer_events,
+            }) => {
                 let object = object.unwrap_or_default();
                 let list: Vec<Value> = object.values().map(sibling_json).collect();
                 let owners: Vec<u32> = owners.iter().map(|n| n.0).collect();
+                let down: Vec<u32> = down.iter().map(|n| n.0).collect();
                 let context = object.context();
                 let body = json!({
                     "siblings": list,
                     "context": format_context(&context),
                     "owners": owners,
+                    "down": down,
+                    "liveness": if peer_events { "swim" } else { "heartbeats" },
                 });
                 with_context(StatusCode::OK, body, &context)
             }

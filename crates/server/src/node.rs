@@ -303,6 +303,9 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     } else {
         None
     };
+    if let Some(d) = &dynamo {
+        crate::ap::feed_swim(swim.clone(), d.clone());
+    }
 
     let txn = match &config.ranges {
         Some(ranges) => {

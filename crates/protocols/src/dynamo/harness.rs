@@ -7,7 +7,15 @@
 //! - (b) after healing, handoff and anti-entropy, every owner holds the identical sibling
 //!   set (checked as a liveness predicate with a deadline);
 //! - (c) with R + W > N and no failures, every read sees every write acknowledged before
-//!   the read began.
+//!   the read began;
+//! - (d) tombstone collection loses nothing and brings nothing back: no two acknowledged
+//!   writes of a key get the same dot (a reaped key's coordinator never reuses one), and
+//!   no value that an acknowledged delete superseded is in the final state, which is
+//!   taken after every reap the run started has had time to finish.
+//!
+//! Keys rotate: at any time half of them are hot and the rest rest, and the writes to a
+//! key in its last hot slot are deletes, so that tombstones are reaped during the load and
+//! the keys are written again afterwards.
 
 use super::{
     BucketProps, Dynamo, DynamoConfig, DynamoCounters, DynamoMsg, Key, Object, Quorum, Sibling,
@@ -115,6 +123,11 @@ pub struct Scenario {
     /// a LAN, so that a replica's copy often lands well after the client has its
     /// acknowledgement, and weak quorums (R + W <= N) show stale reads.
     pub slow_network: bool,
+    /// Hot keys rotate (half the keys at a time, deletes at the end of a key's turn).
+    pub rotate_keys: bool,
+    /// The nodes' `tombstone_delay`; `None` picks one longer than the mix's longest
+    /// message delay (300 ms, or 2 s with clogged links and pauses).
+    pub tombstone_delay: Option<Duration>,
 }
 
 impl Scenario {
@@ -130,7 +143,17 @@ impl Scenario {
             bucket: BucketProps::default(),
             variant: Variant::Correct,
             slow_network: false,
+            rotate_keys: true,
+            tombstone_delay: None,
         }
+    }
+
+    /// The tombstone delay this scenario runs with.
+    pub fn tombstone_delay(&self) -> Duration {
+        self.tombstone_delay.unwrap_or(match self.faults {
+            FaultMix::All => Duration::from_secs(2),
+            _ => Duration::from_millis(300),
+        })
     }
 }
 
@@ -161,6 +184,12 @@ pub struct Outcome {
     pub read_repairs: u64,
     /// Objects sent by anti-entropy.
     pub aae_objects: u64,
+    /// Tombstone objects removed from nodes (a key reaped on five nodes counts five).
+    pub tombstones_reaped: u64,
+    /// Tombstone-only objects still stored on some node at the end.
+    pub tombstones_left: u64,
+    /// Collection rounds that every node acknowledged.
+    pub reap_rounds: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -210,6 +239,8 @@ struct StoreWorkload {
     reads: Vec<ReadRecord>,
     left: Vec<NodeId>,
     unacked: u64,
+    /// Rotate the hot keys with this period (nanoseconds), or not at all.
+    rotate: Option<u64>,
 }
 
 impl StoreWorkload {
@@ -225,8 +256,18 @@ impl StoreWorkload {
         let nodes = ctl.nodes();
         let rng = ctl.rng();
         let node = NodeId(rng.gen_range(0..nodes));
-        let key = self.keys[rng.gen_range(0..self.keys.len())].clone();
+        let n = self.keys.len();
+        let (key, last_turn) = match self.rotate {
+            Some(period) if n >= 4 => {
+                // Slot j of window w is key (j - w) mod n; slots 0..n/2 are hot.
+                let w = ((now / period) % n as u64) as usize;
+                let j = rng.gen_range(0..n / 2);
+                (self.keys[(j + n - w) % n].clone(), j == n / 2 - 1)
+            }
+            _ => (self.keys[rng.gen_range(0..n)].clone(), false),
+        };
         let roll = rng.gen_range(0..100);
+        let roll = if last_turn && roll >= 45 { 95 } else { roll };
         let sloppy_read = rng.gen_bool(0.1);
         let quorum = if sloppy_read {
             Quorum {
@@ -469,7 +510,9 @@ fn no_lost_writes(writes: &[WriteRecord], state: &BTreeMap<Key, Object>) -> Resu
         let present = state
             .get(&w.key)
             .is_some_and(|o| o.dotted_values().any(|(d, v)| d == dot && *v == w.value));
-        if present {
+        // A delete that is gone was reaped; a resurrection it should have prevented is
+        // caught by (d).
+        if present || w.value == Sibling::Tombstone {
             continue;
         }
         let superseded = writes
@@ -486,8 +529,60 @@ fn no_lost_writes(writes: &[WriteRecord], state: &BTreeMap<Key, Object>) -> Resu
     Ok(())
 }
 
+/// (d): dots are never given out twice for one key, and no value an acknowledged delete
+/// superseded is back in the final state.
+fn no_reused_dots_or_resurrections(
+    writes: &[WriteRecord],
+    state: &BTreeMap<Key, Object>,
+) -> Result<(), String> {
+    let mut seen: BTreeMap<(&Key, Dot), &WriteRecord> = BTreeMap::new();
+    for w in writes {
+        let Some(dot) = w.dot else { continue };
+        if let Some(first) = seen.insert((&w.key, dot), w) {
+            return Err(format!(
+                "dot {dot} of {} was given out twice: to {:?} and to {:?} (a reaped key's \
+                 coordinator reused its dots)",
+                w.key, first.value, w.value
+            ));
+        }
+    }
+    for (key, object) in state {
+        for (dot, value) in object.dotted_values() {
+            if *value == Sibling::Tombstone {
+                continue;
+            }
+            let delete = writes.iter().find(|d| {
+                d.key == *key
+                    && d.value == Sibling::Tombstone
+                    && d.dot.is_some()
+                    && d.context.contains(dot)
+            });
+            if let Some(d) = delete {
+                return Err(format!(
+                    "{key}: value {value:?} with dot {dot} is back, though the acknowledged \
+                     delete {:?} superseded it (a reaped tombstone resurrected it)",
+                    d.dot
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// (c): reads that missed a write acknowledged before they began.
+///
+/// A write that an acknowledged delete covered (the delete itself, or a value its context
+/// saw) is not counted when the delete completed before the read began: the key may have
+/// been reaped, and then reading nothing of it is right.
 fn stale_reads(writes: &[WriteRecord], reads: &[ReadRecord]) -> u64 {
+    let deleted_before = |w: &WriteRecord, dot: Dot, at: u64| {
+        writes.iter().any(|d| {
+            d.key == w.key
+                && d.value == Sibling::Tombstone
+                && d.completed.is_some_and(|c| c < at)
+                && (d.dot == Some(dot) || d.context.contains(dot))
+        })
+    };
     reads
         .iter()
         .filter(|r| {
@@ -495,7 +590,9 @@ fn stale_reads(writes: &[WriteRecord], reads: &[ReadRecord]) -> u64 {
                 && writes.iter().any(|w| {
                     w.key == r.key
                         && w.completed.is_some_and(|c| c < r.invoked)
-                        && w.dot.is_some_and(|d| !r.context.contains(d))
+                        && w.dot.is_some_and(|d| {
+                            !r.context.contains(d) && !deleted_before(w, d, r.invoked)
+                        })
                 })
         })
         .count() as u64
@@ -526,6 +623,7 @@ pub fn run(s: &Scenario) -> Result<Outcome, String> {
         },
     );
     dcfg.variant = s.variant;
+    dcfg.tombstone_delay = s.tombstone_delay();
     let counters = Arc::new(DynamoCounters::default());
     let c2 = counters.clone();
     let mut sim = Sim::new(cfg, move |me| Dynamo::new(me, dcfg.clone(), c2.clone()));
@@ -549,6 +647,7 @@ pub fn run(s: &Scenario) -> Result<Outcome, String> {
         reads: Vec::new(),
         left: Vec::new(),
         unacked: 0,
+        rotate: s.rotate_keys.then_some(150_000_000),
     });
     sim.run_until(s.duration).map_err(|f| f.to_string())?;
     sim.heal_all();
@@ -569,11 +668,36 @@ pub fn run(s: &Scenario) -> Result<Outcome, String> {
             .map_err(|f| f.to_string())?;
     }
     let convergence = sim.now() - healed;
+    // Let every collection round that can still start finish (sweep, phase 1, delay),
+    // then converge again: a resurrection would show up only after the reap.
+    sim.run_for(s.tombstone_delay() + Duration::from_millis(1500))
+        .map_err(|f| f.to_string())?;
+    let deadline = sim.now() + Duration::from_secs(60);
+    while !converged(&sim) {
+        if sim.now() >= deadline {
+            return Err(format!(
+                "seed {}: replicas did not converge again after tombstone collection",
+                s.seed
+            ));
+        }
+        sim.run_for(Duration::from_millis(20))
+            .map_err(|f| f.to_string())?;
+    }
     let state = merged_state(&sim);
+    let tombstones_left = sim
+        .actors()
+        .map(|(_, a)| {
+            a.objects()
+                .filter(|(_, o)| super::is_sole_tombstone(o))
+                .count() as u64
+        })
+        .sum();
     let w = sim
         .workload::<StoreWorkload>()
         .ok_or("the workload is missing")?;
     no_lost_writes(&w.writes, &state).map_err(|e| format!("seed {}: {e}", s.seed))?;
+    no_reused_dots_or_resurrections(&w.writes, &state)
+        .map_err(|e| format!("seed {}: {e}", s.seed))?;
     let stale = stale_reads(&w.writes, &w.reads);
     let props_ok = s.bucket.r + s.bucket.w > s.bucket.n;
     if s.faults == FaultMix::None && props_ok && stale > 0 {
@@ -597,5 +721,8 @@ pub fn run(s: &Scenario) -> Result<Outcome, String> {
         handoff_objects: counters.handoff_objects.load(Ordering::Relaxed),
         read_repairs: counters.read_repairs.load(Ordering::Relaxed),
         aae_objects: counters.aae_objects.load(Ordering::Relaxed),
+        tombstones_reaped: counters.tombstones_reaped.load(Ordering::Relaxed),
+        tombstones_left,
+        reap_rounds: counters.reap_rounds.load(Ordering::Relaxed),
     })
 }

@@ -31,7 +31,12 @@
 //!   same handoff loop, in chunks of [`DynamoConfig::handoff_chunk`], each acknowledged
 //!   after the receiver has it durably. Nothing is lost during handoff: the old holder
 //!   keeps serving its copy and every write keeps going to W replicas.
-//! - **Deletes** are writes of a tombstone with the client's context (Riak keeps them).
+//! - **Deletes** are writes of a tombstone with the client's context. A key whose object is
+//!   a single tombstone is collected (Riak's `delete_mode` with a delay): its first owner
+//!   asks *every* node to merge the tombstone and confirm, durably, that its copy is now
+//!   exactly it (so hints and coordinators' copies go too); after
+//!   [`DynamoConfig::tombstone_delay`] every node forgets the key if its copy is still that
+//!   tombstone. Safe as long as no message spends longer than the delay in the network.
 //!
 //! Fault and timing model: crash-recovery nodes with durable storage (every object and
 //! membership change goes through `ctx.storage()`, and replies and acknowledgements leave
@@ -48,12 +53,15 @@
 //!
 //! - The chapter's store keeps one value per key and resolves conflicts by timestamp,
 //!   which loses concurrent writes; here they are siblings.
-//! - DVV dots are drawn from the coordinator's local counter for the key, so a node must
-//!   never forget a key it has coordinated. A node therefore keeps its copy of a key after
-//!   handing it off (Riak instead renames a vnode that lost its data). Tombstones are never
-//!   collected, for the same reason.
+//! - DVV dots are drawn from the coordinator's local counter for the key, under an actor id
+//!   that carries a durable per-node epoch ([`actor_id`]), bumped at every restart and
+//!   before the node coordinates a key it reaped in the current epoch (Riak's fix for
+//!   KV679), so a dot is never given out twice. A node keeps its copy of a key after
+//!   handing it off; the only way it forgets one is tombstone collection.
 //! - Merkle trees are recomputed at each exchange, not kept up to date incrementally.
-//! - Membership is this actor's own heartbeat gossip; in a cluster it could ride on SWIM.
+//! - Ring membership is this actor's own versioned gossip. Liveness comes from an outside
+//!   failure detector when one sends [`DynamoMsg::PeerEvent`]s (the node's SWIM member on a
+//!   cluster), else from the actor's own heartbeats (the simulator).
 //!
 //! Inputs: [`DynamoMsg::Get`], [`DynamoMsg::Put`], [`DynamoMsg::Join`] and
 //! [`DynamoMsg::Leave`] from clients; replica messages from peers; timers. Effects: replies
@@ -66,7 +74,7 @@ mod tests;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 
-pub use msg::{DynamoMsg, Key, Membership, Object, Quorum, Sibling};
+pub use msg::{DynamoMsg, Key, Membership, Object, PeerStatus, Quorum, Sibling};
 
 use crate::clocks::VersionVector;
 use crate::hashing::{hash_bytes, mix64, Ring};
@@ -112,6 +120,12 @@ pub enum Variant {
     /// The coordinator ignores the client's context and overwrites every sibling it holds,
     /// as a last-write-wins store does.
     LastWriteWins,
+    /// The node never changes its actor epoch, so after a key is reaped its coordinator
+    /// draws dots it already gave out for that key (Riak's KV679).
+    ReuseDots,
+    /// A node reaps its tombstone after the delay without asking every other node first:
+    /// replicas and hints that still hold values the delete superseded bring them back.
+    ReapWithoutQuorum,
 }
 
 /// Configuration of a node.
@@ -141,6 +155,10 @@ pub struct DynamoConfig {
     pub handoff_chunk: usize,
     /// How often a node starts an anti-entropy exchange.
     pub aae_interval: Duration,
+    /// How long a tombstone that every node holds stays before it is reaped (Riak's
+    /// `delete_mode`, 3 s by default). It must exceed the longest time a message can
+    /// spend in the network, or a late copy of a superseded value could return.
+    pub tombstone_delay: Duration,
     /// Which variant runs (test-only).
     #[cfg(any(test, feature = "harness"))]
     pub variant: Variant,
@@ -163,6 +181,7 @@ impl DynamoConfig {
             handoff_interval: Duration::from_millis(200),
             handoff_chunk: 32,
             aae_interval: Duration::from_millis(500),
+            tombstone_delay: Duration::from_secs(3),
             #[cfg(any(test, feature = "harness"))]
             variant: Variant::Correct,
         }
@@ -189,6 +208,10 @@ pub struct DynamoCounters {
     pub read_repairs: AtomicU64,
     /// Objects sent by anti-entropy exchanges.
     pub aae_objects: AtomicU64,
+    /// Tombstone objects removed from nodes (one per node that forgot the key).
+    pub tombstones_reaped: AtomicU64,
+    /// Collection rounds whose phase 1 every node acknowledged.
+    pub reap_rounds: AtomicU64,
 }
 
 impl DynamoCounters {
@@ -208,6 +231,8 @@ pub enum DynamoTimer {
     AntiEntropy,
     /// A coordinated request's retry or deadline.
     Request(u64),
+    /// A tombstone-collection round's phase-1 deadline, then its delay.
+    Reap(u64),
 }
 
 /// A request this node coordinates.
@@ -232,11 +257,57 @@ enum Pending {
         sent: BTreeSet<NodeId>,
         replies: BTreeMap<NodeId, Option<Object>>,
         replied: bool,
+        /// Cleared when a tombstone-collection round for the key reaches this node: the
+        /// replies may predate the tombstone, and repairing with them after the reap
+        /// would bring back values the delete superseded.
+        repair: bool,
     },
+}
+
+/// A tombstone-collection round this node started.
+#[derive(Debug)]
+struct ReapRound {
+    key: Key,
+    object: Object,
+    hash: u64,
+    /// Nodes whose copy is durably exactly the tombstone.
+    ready: BTreeSet<NodeId>,
+    /// Every node is ready; the delay is running.
+    waiting: bool,
 }
 
 /// Storage key of the own membership record.
 const MEMBERSHIP_KEY: &[u8] = b"membership";
+/// Storage key of the node's actor epoch.
+const EPOCH_KEY: &[u8] = b"epoch";
+
+/// A node that reaped this many keys in one epoch moves to the next, so that the set of
+/// keys it must watch stays small.
+const MAX_REAPED_PER_EPOCH: usize = 4096;
+
+/// Low bits of a DVV actor id that hold the node id; the bits above hold its epoch.
+pub const ACTOR_NODE_BITS: u32 = 10;
+
+/// The DVV actor id of `node` in `epoch`, or `None` if either does not fit.
+pub fn actor_id(node: NodeId, epoch: u32) -> Option<NodeId> {
+    if node.0 >= 1 << ACTOR_NODE_BITS || epoch >= 1 << (32 - ACTOR_NODE_BITS) {
+        return None;
+    }
+    Some(NodeId(node.0 | (epoch << ACTOR_NODE_BITS)))
+}
+
+/// The node and epoch of a DVV actor id.
+pub fn actor_parts(actor: NodeId) -> (NodeId, u32) {
+    (
+        NodeId(actor.0 & ((1 << ACTOR_NODE_BITS) - 1)),
+        actor.0 >> ACTOR_NODE_BITS,
+    )
+}
+
+/// Whether an object is a single tombstone: what collection may reap.
+pub fn is_sole_tombstone(object: &Object) -> bool {
+    object.len() == 1 && object.values().all(|v| *v == Sibling::Tombstone)
+}
 
 fn object_storage_key(key: &Key) -> Vec<u8> {
     let mut k = b"o/".to_vec();
@@ -274,6 +345,17 @@ pub struct Dynamo {
     handoff_in_flight: BTreeMap<NodeId, Instant>,
     aae_cursor: usize,
     counters: Arc<DynamoCounters>,
+    /// The epoch of this node's DVV actor id (durable).
+    epoch: u32,
+    /// Keys this node reaped in the current epoch. It may have given out dots of the
+    /// current actor for them that no copy it can see now remembers (a replica may hand
+    /// the key back without them), so before it coordinates one of them again it moves
+    /// to a fresh epoch. Volatile: a restart starts a new epoch anyway.
+    reaped_this_epoch: BTreeSet<Key>,
+    /// Tombstone-collection rounds this node started.
+    rounds: BTreeMap<u64, ReapRound>,
+    /// Liveness from an outside failure detector, once it has reported.
+    peer_status: Option<BTreeMap<NodeId, PeerStatus>>,
 }
 
 impl std::fmt::Debug for Dynamo {
@@ -304,6 +386,10 @@ impl Dynamo {
             handoff_in_flight: BTreeMap::new(),
             aae_cursor: 0,
             counters,
+            epoch: 0,
+            reaped_this_epoch: BTreeSet::new(),
+            rounds: BTreeMap::new(),
+            peer_status: None,
         }
     }
 
@@ -347,6 +433,21 @@ impl Dynamo {
             .collect()
     }
 
+    /// The epoch of this node's DVV actor id.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Whether this node's liveness view comes from an outside failure detector.
+    pub fn uses_peer_events(&self) -> bool {
+        self.peer_status.is_some()
+    }
+
+    /// Whether this node currently treats `node` as up.
+    pub fn peer_is_up(&self, now: Instant, node: NodeId) -> bool {
+        self.is_up(now, node)
+    }
+
     /// Requests this node is coordinating.
     pub fn pending_requests(&self) -> usize {
         self.pending.len()
@@ -355,11 +456,15 @@ impl Dynamo {
     // ---- helpers -------------------------------------------------------------------
 
     fn is_up(&self, now: Instant, node: NodeId) -> bool {
-        node == self.me
-            || self
-                .last_heard
-                .get(&node)
-                .is_some_and(|&t| now.saturating_duration_since(t) < self.cfg.suspect_after)
+        if node == self.me {
+            return true;
+        }
+        if let Some(status) = self.peer_status.as_ref().and_then(|s| s.get(&node)) {
+            return *status == PeerStatus::Up;
+        }
+        self.last_heard
+            .get(&node)
+            .is_some_and(|&t| now.saturating_duration_since(t) < self.cfg.suspect_after)
     }
 
     fn rebuild_ring(&mut self) {
@@ -440,6 +545,24 @@ impl Dynamo {
         changed
     }
 
+    /// Move to a fresh actor epoch (durably, before any dot of it leaves).
+    fn new_epoch(&mut self, ctx: &mut DCtx<'_>) {
+        self.reaped_this_epoch.clear();
+        if self.bumps_epochs() {
+            self.epoch = self.epoch.saturating_add(1);
+            ctx.storage().put_value(EPOCH_KEY, &self.epoch);
+        }
+    }
+
+    /// Whether this node changes its actor epoch (the `ReuseDots` variant does not).
+    fn bumps_epochs(&self) -> bool {
+        #[cfg(any(test, feature = "harness"))]
+        if self.cfg.variant == Variant::ReuseDots {
+            return false;
+        }
+        true
+    }
+
     fn next_request_id(&mut self) -> u64 {
         self.next_request = self.next_request.wrapping_add(1);
         self.next_request
@@ -482,13 +605,26 @@ impl Dynamo {
             return ctx.reply(client, DynamoMsg::Failed { reason });
         }
         let is_new = !self.store.contains_key(&key);
+        // KV679: this node may have given out dots for this key before it was reaped, and
+        // a client may still hold a context with them. A fresh actor epoch makes every
+        // dot it draws now new.
+        if self.reaped_this_epoch.contains(&key) {
+            self.new_epoch(ctx);
+        }
+        let Some(actor) = actor_id(self.me, self.epoch) else {
+            let reason = format!(
+                "node {} cannot coordinate: its id or actor epoch {} is out of range",
+                self.me, self.epoch
+            );
+            return ctx.reply(client, DynamoMsg::Failed { reason });
+        };
         let object = self.store.entry(key.clone()).or_default();
         #[cfg(any(test, feature = "harness"))]
         let context = match self.cfg.variant {
-            Variant::Correct => context,
             Variant::LastWriteWins => object.context(),
+            _ => context,
         };
-        let dot = match object.update(&context, value, self.me) {
+        let dot = match object.update(&context, value, actor) {
             Ok(dot) => dot,
             Err(e) => {
                 if is_new {
@@ -608,6 +744,7 @@ impl Dynamo {
                 sent: targets.into_iter().collect(),
                 replies,
                 replied: false,
+                repair: true,
             },
         );
         self.check_get(ctx, request, false);
@@ -627,6 +764,7 @@ impl Dynamo {
             sent,
             replies,
             replied,
+            repair,
         }) = self.pending.get_mut(&request)
         else {
             return;
@@ -664,9 +802,10 @@ impl Dynamo {
             .filter(|(_, o)| o.as_ref() != Some(&merged))
             .map(|(&n, _)| n)
             .collect();
+        let repair = *repair;
         self.pending.remove(&request);
         ctx.cancel_timer(DynamoTimer::Request(request));
-        if merged.context().is_empty() {
+        if merged.context().is_empty() || !repair {
             return;
         }
         for node in stale {
@@ -849,6 +988,179 @@ impl Dynamo {
         }
     }
 
+    // ---- tombstone collection ------------------------------------------------------
+
+    /// Start collection rounds for tombstones this node holds as the key's first owner
+    /// (Riak's `delete_mode` with a delay). A round asks every node of the cluster, owner
+    /// or not, to merge the tombstone; only when all of them hold exactly it, durably, and
+    /// the delay has passed, are they told to forget the key.
+    fn sweep_tombstones(&mut self, ctx: &mut DCtx<'_>) {
+        const MAX_ROUNDS: usize = 32;
+        let now = ctx.now();
+        let eager = self.reaps_without_quorum();
+        if !eager && !self.cfg.nodes.iter().all(|&n| self.is_up(now, n)) {
+            return;
+        }
+        let busy: BTreeSet<&Key> = self.rounds.values().map(|r| &r.key).collect();
+        let mut start = Vec::new();
+        for (key, object) in &self.store {
+            if self.rounds.len() + start.len() >= MAX_ROUNDS {
+                break;
+            }
+            if busy.contains(key) || !is_sole_tombstone(object) {
+                continue;
+            }
+            // The first owner starts the round; so does a node that does not own the key
+            // (a hint or a coordinator's copy), whose handoff has nothing left to do once
+            // the owners have it, and which a lost `Reap` would otherwise leave behind.
+            let owners = self.bucket_owners(key);
+            if owners.first() != Some(&self.me) && owners.contains(&self.me) {
+                continue;
+            }
+            start.push((key.clone(), object.clone()));
+        }
+        for (key, object) in start {
+            let round = self.next_request_id();
+            let hash = object_hash(&key, &object);
+            let mut r = ReapRound {
+                key: key.clone(),
+                object: object.clone(),
+                hash,
+                ready: BTreeSet::from([self.me]),
+                waiting: false,
+            };
+            if eager || r.ready.len() >= self.cfg.nodes.len() {
+                r.waiting = true;
+                ctx.set_timer(DynamoTimer::Reap(round), self.cfg.tombstone_delay);
+            } else {
+                for &peer in self.cfg.nodes.iter().filter(|&&n| n != self.me) {
+                    ctx.send(
+                        peer,
+                        DynamoMsg::ReapPrepare {
+                            round,
+                            key: key.clone(),
+                            object: object.clone(),
+                        },
+                    );
+                }
+                let deadline = self.cfg.retry_after * self.cfg.attempts.max(1);
+                ctx.set_timer(DynamoTimer::Reap(round), deadline);
+            }
+            self.rounds.insert(round, r);
+        }
+    }
+
+    /// Whether this is the `ReapWithoutQuorum` variant.
+    fn reaps_without_quorum(&self) -> bool {
+        #[cfg(any(test, feature = "harness"))]
+        if self.cfg.variant == Variant::ReapWithoutQuorum {
+            return true;
+        }
+        false
+    }
+
+    fn on_reap_prepare(
+        &mut self,
+        ctx: &mut DCtx<'_>,
+        from: NodeId,
+        round: u64,
+        key: Key,
+        object: Object,
+    ) {
+        // Only a single tombstone may be collected; anything else is refused.
+        let ok = is_sole_tombstone(&object) && {
+            self.merge_local(ctx, &key, &object);
+            for p in self.pending.values_mut() {
+                if let Pending::Get { key: k, repair, .. } = p {
+                    if *k == key {
+                        *repair = false;
+                    }
+                }
+            }
+            self.store.get(&key) == Some(&object)
+        };
+        let object = if ok {
+            None
+        } else {
+            self.store.get(&key).cloned()
+        };
+        // Held until the merge is durable.
+        ctx.send(from, DynamoMsg::ReapReady { round, ok, object });
+    }
+
+    fn on_reap_ready(
+        &mut self,
+        ctx: &mut DCtx<'_>,
+        from: NodeId,
+        round: u64,
+        ok: bool,
+        object: Option<Object>,
+    ) {
+        let Some(r) = self.rounds.get_mut(&round) else {
+            return;
+        };
+        if r.waiting || !self.cfg.nodes.contains(&from) {
+            return;
+        }
+        if !ok {
+            // Someone holds more than the tombstone: a later write, or a concurrent one.
+            // Learn it, so that this node's copy is no longer a bare tombstone.
+            let key = r.key.clone();
+            self.rounds.remove(&round);
+            ctx.cancel_timer(DynamoTimer::Reap(round));
+            if let Some(object) = object {
+                self.merge_local(ctx, &key, &object);
+            }
+            return;
+        }
+        r.ready.insert(from);
+        if r.ready.len() >= self.cfg.nodes.len() {
+            r.waiting = true;
+            DynamoCounters::add(&self.counters.reap_rounds, 1);
+            ctx.set_timer(DynamoTimer::Reap(round), self.cfg.tombstone_delay);
+        }
+    }
+
+    fn on_reap_timer(&mut self, ctx: &mut DCtx<'_>, round: u64) {
+        let Some(r) = self.rounds.remove(&round) else {
+            return;
+        };
+        if !r.waiting {
+            // Phase 1 did not complete in time; a later sweep tries again.
+            return;
+        }
+        for &peer in self.cfg.nodes.iter().filter(|&&n| n != self.me) {
+            ctx.send(
+                peer,
+                DynamoMsg::Reap {
+                    key: r.key.clone(),
+                    hash: r.hash,
+                },
+            );
+        }
+        debug_assert_eq!(object_hash(&r.key, &r.object), r.hash);
+        self.reap(ctx, &r.key, r.hash);
+    }
+
+    /// Forget `key` if its object is still exactly the tombstone that hashes to `hash`.
+    fn reap(&mut self, ctx: &mut DCtx<'_>, key: &Key, hash: u64) {
+        let still = self
+            .store
+            .get(key)
+            .is_some_and(|o| is_sole_tombstone(o) && object_hash(key, o) == hash);
+        if !still {
+            return;
+        }
+        self.store.remove(key);
+        self.delivered.remove(key);
+        ctx.storage().delete(&object_storage_key(key));
+        self.reaped_this_epoch.insert(key.clone());
+        if self.reaped_this_epoch.len() > MAX_REAPED_PER_EPOCH {
+            self.new_epoch(ctx);
+        }
+        DynamoCounters::add(&self.counters.tombstones_reaped, 1);
+    }
+
     // ---- anti-entropy --------------------------------------------------------------
 
     /// The Merkle trees of the objects this node and `peer` both replicate: for each
@@ -1002,6 +1314,17 @@ impl Actor for Dynamo {
         self.pending.clear();
         self.delivered.clear();
         self.handoff_in_flight.clear();
+        self.rounds.clear();
+        self.peer_status = None;
+        // A new incarnation is a new actor: dots drawn before a crash, even ones whose
+        // object never became durable, are never drawn again.
+        self.epoch = match ctx.storage().get_value::<u32>(EPOCH_KEY) {
+            Ok(Some(e)) if self.bumps_epochs() => e.saturating_add(1),
+            Ok(Some(e)) => e,
+            _ => 0,
+        };
+        ctx.storage().put_value(EPOCH_KEY, &self.epoch);
+        self.reaped_this_epoch.clear();
         let (first, next) = ctx.storage().log_bounds();
         for i in first.0..next.0 {
             // A record that does not decode is skipped: its object is unreachable anyway.
@@ -1054,7 +1377,25 @@ impl Actor for Dynamo {
                     DynamoMsg::Inspect { key } => {
                         let object = self.store.get(&key).cloned();
                         let owners = self.bucket_owners(&key);
-                        ctx.reply(client, DynamoMsg::InspectReply { object, owners });
+                        let now = ctx.now();
+                        let down = (self.cfg.nodes.iter().copied())
+                            .filter(|&n| !self.is_up(now, n))
+                            .collect();
+                        let peer_events = self.peer_status.is_some();
+                        let reply = DynamoMsg::InspectReply {
+                            object,
+                            owners,
+                            down,
+                            peer_events,
+                        };
+                        ctx.reply(client, reply);
+                    }
+                    DynamoMsg::PeerEvent { node, status } => {
+                        if node != self.me {
+                            self.peer_status
+                                .get_or_insert_with(BTreeMap::new)
+                                .insert(node, status);
+                        }
                     }
                     DynamoMsg::Join | DynamoMsg::Leave => {
                         let active = matches!(msg, DynamoMsg::Join);
@@ -1116,6 +1457,13 @@ impl Actor for Dynamo {
                 ctx.send(from, DynamoMsg::HandoffAck { objects: acks });
             }
             DynamoMsg::HandoffAck { objects } => self.on_handoff_ack(from, objects),
+            DynamoMsg::ReapPrepare { round, key, object } => {
+                self.on_reap_prepare(ctx, from, round, key, object)
+            }
+            DynamoMsg::ReapReady { round, ok, object } => {
+                self.on_reap_ready(ctx, from, round, ok, object)
+            }
+            DynamoMsg::Reap { key, hash } => self.reap(ctx, &key, hash),
             DynamoMsg::AaeRoots { roots } => self.on_aae_roots(ctx, from, roots),
             DynamoMsg::AaeSegments { partitions } => self.on_aae_segments(ctx, from, partitions),
             DynamoMsg::AaeObjects { objects, want } => {
@@ -1126,6 +1474,7 @@ impl Actor for Dynamo {
             | DynamoMsg::Put { .. }
             | DynamoMsg::Join
             | DynamoMsg::Leave
+            | DynamoMsg::PeerEvent { .. }
             | DynamoMsg::Inspect { .. }
             | DynamoMsg::InspectReply { .. }
             | DynamoMsg::GetReply { .. }
@@ -1143,6 +1492,7 @@ impl Actor for Dynamo {
             }
             DynamoTimer::Handoff => {
                 self.handoff(ctx);
+                self.sweep_tombstones(ctx);
                 ctx.set_timer(DynamoTimer::Handoff, self.cfg.handoff_interval);
             }
             DynamoTimer::AntiEntropy => {
@@ -1150,6 +1500,7 @@ impl Actor for Dynamo {
                 ctx.set_timer(DynamoTimer::AntiEntropy, self.cfg.aae_interval);
             }
             DynamoTimer::Request(request) => self.on_request_timer(ctx, request),
+            DynamoTimer::Reap(round) => self.on_reap_timer(ctx, round),
         }
     }
 }

@@ -75,6 +75,17 @@ pub struct Membership {
     pub active: bool,
 }
 
+/// A peer's liveness as an outside failure detector (the node's SWIM member) reports it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum PeerStatus {
+    /// The peer answers.
+    Up,
+    /// The peer missed probes and is under suspicion.
+    Suspect,
+    /// The peer was declared dead (or left).
+    Down,
+}
+
 /// Messages of the store.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum DynamoMsg {
@@ -108,6 +119,15 @@ pub enum DynamoMsg {
     Join,
     /// Ask this node to give up its ranges (leave); its data is handed off.
     Leave,
+    /// From the local node: an outside failure detector (SWIM on a cluster) says `node`
+    /// is `status`. After the first such event the node's liveness view comes from these
+    /// events instead of its own heartbeats. No reply.
+    PeerEvent {
+        /// The peer.
+        node: NodeId,
+        /// Its status.
+        status: PeerStatus,
+    },
 
     // ---- node → client -------------------------------------------------------------
     /// A read's answer: the siblings (tombstones included) and their causal context.
@@ -130,6 +150,11 @@ pub enum DynamoMsg {
         object: Option<Object>,
         /// The key's owners under its bucket's N.
         owners: Vec<NodeId>,
+        /// Peers this node treats as down now.
+        down: Vec<NodeId>,
+        /// Whether that view comes from an outside failure detector (SWIM) rather than
+        /// the store's own heartbeats.
+        peer_events: bool,
     },
     /// A membership request was applied.
     MembershipReply {
@@ -193,6 +218,33 @@ pub enum DynamoMsg {
     HandoffAck {
         /// Keys with the hash of the object that was merged.
         objects: Vec<(Key, u64)>,
+    },
+    /// Tombstone collection, phase 1: merge this tombstone (creating it if the key is
+    /// absent) and say whether the local object is now exactly it.
+    ReapPrepare {
+        /// The round's id at the initiator.
+        round: u64,
+        /// The key.
+        key: Key,
+        /// The tombstone object (a single tombstone sibling).
+        object: Object,
+    },
+    /// The answer to `ReapPrepare`, sent after the merge is durable.
+    ReapReady {
+        /// The round's id at the initiator.
+        round: u64,
+        /// Whether the local object is exactly the tombstone.
+        ok: bool,
+        /// If not, the local object, so that the initiator learns what superseded or
+        /// joined its tombstone (and stops starting rounds for it).
+        object: Option<Object>,
+    },
+    /// Tombstone collection, phase 2: forget `key` if its object still hashes to `hash`.
+    Reap {
+        /// The key.
+        key: Key,
+        /// `object_hash` of the tombstone object.
+        hash: u64,
     },
     /// Anti-entropy, step 1: the roots of the Merkle trees of the partitions both nodes
     /// replicate.

@@ -354,3 +354,179 @@ fn with_r_plus_w_not_above_n_some_read_is_stale() {
         |seed| format!("cargo test -p synod-protocols dynamo::tests::with_r_plus_w (seed {seed})"),
     );
 }
+
+fn delete(key: &Key, context: VersionVector) -> DynamoMsg {
+    DynamoMsg::Put {
+        key: key.clone(),
+        context,
+        value: Sibling::Tombstone,
+        quorum: Quorum::default(),
+    }
+}
+
+fn put_dot(effects: &[Effect<DynamoMsg, DynamoTimer>]) -> crate::clocks::Dot {
+    match &replies(effects)[..] {
+        [DynamoMsg::PutReply { dot, .. }] => *dot,
+        other => panic!("expected a PutReply, got {other:?}"),
+    }
+}
+
+/// A tombstone is reaped only after the delay, and the key's next write gets a dot of a
+/// fresh actor epoch, so a context from before the delete cannot supersede it (KV679).
+#[test]
+fn a_reaped_key_is_written_again_under_a_new_epoch() {
+    let mut n = node(0, 1, SOLO);
+    let key = Key::new("b", "k");
+    let first = put_dot(&n.deliver(CLIENT, put(&key, "x", VersionVector::new())));
+    assert_eq!(actor_parts(first.node), (NodeId(0), 0));
+    let (_, old_context) = values(&replies(&n.deliver(CLIENT, get(&key)))[0]);
+    n.deliver(CLIENT, delete(&key, old_context.clone()));
+    // The sweep starts a round; with one node it goes straight to the delay.
+    let effects = n.fire(DynamoTimer::Handoff);
+    let round = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::SetTimer {
+                key: DynamoTimer::Reap(r),
+                after,
+            } => Some((*r, *after)),
+            _ => None,
+        })
+        .expect("a collection round for the tombstone");
+    assert_eq!(round.1, Duration::from_secs(3), "Riak's default delay");
+    assert!(n.actor.object(&key).is_some(), "not before the delay");
+    n.fire(DynamoTimer::Reap(round.0));
+    assert!(n.actor.object(&key).is_none(), "reaped after the delay");
+
+    let again = put_dot(&n.deliver(CLIENT, put(&key, "y", VersionVector::new())));
+    assert_eq!(actor_parts(again.node), (NodeId(0), 1), "a fresh epoch");
+    assert_ne!(again, first);
+    // A client still holding the context of `x` writes: `y` is not something it saw.
+    n.deliver(CLIENT, put(&key, "z", old_context));
+    let (vals, _) = values(&replies(&n.deliver(CLIENT, get(&key)))[0]);
+    assert_eq!(vals, ["y", "z"], "the old context must not supersede y");
+}
+
+/// A restart is a new incarnation with a new actor epoch, and the epoch is durable.
+#[test]
+fn a_restarted_node_draws_dots_of_a_new_epoch() {
+    let mut n = node(0, 1, SOLO);
+    let key = Key::new("b", "k");
+    n.deliver(CLIENT, put(&key, "x", VersionVector::new()));
+    n.storage.sync();
+    for epoch in 1..=2 {
+        let cfg = DynamoConfig {
+            default_bucket: SOLO,
+            ..DynamoConfig::new([NodeId(0)])
+        };
+        n.crash_and_restart(Dynamo::new(
+            NodeId(0),
+            cfg,
+            Arc::new(DynamoCounters::default()),
+        ));
+        n.storage.sync();
+        assert_eq!(n.actor.epoch(), epoch);
+    }
+    let dot = put_dot(&n.deliver(CLIENT, put(&key, "y", VersionVector::new())));
+    assert_eq!(actor_parts(dot.node), (NodeId(0), 2));
+}
+
+/// A collection round needs every node: one that holds more than the tombstone (here a
+/// write the delete did not see) refuses, and nobody reaps.
+#[test]
+fn a_node_holding_more_than_the_tombstone_stops_the_round() {
+    let mut n = node(0, 3, BucketProps { n: 3, r: 1, w: 1 });
+    // Only a key's first owner starts its round: take a key node 0 comes first for.
+    let key = (0..100)
+        .map(|i| Key::new("b", format!("k{i}")))
+        .find(|k| n.actor.bucket_owners(k).first() == Some(&NodeId(0)))
+        .expect("node 0 is the first owner of some key");
+    n.deliver(CLIENT, delete(&key, VersionVector::new()));
+    let effects = n.fire(DynamoTimer::Handoff);
+    let prepares: Vec<(NodeId, DynamoMsg)> = sent(&effects)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, DynamoMsg::ReapPrepare { .. }))
+        .collect();
+    assert_eq!(prepares.len(), 2, "every other node is asked: {prepares:?}");
+    let DynamoMsg::ReapPrepare { round, .. } = prepares[0].1 else {
+        unreachable!()
+    };
+    n.deliver(
+        NodeId(1),
+        DynamoMsg::ReapReady {
+            round,
+            ok: true,
+            object: None,
+        },
+    );
+    let mut newer = Object::new();
+    newer
+        .update(
+            &VersionVector::new(),
+            Sibling::Value(b"w".to_vec()),
+            NodeId(2),
+        )
+        .unwrap();
+    n.deliver(
+        NodeId(2),
+        DynamoMsg::ReapReady {
+            round,
+            ok: false,
+            object: Some(newer),
+        },
+    );
+    n.advance(Duration::from_secs(10));
+    n.fire(DynamoTimer::Reap(round));
+    let object = n.actor.object(&key).expect("no reap without every node");
+    assert_eq!(
+        object.len(),
+        2,
+        "the refusing node's write joined the tombstone"
+    );
+}
+
+/// (d) holds under every fault mix, and tombstones are really reaped during the load
+/// (keys rotate, so they are written again after their reap).
+#[test]
+fn tombstones_are_reaped_and_nothing_comes_back() {
+    let reaped = std::sync::atomic::AtomicU64::new(0);
+    assert_seeds(
+        0..6,
+        |seed| {
+            let o = run(&Scenario::new(seed, FaultMix::None))?;
+            reaped.fetch_add(o.tombstones_reaped, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        },
+        replay(FaultMix::None),
+    );
+    let reaped = reaped.into_inner();
+    assert!(
+        reaped >= 6,
+        "too few tombstones reaped to test anything: {reaped}"
+    );
+}
+
+/// The checker catches a coordinator that keeps its actor id after reaping a key
+/// (Riak's KV679): it gives out a dot again, and an old context can supersede a new write.
+#[test]
+fn reusing_dots_after_a_reap_is_caught() {
+    let caught = (0..6).any(|seed| {
+        let mut s = Scenario::new(seed, FaultMix::None);
+        s.variant = Variant::ReuseDots;
+        matches!(run(&s), Err(e) if e.contains("given out twice"))
+    });
+    assert!(caught, "no seed showed a reused dot");
+}
+
+/// The checker catches a node that reaps its tombstone without asking every other node:
+/// a replica that missed the delete brings the superseded value back.
+#[test]
+fn reaping_without_asking_every_node_is_caught() {
+    let caught = (0..6).any(|seed| {
+        let mut s = Scenario::new(seed, FaultMix::Partitions);
+        s.variant = Variant::ReapWithoutQuorum;
+        s.duration = Duration::from_secs(2);
+        matches!(run(&s), Err(e) if e.contains("is back"))
+    });
+    assert!(caught, "no seed showed a resurrected value");
+}
