@@ -347,6 +347,13 @@ pub struct Dynamo {
     counters: Arc<DynamoCounters>,
     /// The epoch of this node's DVV actor id (durable).
     epoch: u32,
+    /// The epoch chosen at start, durable before the first input was handled. While the
+    /// node still draws dots of it, a coordinator sends `Replicate` before its own copy
+    /// is durable (overlapping the replicas' fsyncs with its own, as a Raft leader does):
+    /// if it crashes first, the restart moves to a later epoch, so the lost dots are never
+    /// drawn again. An epoch taken later in the incarnation may not be durable yet when a
+    /// dot of it leaves, so after one the node sends only after its sync.
+    start_epoch: u32,
     /// Keys this node reaped in the current epoch. It may have given out dots of the
     /// current actor for them that no copy it can see now remembers (a replica may hand
     /// the key back without them), so before it coordinates one of them again it moves
@@ -387,6 +394,7 @@ impl Dynamo {
             aae_cursor: 0,
             counters,
             epoch: 0,
+            start_epoch: 0,
             reaped_this_epoch: BTreeSet::new(),
             rounds: BTreeMap::new(),
             peer_status: None,
@@ -554,6 +562,12 @@ impl Dynamo {
         }
     }
 
+    /// Whether a new write's `Replicate` may leave before this step's writes are durable
+    /// (see `start_epoch`).
+    fn may_replicate_before_sync(&self) -> bool {
+        self.epoch == self.start_epoch && self.bumps_epochs()
+    }
+
     /// Whether this node changes its actor epoch (the `ReuseDots` variant does not).
     fn bumps_epochs(&self) -> bool {
         #[cfg(any(test, feature = "harness"))]
@@ -654,14 +668,16 @@ impl Dynamo {
                 if !owners.contains(&t) {
                     DynamoCounters::add(&self.counters.hinted_writes, 1);
                 }
-                ctx.send(
-                    t,
-                    DynamoMsg::Replicate {
-                        request,
-                        key: key.clone(),
-                        object: object.clone(),
-                    },
-                );
+                let msg = DynamoMsg::Replicate {
+                    request,
+                    key: key.clone(),
+                    object: object.clone(),
+                };
+                if self.may_replicate_before_sync() {
+                    ctx.send_unsynced(t, msg);
+                } else {
+                    ctx.send(t, msg);
+                }
             }
         }
         self.pending.insert(
@@ -1324,6 +1340,7 @@ impl Actor for Dynamo {
             _ => 0,
         };
         ctx.storage().put_value(EPOCH_KEY, &self.epoch);
+        self.start_epoch = self.epoch;
         self.reaped_this_epoch.clear();
         let (first, next) = ctx.storage().log_bounds();
         for i in first.0..next.0 {

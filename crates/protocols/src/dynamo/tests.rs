@@ -530,3 +530,41 @@ fn reaping_without_asking_every_node_is_caught() {
     });
     assert!(caught, "no seed showed a resurrected value");
 }
+
+/// A coordinator overlaps its own fsync with the replicas' only while it draws dots of
+/// the epoch it started with (durable before any input): after an epoch change in the
+/// same incarnation, `Replicate` waits for the sync.
+#[test]
+fn replicate_leaves_before_the_sync_only_in_the_start_epoch() {
+    let props = BucketProps { n: 3, r: 2, w: 2 };
+    let key = Key::new("b", "k");
+    let probe = node(0, 5, props);
+    let owners = probe.actor.owners(&key, 3);
+    let mut n = node(owners[0].0, 5, props);
+    let replicates = |effects: &[Effect<DynamoMsg, DynamoTimer>]| -> (usize, usize) {
+        effects.iter().fold((0, 0), |(early, late), e| match e {
+            Effect::SendUnsynced {
+                msg: DynamoMsg::Replicate { .. },
+                ..
+            } => (early + 1, late),
+            Effect::Send {
+                msg: DynamoMsg::Replicate { .. },
+                ..
+            } => (early, late + 1),
+            _ => (early, late),
+        })
+    };
+    let first = n.deliver(CLIENT, put(&key, "v", VersionVector::new()));
+    assert_eq!(replicates(&first), (2, 0), "start epoch: before the sync");
+    // As if this key had been reaped in this epoch: coordinating it moves to a new one.
+    n.actor.reaped_this_epoch.insert(key.clone());
+    let second = n.deliver(CLIENT, put(&key, "w", VersionVector::new()));
+    assert_eq!(n.actor.epoch(), n.actor.start_epoch + 1);
+    assert_eq!(replicates(&second), (0, 2), "a new epoch: after the sync");
+    let third = n.deliver(CLIENT, put(&key, "x", VersionVector::new()));
+    assert_eq!(
+        replicates(&third),
+        (0, 2),
+        "for the rest of the incarnation"
+    );
+}
