@@ -152,6 +152,29 @@ pub(crate) fn read_pid(dir: &Path, node: NodeId) -> Option<i32> {
 /// Whether `pid` is a running `synod node` of the cluster in `dir`: it exists, is not a
 /// zombie, runs this synod executable, and was started with this cluster's file. A pid file
 /// can outlive its process and pids are reused, so anything less could signal a stranger.
+/// Whether the node process `pid` is gone for good: not only no longer running, but with
+/// every thread ended. A thread-group leader shows as a zombie while its other threads are
+/// still tearing down, and until the last one ends the process keeps its files (the data
+/// directory's lock) and its listening sockets, which a restart right away would hit.
+fn fully_exited(dir: &Path, pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    if field("State:").starts_with('Z') {
+        return field("Threads:").parse::<u32>().is_ok_and(|n| n <= 1);
+    }
+    // Running: ours until it stops; anything else reuses the pid.
+    !alive_in(dir, pid)
+}
+
 pub(crate) fn alive_in(dir: &Path, pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
@@ -380,7 +403,7 @@ pub(crate) fn down(d: DirFlag) -> Result<ExitCode> {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for (node, pid) in &stopped {
-        while alive_in(dir, *pid) && Instant::now() < deadline {
+        while !fully_exited(dir, *pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         if alive_in(dir, *pid) {
