@@ -620,26 +620,9 @@ impl TxnHost {
             start_ts,
             expires_at: wall_nanos().saturating_add(u64::try_from(TXN_TTL.as_nanos()).unwrap_or(0)),
         };
-        match self.commit(meta, writes).await {
-            Ok(Commit::Committed(ts, path)) => {
-                let counter = if path == "1pc" {
-                    &self.counters.one_phase
-                } else {
-                    &self.counters.two_phase
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(ts))
-            }
-            Ok(Commit::Conflict) => {
-                self.counters.aborted.fetch_add(1, Ordering::Relaxed);
-                Ok(None)
-            }
-            Err(e) => {
-                if e == TxnError::Timeout {
-                    self.counters.unknown.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e)
-            }
+        match self.counted_commit(meta, writes).await? {
+            Commit::Committed(ts, _) => Ok(Some(ts)),
+            Commit::Conflict => Ok(None),
         }
     }
 
@@ -697,28 +680,15 @@ impl TxnHost {
                 expires_at: wall_nanos()
                     .saturating_add(u64::try_from(TXN_TTL.as_nanos()).unwrap_or(0)),
             };
-            match self.commit(meta, &puts).await {
-                Ok(Commit::Committed(ts, path)) => {
-                    let counter = if path == "1pc" {
-                        &self.counters.one_phase
-                    } else {
-                        &self.counters.two_phase
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
+            match self.counted_commit(meta, &puts).await? {
+                Commit::Committed(ts, path) => {
                     outcome.commit_ts = Some(ts.0);
                     outcome.path = path;
                     return Ok(outcome);
                 }
-                Ok(Commit::Conflict) => {
-                    self.counters.aborted.fetch_add(1, Ordering::Relaxed);
+                Commit::Conflict => {
                     let backoff = rand::random::<u64>() % (2_000 << attempt.min(4));
                     tokio::time::sleep(Duration::from_micros(backoff)).await;
-                }
-                Err(e) => {
-                    if e == TxnError::Timeout {
-                        self.counters.unknown.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Err(e);
                 }
             }
         }
@@ -727,6 +697,25 @@ impl TxnHost {
 
     /// Commit `writes` for `meta`: one phase if they fall in one range (as far as the
     /// routing cache knows), else prewrite, decide the record, resolve.
+    /// [`TxnHost::commit`], counted in the metrics: commits by path, conflicts as
+    /// aborts, timeouts as outcomes unknown.
+    async fn counted_commit(
+        &self,
+        meta: TxnMeta,
+        writes: &[(Key, Option<Value>)],
+    ) -> Result<Commit, TxnError> {
+        let result = self.commit(meta, writes).await;
+        let counter = match &result {
+            Ok(Commit::Committed(_, "1pc")) => &self.counters.one_phase,
+            Ok(Commit::Committed(..)) => &self.counters.two_phase,
+            Ok(Commit::Conflict) => &self.counters.aborted,
+            Err(TxnError::Timeout) => &self.counters.unknown,
+            Err(_) => return result,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
     async fn commit(
         &self,
         mut meta: TxnMeta,
