@@ -618,11 +618,9 @@ fn mvcc_and_lease_state_survive_sigkill_of_every_node() {
     });
 }
 
-/// A watcher created with progress_notify hears the current revision while nothing
-/// happens (here every 300 ms instead of etcd's 10 minutes, set in the cluster file).
-#[test]
-fn progress_notify_reports_the_revision_to_a_quiet_watcher() {
-    let (cluster, _admin, client_addr) = start_cluster_ports("etcd-progress", 1);
+/// Stop `cluster`, replace the line `from` (which the cluster file must hold) with `to`,
+/// and start it again.
+fn restart_with_setting(cluster: &common::Cluster, from: &str, to: &str) {
     let down = synod_cmd()
         .arg("down")
         .arg("--dir")
@@ -632,25 +630,20 @@ fn progress_notify_reports_the_revision_to_a_quiet_watcher() {
     assert!(down.status.success());
     let file = cluster.dir.join("cluster.toml");
     let text_of_file = std::fs::read_to_string(&file).unwrap();
-    assert!(text_of_file.contains("watch_progress_notify_ms = 600000"));
-    std::fs::write(
-        &file,
-        text_of_file.replace(
-            "watch_progress_notify_ms = 600000",
-            "watch_progress_notify_ms = 300",
-        ),
-    )
-    .unwrap();
-    let up = synod_cmd()
-        .arg("up")
-        .arg("--dir")
-        .arg(&cluster.dir)
-        .output()
-        .unwrap();
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
+    assert!(text_of_file.contains(from), "{text_of_file}");
+    std::fs::write(&file, text_of_file.replace(from, to)).unwrap();
+    cluster.restart();
+}
+
+/// A watcher created with progress_notify hears the current revision while nothing
+/// happens (here every 300 ms instead of etcd's 10 minutes, set in the cluster file).
+#[test]
+fn progress_notify_reports_the_revision_to_a_quiet_watcher() {
+    let (cluster, _admin, client_addr) = start_cluster_ports("etcd-progress", 1);
+    restart_with_setting(
+        &cluster,
+        "watch_progress_notify_ms = 600000",
+        "watch_progress_notify_ms = 300",
     );
     runtime().block_on(async move {
         let mut c = connect(&[client_addr(1)]).await;
@@ -678,22 +671,11 @@ fn progress_notify_reports_the_revision_to_a_quiet_watcher() {
 #[test]
 fn snapshots_past_16_mib_compact_the_log_and_catch_up_a_follower() {
     let (cluster, admin, client_addr) = start_cluster_ports("etcd-bigsnap", 3);
-    let down = synod_cmd()
-        .arg("down")
-        .arg("--dir")
-        .arg(&cluster.dir)
-        .output()
-        .unwrap();
-    assert!(down.status.success());
-    let file = cluster.dir.join("cluster.toml");
-    let text_of_file = std::fs::read_to_string(&file).unwrap();
-    assert!(text_of_file.contains("snapshot_entries = 100000"));
-    std::fs::write(
-        &file,
-        text_of_file.replace("snapshot_entries = 100000", "snapshot_entries = 30"),
-    )
-    .unwrap();
-    cluster.restart();
+    restart_with_setting(
+        &cluster,
+        "snapshot_entries = 100000",
+        "snapshot_entries = 30",
+    );
     let endpoints: Vec<SocketAddr> = (1..=3).map(&client_addr).collect();
     let value = |i: usize| vec![(i % 251) as u8; 200 << 10];
     let rt = runtime();
