@@ -287,6 +287,9 @@ pub(crate) fn up(u: UpCommand) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("finding the synod executable")?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(Duration::from_millis(100));
+    // The nodes this command started: their exit is seen (with its status) through the
+    // handle, not guessed from /proc.
+    let mut started = std::collections::BTreeMap::new();
     for n in &config.nodes {
         let node = NodeId(n.id);
         if read_pid(dir, node).is_some_and(|p| alive_in(dir, p)) {
@@ -316,6 +319,7 @@ pub(crate) fn up(u: UpCommand) -> Result<ExitCode> {
         }
         let child = cmd.spawn().with_context(|| format!("starting {node}"))?;
         std::fs::write(pid_file(dir, node), child.id().to_string())?;
+        started.insert(node, child);
     }
     let deadline = Instant::now() + u.wait;
     for n in &config.nodes {
@@ -323,7 +327,13 @@ pub(crate) fn up(u: UpCommand) -> Result<ExitCode> {
         bar.set_message(format!("waiting for {node} at {}", n.admin_addr));
         let expected = read_pid(dir, node);
         loop {
-            let gone = expected.is_none_or(|p| !alive_in(dir, p));
+            let exit = match started.get_mut(&node) {
+                Some(child) => child.try_wait().ok().flatten().map(|s| s.to_string()),
+                None => expected
+                    .is_none_or(|p| !alive_in(dir, p))
+                    .then(|| "it stopped".to_string()),
+            };
+            let gone = exit.is_some();
             // The answer must come from the process we started, not from whatever else
             // holds the port (another cluster on the default ports, say).
             let answered = !gone
@@ -340,7 +350,7 @@ pub(crate) fn up(u: UpCommand) -> Result<ExitCode> {
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 bail!(
                     "{node} did not come up ({}); last lines of {}:\n{}",
-                    if gone { "it exited" } else { "timed out" },
+                    exit.as_deref().unwrap_or("timed out"),
                     log_file(dir, node).display(),
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
