@@ -20,7 +20,7 @@
 //! node appends itself to every list, which makes the announcements agree. A list longer
 //! than the ring, or one that already names this node, is malformed and dropped.
 
-use super::chang_roberts::successor;
+use super::chang_roberts::RingNode;
 use super::{ElectionCounters, LeaderElection};
 use serde::{Deserialize, Serialize};
 use synod_core::{Actor, Ctx, Endpoint, NodeId};
@@ -51,12 +51,8 @@ pub enum CandidateRingTimer {}
 /// A node of the candidate-list ring.
 #[derive(Debug)]
 pub struct CandidateRing {
-    successor: NodeId,
+    ring: RingNode,
     ring_size: usize,
-    initiate: bool,
-    participant: bool,
-    leader: Option<NodeId>,
-    counters: ElectionCounters,
 }
 
 impl CandidateRing {
@@ -64,21 +60,17 @@ impl CandidateRing {
     /// election when it starts.
     pub fn new(me: NodeId, ring: &[NodeId], initiate: bool) -> Self {
         CandidateRing {
-            successor: successor(ring, me),
+            ring: RingNode::new(me, ring, initiate),
             ring_size: ring.len(),
-            initiate,
-            participant: false,
-            leader: None,
-            counters: ElectionCounters::default(),
         }
     }
 
     /// Start an election.
     pub fn start_election(&mut self, ctx: &mut Ctx<'_, CandidateRingMsg, CandidateRingTimer>) {
-        self.participant = true;
-        self.counters.elections_started += 1;
+        self.ring.participant = true;
+        self.ring.counters.elections_started += 1;
         let me = ctx.me();
-        self.send(
+        self.ring.send(
             ctx,
             CandidateRingMsg::Election {
                 origin: me,
@@ -86,26 +78,17 @@ impl CandidateRing {
             },
         );
     }
-
-    fn send(
-        &mut self,
-        ctx: &mut Ctx<'_, CandidateRingMsg, CandidateRingTimer>,
-        msg: CandidateRingMsg,
-    ) {
-        self.counters.messages_sent += 1;
-        ctx.send(self.successor, msg);
-    }
 }
 
 impl LeaderElection for CandidateRing {
     fn leader(&self) -> Option<NodeId> {
-        self.leader
+        self.ring.leader
     }
     fn electing(&self) -> bool {
-        self.participant
+        self.ring.participant
     }
     fn counters(&self) -> ElectionCounters {
-        self.counters
+        self.ring.counters
     }
 }
 
@@ -114,7 +97,7 @@ impl Actor for CandidateRing {
     type Timer = CandidateRingTimer;
 
     fn on_start(&mut self, ctx: &mut Ctx<'_, CandidateRingMsg, CandidateRingTimer>) {
-        if self.initiate {
+        if self.ring.initiate {
             self.start_election(ctx);
         }
     }
@@ -134,9 +117,10 @@ impl Actor for CandidateRing {
                 let Some(&leader) = candidates.iter().max() else {
                     return;
                 };
-                self.participant = false;
-                self.leader = Some(leader);
-                self.send(ctx, CandidateRingMsg::Coordinator { origin: me, leader });
+                self.ring.participant = false;
+                self.ring.leader = Some(leader);
+                self.ring
+                    .send(ctx, CandidateRingMsg::Coordinator { origin: me, leader });
             }
             CandidateRingMsg::Election {
                 origin,
@@ -145,15 +129,17 @@ impl Actor for CandidateRing {
                 if candidates.len() >= self.ring_size || candidates.contains(&me) {
                     return;
                 }
-                self.participant = true;
+                self.ring.participant = true;
                 candidates.push(me);
-                self.send(ctx, CandidateRingMsg::Election { origin, candidates });
+                self.ring
+                    .send(ctx, CandidateRingMsg::Election { origin, candidates });
             }
             CandidateRingMsg::Coordinator { origin, leader } => {
                 if origin != me {
-                    self.participant = false;
-                    self.leader = Some(leader);
-                    self.send(ctx, CandidateRingMsg::Coordinator { origin, leader });
+                    self.ring.participant = false;
+                    self.ring.leader = Some(leader);
+                    self.ring
+                        .send(ctx, CandidateRingMsg::Coordinator { origin, leader });
                 }
             }
         }

@@ -50,11 +50,36 @@ pub enum ChangRobertsTimer {}
 /// A node of a Chang–Roberts ring.
 #[derive(Debug)]
 pub struct ChangRoberts {
-    successor: NodeId,
-    initiate: bool,
-    participant: bool,
-    leader: Option<NodeId>,
-    counters: ElectionCounters,
+    ring: RingNode,
+}
+
+/// What a node of either ring election keeps: where its messages go, whether it starts an
+/// election, and what it knows of the current one.
+#[derive(Debug)]
+pub(super) struct RingNode {
+    pub(super) successor: NodeId,
+    pub(super) initiate: bool,
+    pub(super) participant: bool,
+    pub(super) leader: Option<NodeId>,
+    pub(super) counters: ElectionCounters,
+}
+
+impl RingNode {
+    pub(super) fn new(me: NodeId, ring: &[NodeId], initiate: bool) -> Self {
+        RingNode {
+            successor: successor(ring, me),
+            initiate,
+            participant: false,
+            leader: None,
+            counters: ElectionCounters::default(),
+        }
+    }
+
+    /// Every message of a ring election goes to the successor, and is counted.
+    pub(super) fn send<M, T>(&mut self, ctx: &mut Ctx<'_, M, T>, msg: M) {
+        self.counters.messages_sent += 1;
+        ctx.send(self.successor, msg);
+    }
 }
 
 /// The successor of `me` in `ring` (the order messages travel), or `me` if it is absent.
@@ -69,43 +94,30 @@ impl ChangRoberts {
     /// election when it starts.
     pub fn new(me: NodeId, ring: &[NodeId], initiate: bool) -> Self {
         ChangRoberts {
-            successor: successor(ring, me),
-            initiate,
-            participant: false,
-            leader: None,
-            counters: ElectionCounters::default(),
+            ring: RingNode::new(me, ring, initiate),
         }
     }
 
     /// Start an election (Chang & Roberts: any node, at any time before it is decided).
     pub fn start_election(&mut self, ctx: &mut Ctx<'_, ChangRobertsMsg, ChangRobertsTimer>) {
-        if self.participant {
+        if self.ring.participant {
             return;
         }
-        self.participant = true;
-        self.counters.elections_started += 1;
-        self.send(ctx, ChangRobertsMsg::Election(ctx.me()));
-    }
-
-    fn send(
-        &mut self,
-        ctx: &mut Ctx<'_, ChangRobertsMsg, ChangRobertsTimer>,
-        msg: ChangRobertsMsg,
-    ) {
-        self.counters.messages_sent += 1;
-        ctx.send(self.successor, msg);
+        self.ring.participant = true;
+        self.ring.counters.elections_started += 1;
+        self.ring.send(ctx, ChangRobertsMsg::Election(ctx.me()));
     }
 }
 
 impl LeaderElection for ChangRoberts {
     fn leader(&self) -> Option<NodeId> {
-        self.leader
+        self.ring.leader
     }
     fn electing(&self) -> bool {
-        self.participant
+        self.ring.participant
     }
     fn counters(&self) -> ElectionCounters {
-        self.counters
+        self.ring.counters
     }
 }
 
@@ -114,7 +126,7 @@ impl Actor for ChangRoberts {
     type Timer = ChangRobertsTimer;
 
     fn on_start(&mut self, ctx: &mut Ctx<'_, ChangRobertsMsg, ChangRobertsTimer>) {
-        if self.initiate {
+        if self.ring.initiate {
             self.start_election(ctx);
         }
     }
@@ -131,28 +143,28 @@ impl Actor for ChangRoberts {
         let me = ctx.me();
         match msg {
             // A straggler from a decided election: `j` lost to the known leader.
-            ChangRobertsMsg::Election(j) if self.leader.is_some_and(|leader| j < leader) => {}
+            ChangRobertsMsg::Election(j) if self.ring.leader.is_some_and(|leader| j < leader) => {}
             ChangRobertsMsg::Election(j) if j > me => {
-                self.participant = true;
-                self.send(ctx, ChangRobertsMsg::Election(j));
+                self.ring.participant = true;
+                self.ring.send(ctx, ChangRobertsMsg::Election(j));
             }
             ChangRobertsMsg::Election(j) if j < me => {
-                if !self.participant {
-                    self.participant = true;
-                    self.send(ctx, ChangRobertsMsg::Election(me));
+                if !self.ring.participant {
+                    self.ring.participant = true;
+                    self.ring.send(ctx, ChangRobertsMsg::Election(me));
                 }
             }
             ChangRobertsMsg::Election(_) => {
                 // Our own id came back: nothing larger is on the ring.
-                self.participant = false;
-                self.leader = Some(me);
-                self.send(ctx, ChangRobertsMsg::Elected(me));
+                self.ring.participant = false;
+                self.ring.leader = Some(me);
+                self.ring.send(ctx, ChangRobertsMsg::Elected(me));
             }
             ChangRobertsMsg::Elected(leader) => {
                 if leader != me {
-                    self.participant = false;
-                    self.leader = Some(leader);
-                    self.send(ctx, ChangRobertsMsg::Elected(leader));
+                    self.ring.participant = false;
+                    self.ring.leader = Some(leader);
+                    self.ring.send(ctx, ChangRobertsMsg::Elected(leader));
                 }
             }
         }
