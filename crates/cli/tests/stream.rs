@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{scratch, synod, synod_cmd};
+use common::stream_job::{committed, restarts, windowed_counts, worker_pids};
+use common::{clock_seed, scratch, synod, synod_cmd, Lcg};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -80,61 +81,19 @@ fn a_resumed_directory_must_hold_the_same_job() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn committed(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    let out = dir.join("output").join("committed");
-    for e in std::fs::read_dir(&out).expect("committed output") {
-        let text = std::fs::read_to_string(e.expect("entry").path()).expect("read");
-        lines.extend(text.lines().map(str::to_string));
-    }
-    lines.sort();
-    lines
-}
-
 /// SIGKILL the job at random moments, three times, resuming on the same directory each
 /// time; the committed output equals a failure-free run's, line for line.
 #[test]
 fn sigkilled_runs_commit_exactly_the_failure_free_output() {
     let killed = scratch("stream", "killed");
     let clean = scratch("stream", "clean");
-    let args = |dir: &Path| -> Vec<String> {
-        [
-            "stream",
-            "run",
-            "windowed-counts",
-            "--dir",
-            dir.to_str().expect("utf-8 path"),
-            "--events",
-            "200000",
-            "--rate",
-            "100000",
-            "--paced",
-            "--keys",
-            "500",
-            "--window",
-            "100ms",
-            "--checkpoint-interval",
-            "50ms",
-            "--partitions",
-            "2",
-            "--parallelism",
-            "3",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(7, |d| d.as_nanos() as u64);
+    let args = |dir: &Path| windowed_counts(dir, 200000, 50, 2, 3);
+    let seed = clock_seed();
     println!("kill schedule seed {seed}");
-    let mut rng = seed;
+    let mut rng = Lcg(seed);
     let mut kills = 0;
     while kills < 3 {
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let after = Duration::from_millis(200 + (rng >> 33) % 1500);
+        let after = Duration::from_millis(200 + rng.next() % 1500);
         let mut child = synod_cmd()
             .args(args(&killed))
             .stdout(std::process::Stdio::null())
@@ -183,14 +142,6 @@ fn sigkilled_runs_commit_exactly_the_failure_free_output() {
     let _ = std::fs::remove_dir_all(&clean);
 }
 
-fn worker_pids(dir: &Path) -> Vec<i32> {
-    std::fs::read_to_string(dir.join("workers.pid"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
 /// The job spread over three `synod stream worker` processes with a TCP shuffle; SIGKILL
 /// a random worker at random moments, four times, while the job manager runs on. The job
 /// manager notices each death (connection loss), replaces the workers and restarts from
@@ -201,44 +152,14 @@ fn sigkilled_workers_commit_exactly_the_failure_free_output() {
     let multi = scratch("stream", "workers-killed");
     let clean = scratch("stream", "workers-clean");
     let args = |dir: &Path| -> Vec<String> {
-        [
-            "stream",
-            "run",
-            "windowed-counts",
-            "--fresh",
-            "--dir",
-            dir.to_str().expect("utf-8 path"),
-            "--events",
-            "300000",
-            "--rate",
-            "100000",
-            "--paced",
-            "--keys",
-            "500",
-            "--window",
-            "100ms",
-            "--checkpoint-interval",
-            "100ms",
-            "--partitions",
-            "3",
-            "--parallelism",
-            "2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut args = windowed_counts(dir, 300000, 100, 3, 2);
+        args.push("--fresh".into());
+        args
     };
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(11, |d| d.as_nanos() as u64);
+    let seed = clock_seed();
     println!("kill schedule seed {seed}");
-    let mut rng = seed;
-    let mut next = || {
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        rng >> 33
-    };
+    let mut rng = Lcg(seed);
+    let mut next = || rng.next();
     let mut run_args = args(&multi);
     run_args.extend(["--workers".into(), "3".into(), "--verify".into()]);
     let mut manager = synod_cmd()
@@ -283,12 +204,7 @@ fn sigkilled_workers_commit_exactly_the_failure_free_output() {
         kills >= 2,
         "only {kills} kills landed before the job ended: {stdout}"
     );
-    let restarts: u32 = stdout
-        .split("restarts: ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0);
+    let restarts = restarts(&stdout);
     println!("{kills} kills, {restarts} restarts\n{stdout}");
     assert!(restarts >= 1, "no restart after {kills} kills: {stdout}");
     let out = synod_cmd().args(args(&clean)).output().expect("clean run");

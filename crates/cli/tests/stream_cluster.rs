@@ -4,19 +4,10 @@
 
 mod common;
 
-use common::{request, scratch, start_cluster, synod, synod_cmd};
+use common::stream_job::{committed, restarts, windowed_counts, worker_pids};
+use common::{clock_seed, request, scratch, start_cluster, synod, synod_cmd};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn committed(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for e in std::fs::read_dir(dir.join("output").join("committed")).expect("committed output") {
-        let text = std::fs::read_to_string(e.expect("entry").path()).expect("read");
-        lines.extend(text.lines().map(str::to_string));
-    }
-    lines.sort();
-    lines
-}
 
 fn complete_checkpoints(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("checkpoints"))
@@ -26,14 +17,6 @@ fn complete_checkpoints(dir: &Path) -> usize {
                 .count()
         })
         .unwrap_or(0)
-}
-
-fn worker_pids(dir: &Path) -> Vec<i32> {
-    std::fs::read_to_string(dir.join("workers.pid"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
 }
 
 /// The parent process of `pid`, from /proc.
@@ -64,36 +47,11 @@ fn a_sigkilled_node_leaves_the_committed_output_exactly_the_failure_free_one() {
     let job = scratch("stream-cluster", "job");
     let clean = scratch("stream-cluster", "clean");
     let args = |dir: &Path| -> Vec<String> {
-        [
-            "stream",
-            "run",
-            "windowed-counts",
-            "--fresh",
-            "--dir",
-            dir.to_str().expect("utf-8 path"),
-            "--events",
-            "450000",
-            "--rate",
-            "100000",
-            "--paced",
-            "--keys",
-            "500",
-            "--window",
-            "100ms",
-            "--checkpoint-interval",
-            "100ms",
-            "--partitions",
-            "3",
-            "--parallelism",
-            "2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut args = windowed_counts(dir, 450000, 100, 3, 2);
+        args.push("--fresh".into());
+        args
     };
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(5, |d| d.as_nanos() as u64);
+    let seed = clock_seed();
     let victim_node = 1 + (seed % 3) as u16;
     let delay = Duration::from_millis((seed >> 8) % 700);
     println!("seed {seed}: kill n{victim_node} {delay:?} after the first checkpoint");
@@ -174,12 +132,7 @@ fn a_sigkilled_node_leaves_the_committed_output_exactly_the_failure_free_one() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("verified"), "{stdout}");
-    let restarts: u32 = stdout
-        .split("restarts: ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0);
+    let restarts = restarts(&stdout);
     let deaths = if second_kill { 2 } else { 1 };
     assert!(
         restarts >= deaths,

@@ -8,6 +8,30 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub(crate) mod stream_job;
+
+/// A seed for a test's random schedule, from the clock; the test prints it so that a
+/// failure names the schedule that caused it.
+pub(crate) fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.as_nanos() as u64)
+}
+
+/// A small deterministic generator for test schedules (Knuth's MMIX LCG).
+pub(crate) struct Lcg(pub(crate) u64);
+
+impl Lcg {
+    /// The next 31 random bits.
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
 /// Run the synod binary and return its exit code, stdout and stderr.
 pub(crate) fn synod(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_synod"))
