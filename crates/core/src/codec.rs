@@ -3,13 +3,53 @@
 //! Anything decoded here may come from the network or a damaged disk, so decoding never
 //! panics: it returns a [`CodecError`] that names what was wrong.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::cell::Cell;
 use thiserror::Error;
 
 /// The largest message or record [`decode`] accepts: 64 MiB. Larger payloads are streamed
 /// in chunks by the driver, never decoded whole.
 pub const MAX_DECODE_BYTES: usize = 64 << 20;
+
+/// How deeply a type may contain itself in one decoded value (an etcd Txn nested in a
+/// Txn, a message wrapped in a sequencing envelope). postcard decodes by recursion, so a
+/// few hundred kilobytes of nesting from a peer would otherwise overflow the stack and
+/// abort the process. gRPC's own limit (prost: 100 messages) allows about 50 nested Txns.
+pub const MAX_NESTING: usize = 64;
+
+thread_local! {
+    /// How many [`nested`] fields the value being decoded on this thread is inside.
+    static NESTING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// serde `deserialize_with` for every field through which a type contains itself: it
+/// refuses a value nested more than [`MAX_NESTING`] deep, so decoding stays within the
+/// stack whatever a peer sends.
+pub fn nested<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    /// Leaves the level on every way out, error or not.
+    struct Level;
+    impl Drop for Level {
+        fn drop(&mut self) {
+            NESTING.with(|n| n.set(n.get().saturating_sub(1)));
+        }
+    }
+    let depth = NESTING.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    let _level = Level;
+    if depth > MAX_NESTING {
+        return Err(D::Error::custom(format!(
+            "nested more than {MAX_NESTING} levels deep"
+        )));
+    }
+    T::deserialize(deserializer)
+}
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -99,5 +139,34 @@ mod tests {
         // A length prefix that claims far more than is there must not allocate or panic.
         let huge = [1u8, 0xff, 0xff, 0xff, 0xff, 0x0f];
         assert!(decode::<Msg>(&huge).is_err());
+    }
+
+    /// A list that may hold lists, as an etcd Txn holds Txns.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Tree {
+        #[serde(deserialize_with = "nested")]
+        children: Vec<Tree>,
+    }
+
+    fn chain(depth: usize) -> Vec<u8> {
+        // Each level is a one-element list; the innermost is empty.
+        let mut bytes = vec![1u8; depth];
+        bytes.push(0);
+        bytes
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_the_bound_resets() {
+        let ok = decode::<Tree>(&chain(MAX_NESTING - 1)).expect("within the bound");
+        assert_eq!(encode(&ok), chain(MAX_NESTING - 1));
+        // A million levels would overflow any thread's stack without the bound.
+        // (postcard drops serde's custom message, so the error says only "malformed".)
+        assert!(matches!(
+            decode::<Tree>(&chain(1_000_000)),
+            Err(CodecError::Malformed(_))
+        ));
+        // The failed decode left the level count at zero, so the same depth decodes again.
+        assert!(decode::<Tree>(&chain(MAX_NESTING - 1)).is_ok());
+        assert!(decode::<Tree>(&chain(MAX_NESTING + 1)).is_err());
     }
 }

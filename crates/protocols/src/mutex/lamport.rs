@@ -57,6 +57,7 @@ pub enum LamportMsg {
         /// Position among the messages from the sender to the receiver, from 0.
         seq: u64,
         /// The message.
+        #[serde(deserialize_with = "synod_core::codec::nested")]
         msg: Box<LamportMsg>,
     },
 }
@@ -253,6 +254,23 @@ mod tests {
     use synod_core::testing::TestNode;
     use synod_core::ClientId;
     use synod_sim::assert_seeds;
+
+    /// A peer that wraps envelopes in envelopes gets a decode error, not an aborted
+    /// process (the driver drops and counts the message).
+    #[test]
+    fn envelopes_nested_beyond_the_bound_do_not_decode() {
+        // Sequenced is variant 4, then seq 0; the innermost message is an Ack at (0, 0).
+        let levels = 100_000;
+        let mut bytes = [4u8, 0].repeat(levels);
+        bytes.extend([2, 0, 0]);
+        assert!(synod_core::codec::decode::<LamportMsg>(&bytes).is_err());
+        let one = LamportMsg::Sequenced {
+            seq: 7,
+            msg: Box::new(LamportMsg::Ack(LamportTimestamp::default())),
+        };
+        let bytes = synod_core::codec::encode(&one);
+        assert_eq!(synod_core::codec::decode::<LamportMsg>(&bytes), Ok(one));
+    }
 
     /// The messages sent, without their FIFO wrappers.
     fn sent(effects: &[synod_core::Effect<LamportMsg, LamportTimer>]) -> Vec<(NodeId, LamportMsg)> {

@@ -75,6 +75,7 @@ pub enum MaekawaMsg {
         /// Position among the messages from the sender to the receiver, from 0.
         seq: u64,
         /// The message.
+        #[serde(deserialize_with = "synod_core::codec::nested")]
         msg: Box<MaekawaMsg>,
     },
 }

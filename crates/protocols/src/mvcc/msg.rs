@@ -275,8 +275,10 @@ pub struct TxnRequest {
     /// The guards, all evaluated against the state before the transaction.
     pub compare: Vec<Compare>,
     /// Run when every guard holds.
+    #[serde(deserialize_with = "synod_core::codec::nested")]
     pub success: Vec<RequestOp>,
     /// Run otherwise.
+    #[serde(deserialize_with = "synod_core::codec::nested")]
     pub failure: Vec<RequestOp>,
 }
 
@@ -288,6 +290,7 @@ pub struct TxnResponse {
     /// Whether the guards held.
     pub succeeded: bool,
     /// One answer per operation of the branch that ran.
+    #[serde(deserialize_with = "synod_core::codec::nested")]
     pub responses: Vec<ResponseOp>,
 }
 

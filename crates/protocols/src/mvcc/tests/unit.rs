@@ -4,6 +4,7 @@
 use crate::mvcc::*;
 use crate::raft::StateMachine;
 use std::time::Duration;
+use synod_core::codec;
 use synod_core::Instant;
 
 fn b(s: &str) -> Vec<u8> {
@@ -1239,4 +1240,36 @@ fn the_lessor_starts_a_clock_for_a_lease_granted_while_it_leads() {
     assert_eq!(lessor.remaining(at(3.0), LeaseId(4)), Some(5));
     assert!(lessor.expired(at(7.9)).is_empty());
     assert_eq!(lessor.expired(at(8.0)), vec![LeaseId(4)]);
+}
+
+/// A Txn nested in a Txn as deep as a peer likes would overflow the decoding thread's
+/// stack and abort the node; beyond the codec's bound it is a decode error instead, and
+/// the nesting etcd's gRPC limit allows still round-trips.
+#[test]
+fn deeply_nested_txns_from_a_peer_are_refused_not_a_stack_overflow() {
+    fn nest(depth: usize) -> MvccCommand {
+        let mut txn = TxnRequest::default();
+        for _ in 0..depth {
+            txn = TxnRequest {
+                success: vec![RequestOp::Txn(txn)],
+                ..TxnRequest::default()
+            };
+        }
+        MvccCommand::Txn(txn)
+    }
+    let ok = nest(50);
+    assert_eq!(codec::decode::<MvccCommand>(&codec::encode(&ok)), Ok(ok));
+    // Hand-made bytes: MvccCommand::Txn, then per level no compares, one success op that
+    // is a Txn; the innermost Txn is empty, and every level has no failure ops.
+    let levels = 200_000;
+    let mut bytes = vec![3u8];
+    for _ in 0..levels {
+        bytes.extend([0, 1, 3]);
+    }
+    bytes.extend([0, 0, 0]);
+    bytes.extend(std::iter::repeat_n(0, levels));
+    assert!(matches!(
+        codec::decode::<MvccCommand>(&bytes),
+        Err(codec::CodecError::Malformed(_))
+    ));
 }
