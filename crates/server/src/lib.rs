@@ -6,6 +6,7 @@
 //! - [`admin`]: `/status`, `/metrics` and the `/v1/kv` API over HTTP.
 //! - [`run`]: `synod run mutex|election` on the live cluster.
 //! - [`mapreduce`]: MapReduce workers for `synod job run --cluster`.
+//! - [`wire`]: every message type a node decodes from its peers, for fuzzing.
 #![warn(missing_docs)]
 // A driver-level crate: it reads the OS clock for uptime and uses std collections freely.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
@@ -20,3 +21,4 @@ pub mod node;
 pub mod run;
 pub mod stream;
 pub mod txn;
+pub mod wire;
