@@ -462,13 +462,15 @@ pub fn top_urls(lines: &[String], k: usize) -> Vec<(String, u64)> {
 //
 // `pagerank-build` turns an edge list (`src dst` lines) into R binary partition files, one
 // per reduce task: partition r holds, in shuffle key order, every node whose key hashes to
-// r, with its rank and sorted out-links. Each `pagerank` iteration then takes those R files
-// as its M = R map inputs (one whole file per map task). A map task sends each node's
-// share of rank along its out-links, summed by the combiner; reduce task r merge-joins the
-// summed contributions with partition r of the previous iteration, read directly from the
-// previous output rather than shuffled: the "Schimmy" pattern of Lin & Schatz, "Design
-// Patterns for Efficient Graph Algorithms in MapReduce" (MLG 2010), which keeps the graph
-// structure out of the shuffle. The rule is
+// r, with its sorted out-links. Each `pagerank` iteration then has M = R map tasks, one per
+// partition; map task r reads the previous iteration's rank file r (the build's partition
+// in the first iteration) and sends each node's share of rank along its out-links, summed
+// in a dense array; reduce task r merge-joins the summed contributions with partition r
+// and the previous ranks, read directly rather than shuffled: the "Schimmy" pattern of
+// Lin & Schatz, "Design Patterns for Efficient Graph Algorithms in MapReduce" (MLG 2010),
+// which keeps the graph structure out of the shuffle. Iterations write only rank files;
+// the structure, which does not change, is cached parsed by each worker process (HaLoop,
+// Bu et al., VLDB 2010). The rule is
 //   r'(v) = (1-d)/N + d·(Σ_{u→v} r(u)/outdeg(u) + D/N)
 // where D is the rank held by dangling nodes (no out-links), spread evenly (the
 // "random jump" treatment). Counters carry D for the next iteration and the L1 change.
