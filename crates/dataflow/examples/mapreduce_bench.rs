@@ -47,6 +47,7 @@ impl Session {
             listen: "127.0.0.1:0".parse()?,
         };
         let started = Instant::now();
+        let cpu0 = process_cpu_seconds();
         match &self.server {
             Some(s) => s.next_job(&opts)?,
             None => {
@@ -76,8 +77,9 @@ impl Session {
         server.finalize(output)?;
         let parts = std::fs::read_dir(output)?.count();
         eprintln!(
-            "  stage {job}: {:.3} s ({parts} entries in {})",
+            "  stage {job}: {:.3} s, {:.3} s CPU ({parts} entries in {})",
             started.elapsed().as_secs_f64(),
+            process_cpu_seconds() - cpu0,
             output.display()
         );
         Ok(server.counters())
@@ -91,6 +93,21 @@ impl Session {
             let _ = h.join();
         }
     }
+}
+
+/// User + system CPU seconds of this process so far (all threads), from /proc; 0 where
+/// there is no /proc.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime (fields 14 and 15 of stat), in clock ticks of 1/100 s.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn main() -> anyhow::Result<()> {
@@ -155,9 +172,10 @@ fn main() -> anyhow::Result<()> {
         )?;
         session.close();
         println!(
-            "synod pagerank ({workers} workers): {} iterations in {:.2} s",
+            "synod pagerank ({workers} workers): {} iterations in {:.2} s, {:.2} s CPU",
             r.iterations,
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
+            process_cpu_seconds()
         );
     }
     if job == "pagerank" && run_base {

@@ -154,22 +154,3 @@ pub fn pagerank(
     out.flush()?;
     Ok((n, edges.len(), iterations))
 }
-
-/// Node id → its position in a list of distinct ids (a hash table with a fixed hasher).
-pub(crate) struct IdIndex(FxMap<u64, u32>);
-
-impl IdIndex {
-    pub(crate) fn new(ids: &[u64]) -> Self {
-        let mut m = FxMap::default();
-        m.reserve(ids.len());
-        for (i, &id) in ids.iter().enumerate() {
-            m.insert(id, i as u32);
-        }
-        IdIndex(m)
-    }
-
-    /// The position of `id`; 0 for an id not in the list.
-    pub(crate) fn get(&self, id: u64) -> u32 {
-        self.0.get(&id).copied().unwrap_or(0)
-    }
-}

@@ -2,7 +2,7 @@
 //! each, a simple single-threaded reference implementation that the tests compare with.
 
 use super::api::{Combiner, MapOutput, Mapper, Record, ReduceOutput, Reducer};
-use super::shuffle::{decode_value, MapBuffer, Merger, SegmentInfo, SegmentReader, SegmentWriter};
+use super::shuffle::{decode_value, MapBuffer, SegmentInfo, SegmentWriter};
 use super::task::{for_each_line, read_lines, Counters, Job, MapResult, Split, TaskRunner};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -53,6 +53,8 @@ pub fn build(name: &str, params: &Params) -> Result<Box<dyn TaskRunner>, JobErro
             let damping: f64 = param(params, "damping")?;
             let dangling: f64 = param(params, "dangling")?;
             let graph: String = param(params, "graph")?;
+            // The previous iteration's rank files; absent in the first iteration.
+            let ranks = params.get("ranks").map(std::path::PathBuf::from);
             if !(n >= 1.0 && (0.0..=1.0).contains(&damping) && dangling >= 0.0) {
                 return Err(JobError::Param {
                     name: "nodes/damping/dangling".into(),
@@ -64,6 +66,7 @@ pub fn build(name: &str, params: &Params) -> Result<Box<dyn TaskRunner>, JobErro
                 damping,
                 dangling,
                 graph: graph.into(),
+                ranks,
             })
         }
         other => return Err(JobError::Unknown(other.to_string())),
@@ -459,13 +462,15 @@ pub fn top_urls(lines: &[String], k: usize) -> Vec<(String, u64)> {
 //
 // `pagerank-build` turns an edge list (`src dst` lines) into R binary partition files, one
 // per reduce task: partition r holds, in shuffle key order, every node whose key hashes to
-// r, with its rank and sorted out-links. Each `pagerank` iteration then takes those R files
-// as its M = R map inputs (one whole file per map task). A map task sends each node's
-// share of rank along its out-links, summed by the combiner; reduce task r merge-joins the
-// summed contributions with partition r of the previous iteration, read directly from the
-// previous output rather than shuffled: the "Schimmy" pattern of Lin & Schatz, "Design
-// Patterns for Efficient Graph Algorithms in MapReduce" (MLG 2010), which keeps the graph
-// structure out of the shuffle. The rule is
+// r, with its sorted out-links. Each `pagerank` iteration then has M = R map tasks, one per
+// partition; map task r reads the previous iteration's rank file r (the build's partition
+// in the first iteration) and sends each node's share of rank along its out-links, summed
+// in a dense array; reduce task r merge-joins the summed contributions with partition r
+// and the previous ranks, read directly rather than shuffled: the "Schimmy" pattern of
+// Lin & Schatz, "Design Patterns for Efficient Graph Algorithms in MapReduce" (MLG 2010),
+// which keeps the graph structure out of the shuffle. Iterations write only rank files;
+// the structure, which does not change, is cached parsed by each worker process (HaLoop,
+// Bu et al., VLDB 2010). The rule is
 //   r'(v) = (1-d)/N + d·(Σ_{u→v} r(u)/outdeg(u) + D/N)
 // where D is the rank held by dangling nodes (no out-links), spread evenly (the
 // "random jump" treatment). Counters carry D for the next iteration and the L1 change.
@@ -476,17 +481,6 @@ impl Combiner<Vec<u64>> for Concat {
     fn combine(&self, acc: &mut Vec<u64>, mut next: Vec<u64>) {
         acc.append(&mut next);
     }
-}
-
-fn join_ids(ids: &[u64]) -> String {
-    let mut s = String::with_capacity(ids.len() * 8);
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str(&id.to_string());
-    }
-    s
 }
 
 /// The binary graph partition format shared by `pagerank-build` and `pagerank`.
@@ -631,9 +625,142 @@ pub mod graph_file {
     }
 }
 
-/// `pagerank-build`: map an edge list (`src dst` lines) to `(src, [dst])` and `(dst, [])`
-/// pairs, concatenated by the combiner; reduce each partition to a binary graph partition.
+/// A line `src dst` (whitespace-separated decimal ids; anything after them is ignored), as
+/// `words` and `str::parse::<u64>` read it, without the UTF-8 check and the string: one
+/// pass over the bytes.
+fn parse_edge(line: &[u8]) -> Option<(u64, u64)> {
+    let mut i = 0;
+    let mut field = || -> Option<u64> {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        while i < line.len() && !line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let mut w = &line[start..i];
+        // `parse::<u64>` accepts one leading '+' (but not a lone one).
+        if w.len() > 1 && w[0] == b'+' {
+            w = &w[1..];
+        }
+        if w.is_empty() {
+            return None;
+        }
+        let mut v = 0u64;
+        for &b in w {
+            let digit = b.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            v = v.checked_mul(10)?.checked_add(u64::from(digit))?;
+        }
+        Some(v)
+    };
+    let s = field()?;
+    let d = field()?;
+    Some((s, d))
+}
+
+/// The encoded shuffle key (the postcard varint) of the id whose [`graph_file::key_order`]
+/// is `order`.
+fn key_of_order(order: u128, key: &mut Vec<u8>) {
+    key.clear();
+    for b in order.to_be_bytes() {
+        key.push(b);
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+}
+
+/// Marks an entry `(node, NO_LINK)` of the build's map: a node seen as a link target.
+const NO_LINK: u64 = u64::MAX;
+
+/// Sorted `(key order of src, dst | NO_LINK)` entries, grouped: one call of `f` per node,
+/// in key order, with its distinct out-links ascending (NO_LINK sorts last and is dropped).
+fn for_each_link_list(
+    sorted: &[(u128, u64)],
+    mut f: impl FnMut(u128, &mut dyn Iterator<Item = u64>) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut i = 0;
+    while i < sorted.len() {
+        let order = sorted[i].0;
+        let mut j = i;
+        while j < sorted.len() && sorted[j].0 == order {
+            j += 1;
+        }
+        let group = &sorted[i..j];
+        let mut links = group
+            .iter()
+            .enumerate()
+            .filter(|&(k, &(_, l))| l != NO_LINK && (k == 0 || group[k - 1].1 != l))
+            .map(|(_, &(_, l))| l);
+        f(order, &mut links)?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// `pagerank-build`: map an edge list (`src dst` lines) to one `(src, [dst, ...])` record
+/// per node and map task (a target-only node gets an empty list); reduce each partition to
+/// a binary graph partition.
 pub struct BuildGraph;
+
+impl BuildGraph {
+    /// The usual case of the map, a split whose entries fit in the budget: sort them once
+    /// and write R sorted segments of `(src, [dst, ...])` records directly, encoded as the
+    /// generic buffer would encode them (postcard: a varint count, then varints).
+    fn write_lists(
+        mut pending: Vec<(u128, u64)>,
+        partitions: u32,
+        dir: &Path,
+        name: &str,
+    ) -> io::Result<Vec<SegmentInfo>> {
+        pending.sort_unstable();
+        let mut parts: Vec<(Vec<u8>, u64)> = (0..partitions).map(|_| (Vec::new(), 0)).collect();
+        let (mut key, mut value, mut links) = (Vec::new(), Vec::new(), Vec::new());
+        for_each_link_list(&pending, |order, outs| {
+            links.clear();
+            links.extend(outs);
+            value.clear();
+            graph_file::put_varint(&mut value, links.len() as u64);
+            for &l in &links {
+                graph_file::put_varint(&mut value, l);
+            }
+            key_of_order(order, &mut key);
+            let part = &mut parts[super::shuffle::partition_of(&key, partitions) as usize];
+            super::shuffle::put_record(&mut part.0, &key, &value);
+            part.1 += 1;
+            Ok(())
+        })?;
+        drop(pending);
+        let tmp = dir.join(format!("{name}.out.tmp"));
+        let mut w = SegmentWriter::create(&tmp)?;
+        let mut segments = Vec::with_capacity(partitions as usize);
+        for (bytes, records) in &parts {
+            segments.push(w.encoded_segment(bytes, *records)?);
+        }
+        w.finish()?;
+        std::fs::rename(&tmp, dir.join(format!("{name}.out")))?;
+        Ok(segments)
+    }
+
+    /// A split larger than the budget: hand the sorted entries to the spilling map buffer
+    /// as one out-link list per node and chunk; it combines (concatenates) and spills.
+    fn hand_lists(
+        pending: &mut Vec<(u128, u64)>,
+        buffer: &mut MapBuffer<Vec<u64>>,
+    ) -> io::Result<()> {
+        pending.sort_unstable();
+        let mut key = Vec::with_capacity(16);
+        for_each_link_list(pending, |order, outs| {
+            key_of_order(order, &mut key);
+            buffer.push_checked(&key, outs.collect())
+        })?;
+        pending.clear();
+        Ok(())
+    }
+}
 
 impl TaskRunner for BuildGraph {
     fn run_map(
@@ -645,50 +772,24 @@ impl TaskRunner for BuildGraph {
         name: &str,
         cancel: &AtomicBool,
     ) -> io::Result<MapResult> {
-        // In-mapper combining (Lin & Dyer 2010, §3.1.1): edges are collected in a bounded
-        // array, sorted, and handed to the map buffer as one out-link list per source and
-        // chunk, instead of one single-element list per edge. An entry `(src, NO_LINK)`
-        // records a node seen only as a target.
-        const NO_LINK: u64 = u64::MAX;
-        let chunk = (sort_mem / 64).max(1 << 10);
-        let mut buffer: MapBuffer<Vec<u64>> =
-            MapBuffer::new(partitions, Some(Arc::new(Concat)), sort_mem, dir, name);
-        let mut pending: Vec<(u128, u64)> = Vec::with_capacity(chunk.min(1 << 22));
-        let mut key = Vec::with_capacity(10);
+        // In-mapper combining (Lin & Dyer 2010, §3.1.1): the split's edges are collected as
+        // `(key order of src, dst)` entries, plus `(key order of dst, NO_LINK)` for a node
+        // seen as a target, in one array of at most `sort_mem` bytes. If the split fits
+        // (the usual case: a 32 MiB split of `src dst` lines needs about 80 MiB), the array
+        // is sorted once and written out as R sorted segments with no hash table and no
+        // allocation per node. Otherwise each full array is sorted and handed to the
+        // spilling map buffer (then in chunks of half the budget, so array and buffer
+        // together stay near `sort_mem`), which combines, spills and merges.
+        let entry = std::mem::size_of::<(u128, u64)>();
+        let mut limit = (sort_mem / entry).max(1 << 10);
+        // About two entries per line of some 13 bytes.
+        let expected = (split.end.saturating_sub(split.start) / 6) as usize;
+        let mut pending: Vec<(u128, u64)> = Vec::with_capacity(expected.min(limit));
+        let mut spilling: Option<MapBuffer<Vec<u64>>> = None;
         let mut emitted = 0u64;
-        let mut flush =
-            |pending: &mut Vec<(u128, u64)>, buffer: &mut MapBuffer<Vec<u64>>| -> io::Result<()> {
-                pending.sort_unstable();
-                let mut i = 0;
-                while i < pending.len() {
-                    let order = pending[i].0;
-                    let mut links = Vec::new();
-                    while i < pending.len() && pending[i].0 == order {
-                        let l = pending[i].1;
-                        if l != NO_LINK && links.last() != Some(&l) {
-                            links.push(l);
-                        }
-                        i += 1;
-                    }
-                    key.clear();
-                    for b in order.to_be_bytes() {
-                        key.push(b);
-                        if b & 0x80 == 0 {
-                            break;
-                        }
-                    }
-                    buffer.push_checked(&key, links)?;
-                }
-                pending.clear();
-                Ok(())
-            };
         let mut error = None;
         let records_in = for_each_line(split, cancel, |r| {
-            let mut it = words(r.line);
-            let (Some((_, s)), Some((_, d))) = (it.next(), it.next()) else {
-                return;
-            };
-            let (Ok(s), Ok(d)) = (s.parse::<u64>(), d.parse::<u64>()) else {
+            let Some((s, d)) = parse_edge(r.line) else {
                 return;
             };
             if s == NO_LINK || d == NO_LINK {
@@ -697,18 +798,28 @@ impl TaskRunner for BuildGraph {
             pending.push((graph_file::key_order(s), d));
             pending.push((graph_file::key_order(d), NO_LINK));
             emitted += 2;
-            if pending.len() >= chunk && error.is_none() {
-                if let Err(e) = flush(&mut pending, &mut buffer) {
+            if pending.len() >= limit && error.is_none() {
+                let buffer = spilling.get_or_insert_with(|| {
+                    MapBuffer::new(partitions, Some(Arc::new(Concat)), sort_mem, dir, name)
+                });
+                if let Err(e) = Self::hand_lists(&mut pending, buffer) {
                     error = Some(e);
                 }
+                limit = (sort_mem / entry / 2).max(1 << 10);
+                pending.shrink_to(limit);
             }
         })?;
         if let Some(e) = error {
             return Err(e);
         }
-        flush(&mut pending, &mut buffer)?;
-        let spills = buffer.spills();
-        let segments = buffer.finish()?;
+        let (segments, spills) = match spilling {
+            None => (Self::write_lists(pending, partitions, dir, name)?, 0),
+            Some(mut buffer) => {
+                Self::hand_lists(&mut pending, &mut buffer)?;
+                let spills = buffer.spills();
+                (buffer.finish()?, spills)
+            }
+        };
         Ok(MapResult {
             segments,
             records_in,
@@ -724,67 +835,130 @@ impl TaskRunner for BuildGraph {
         out: &mut dyn Write,
         cancel: &AtomicBool,
     ) -> io::Result<Counters> {
-        let readers = inputs
-            .iter()
-            .map(|(p, s)| SegmentReader::open(p, *s))
-            .collect::<io::Result<Vec<_>>>()?;
-        let mut merger = Merger::new(readers)?;
-        // The partition's nodes with their out-links, in shuffle key order. A partition is
-        // 1/R of the graph; it is held in memory to build the destination table.
-        let mut nodes: Vec<(u64, Vec<u64>)> = Vec::new();
-        let mut key = Vec::new();
-        while let Some(head) = merger.pop() {
-            key.clear();
-            key.extend_from_slice(&head.key);
-            let id: u64 = postcard::from_bytes(&key).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("intermediate key: {e}"))
-            })?;
-            let mut outs: Vec<u64> = decode_value(&head.value)?;
-            merger.refill(head)?;
-            while merger.peek_key() == Some(key.as_slice()) {
-                let Some(h) = merger.pop() else { break };
-                outs.extend(decode_value::<Vec<u64>>(&h.value)?);
-                merger.refill(h)?;
+        // The partition (1/R of the graph) is held in memory to build its destination
+        // table, so the M fetched segments are read whole, decoded into flat arrays and
+        // merged by key in memory: no per-record buffers, no per-node allocation.
+        struct Run {
+            order: u128,
+            id: u64,
+            links: std::ops::Range<usize>,
+        }
+        let mut flat: Vec<u64> = Vec::new();
+        let mut sources: Vec<Vec<Run>> = Vec::with_capacity(inputs.len());
+        for (path, seg) in inputs {
+            let data = read_segment(path, *seg)?;
+            let mut runs = Vec::new();
+            let mut at = 0;
+            while at < data.len() {
+                let (key, value) = segment_record(&data, &mut at)?;
+                let mut k = 0;
+                let id = graph_file::varint(key, &mut k)?;
+                let mut v = 0;
+                let n = graph_file::varint(value, &mut v)?;
+                if k != key.len() || n > value.len() as u64 {
+                    return Err(graph_file::damaged("intermediate record"));
+                }
+                let start = flat.len();
+                for _ in 0..n {
+                    flat.push(graph_file::varint(value, &mut v)?);
+                }
+                if v != value.len() {
+                    return Err(graph_file::damaged("intermediate out-link list"));
+                }
+                runs.push(Run {
+                    order: graph_file::key_order(id),
+                    id,
+                    links: start..flat.len(),
+                });
             }
-            nodes.push((id, outs));
-            if nodes.len().is_multiple_of(65_536) && cancel.load(Ordering::Relaxed) {
+            if runs.len() as u64 != seg.records {
                 return Err(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "attempt cancelled",
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: {} records, expected {}",
+                        path.display(),
+                        runs.len(),
+                        seg.records
+                    ),
                 ));
             }
+            sources.push(runs);
+            if cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
         }
-        let mut keyed: Vec<(u128, u64)> = nodes
+        // A k-way merge by key (equal keys in map order): the partition's nodes in shuffle
+        // key order, each with its out-links gathered into `links`.
+        let mut ids: Vec<u64> = Vec::new();
+        let mut offsets: Vec<usize> = vec![0];
+        let mut links: Vec<u64> = Vec::with_capacity(flat.len());
+        let mut cursor = vec![0usize; sources.len()];
+        let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(u128, usize)>> = sources
             .iter()
-            .flat_map(|(_, o)| o.iter().map(|&d| (graph_file::key_order(d), d)))
+            .enumerate()
+            .filter_map(|(s, runs)| runs.first().map(|r| std::cmp::Reverse((r.order, s))))
+            .collect();
+        let mut last = None;
+        while let Some(std::cmp::Reverse((order, s))) = heap.pop() {
+            let run = &sources[s][cursor[s]];
+            if last != Some(order) {
+                if last.is_some() {
+                    offsets.push(links.len());
+                }
+                ids.push(run.id);
+                last = Some(order);
+                if ids.len().is_multiple_of(65_536) && cancel.load(Ordering::Relaxed) {
+                    return Err(cancelled());
+                }
+            }
+            links.extend_from_slice(&flat[run.links.clone()]);
+            cursor[s] += 1;
+            if let Some(next) = sources[s].get(cursor[s]) {
+                heap.push(std::cmp::Reverse((next.order, s)));
+            }
+        }
+        offsets.push(links.len());
+        drop((flat, sources));
+        if links.len() > u32::MAX as usize {
+            return Err(io::Error::other("more than 2^32 out-links in a partition"));
+        }
+        // The destination table: the distinct targets in shuffle key order. One sort of
+        // (key order, position) pairs gives both the table and each link's index in it.
+        let mut keyed: Vec<(u128, u32)> = links
+            .iter()
+            .enumerate()
+            .map(|(pos, &d)| (graph_file::key_order(d), pos as u32))
             .collect();
         keyed.sort_unstable();
-        keyed.dedup();
-        let dests: Vec<u64> = keyed.into_iter().map(|(_, d)| d).collect();
-        if dests.len() > u32::MAX as usize {
-            return Err(io::Error::other(
-                "more than 2^32 link targets in a partition",
-            ));
+        let mut dests: Vec<u64> = Vec::new();
+        let mut index = vec![0u32; links.len()];
+        let mut previous = None;
+        for &(order, pos) in &keyed {
+            if previous != Some(order) {
+                dests.push(links[pos as usize]);
+                previous = Some(order);
+            }
+            index[pos as usize] = (dests.len() - 1) as u32;
         }
-        let index = super::baseline::IdIndex::new(&dests);
-        let mut file = Vec::with_capacity(dests.len() * 4 + nodes.len() * 16);
+        drop(keyed);
+        let mut file = Vec::with_capacity(dests.len() * 4 + ids.len() * 12 + links.len() * 4);
         graph_file::write_destinations(&mut file, &dests);
         let mut dangling = 0u64;
-        let mut links: Vec<u32> = Vec::new();
-        for (id, outs) in &nodes {
-            links.clear();
-            links.extend(outs.iter().map(|&d| index.get(d)));
-            links.sort_unstable();
-            links.dedup();
-            if links.is_empty() {
+        let mut node_links: Vec<u32> = Vec::new();
+        for (n, &id) in ids.iter().enumerate() {
+            node_links.clear();
+            node_links.extend_from_slice(&index[offsets[n]..offsets[n + 1]]);
+            node_links.sort_unstable();
+            node_links.dedup();
+            if node_links.is_empty() {
                 dangling += 1;
             }
-            graph_file::write_node(&mut file, *id, f64::NAN, &links);
+            graph_file::write_node(&mut file, id, f64::NAN, &node_links);
         }
         out.write_all(&file)?;
         out.flush()?;
         let mut counters = Counters::new();
-        counters.insert("nodes".into(), nodes.len() as f64);
+        counters.insert("nodes".into(), ids.len() as f64);
         counters.insert("dangling_nodes".into(), dangling as f64);
         Ok(counters)
     }
@@ -819,6 +993,145 @@ fn cancelled() -> io::Error {
     io::Error::new(io::ErrorKind::Interrupted, "attempt cancelled")
 }
 
+/// The rank file of one graph partition (the output of a `pagerank` iteration's reduce
+/// task): `varint(count)`, then `count` ranks as f64-le, one per node of the partition, in
+/// the partition's node order. Only ranks change between iterations, so only they are
+/// written; the structure stays in the build's partitions.
+pub mod rank_file {
+    use super::graph_file::{damaged, put_varint, varint};
+    use std::io;
+
+    /// Encode `ranks`.
+    pub fn write(out: &mut Vec<u8>, ranks: &[f64]) {
+        put_varint(out, ranks.len() as u64);
+        out.reserve(ranks.len() * 8);
+        for r in ranks {
+            out.extend_from_slice(&r.to_le_bytes());
+        }
+    }
+
+    /// Decode a rank file that must hold `nodes` ranks.
+    pub fn read(b: &[u8], nodes: usize) -> io::Result<Vec<f64>> {
+        let mut pos = 0;
+        let n = varint(b, &mut pos)?;
+        if n != nodes as u64 || b.len() - pos != nodes * 8 {
+            return Err(damaged(&format!(
+                "a rank file of {} bytes for {nodes} nodes (it says {n})",
+                b.len()
+            )));
+        }
+        Ok(b[pos..]
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    }
+}
+
+/// Where one node's record lies in its partition's bytes.
+#[derive(Clone, Copy, Debug)]
+struct NodeAt {
+    id: u64,
+    rank: f64,
+    key: (usize, usize),
+    links: usize,
+    degree: usize,
+}
+
+/// A graph partition read and parsed: its bytes, its destination table, and where each
+/// node's key and out-links are.
+pub(crate) struct GraphPartition {
+    bytes: Vec<u8>,
+    dests: Vec<u64>,
+    nodes: Vec<NodeAt>,
+}
+
+impl GraphPartition {
+    fn parse(bytes: Vec<u8>) -> io::Result<Self> {
+        let mut pos = 0;
+        let dests = graph_file::read_destinations(&bytes, &mut pos)?;
+        let mut nodes = Vec::new();
+        while pos < bytes.len() {
+            let start = pos;
+            let node = graph_file::read_node(&bytes, &mut pos)?;
+            nodes.push(NodeAt {
+                id: node.id,
+                rank: node.rank,
+                key: (start, start + node.key.len()),
+                links: pos - node.links.len(),
+                degree: node.degree as usize,
+            });
+        }
+        Ok(GraphPartition {
+            bytes,
+            dests,
+            nodes,
+        })
+    }
+
+    fn key(&self, node: &NodeAt) -> &[u8] {
+        &self.bytes[node.key.0..node.key.1]
+    }
+
+    fn links(&self, node: &NodeAt) -> impl Iterator<Item = u32> + '_ {
+        graph_file::out_links(&self.bytes[node.links..node.links + node.degree * 4])
+    }
+
+    /// Every node's rank: from the rank file at `ranks` if given, else the partition's own
+    /// (1/n where not yet ranked).
+    fn ranks(&self, ranks: Option<&Path>, n: f64) -> io::Result<Vec<f64>> {
+        match ranks {
+            Some(path) => rank_file::read(&read_partition(path)?, self.nodes.len())
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            None => Ok(self
+                .nodes
+                .iter()
+                .map(|node| {
+                    if node.rank.is_nan() {
+                        1.0 / n
+                    } else {
+                        node.rank
+                    }
+                })
+                .collect()),
+        }
+    }
+}
+
+/// The file's identity and version: length, inode, modification time.
+type FileStamp = (u64, u64, i64, i64);
+
+/// Graph partitions parsed by this process, with the stamp of the file each was read from.
+#[allow(clippy::type_complexity)]
+static PARTITIONS: std::sync::Mutex<Vec<(std::path::PathBuf, FileStamp, Arc<GraphPartition>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Graph partition `path`, parsed, from this process's cache of loop-invariant data
+/// (HaLoop: Bu, Howe, Balazinska & Ernst, "HaLoop: Efficient Iterative Data Processing on
+/// Large Clusters", VLDB 2010, §4): the structure is the same in every iteration, so a
+/// worker that has read a partition once keeps it parsed instead of reading and decoding
+/// it again in each map and reduce task. An entry is used only while the file has the
+/// same length, inode and modification time (a rewritten file is read again); the cache
+/// holds one graph directory at a time. It is a cache only: a worker that never read the
+/// partition, or a new worker after a crash, reads the file.
+fn cached_partition(path: &Path) -> io::Result<Arc<GraphPartition>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let stamp = (meta.len(), meta.ino(), meta.mtime(), meta.mtime_nsec());
+    let lock = || PARTITIONS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, _, g)) = lock().iter().find(|(p, s, _)| p == path && *s == stamp) {
+        return Ok(g.clone());
+    }
+    let parsed = Arc::new(
+        GraphPartition::parse(read_partition(path)?)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?,
+    );
+    let mut cache = lock();
+    cache.retain(|(p, _, _)| p.parent() == path.parent() && p != path);
+    cache.push((path.to_path_buf(), stamp, parsed.clone()));
+    Ok(parsed)
+}
+
 /// One PageRank iteration over binary graph partitions (see the section comment): a
 /// [`TaskRunner`] of its own, because its map combines into a dense array and its reduce
 /// reads a side input.
@@ -826,7 +1139,10 @@ pub struct RankIteration {
     n: f64,
     damping: f64,
     dangling: f64,
+    /// The build's partitions (the structure).
     graph: std::path::PathBuf,
+    /// The previous iteration's rank files; `None` in the first iteration.
+    ranks: Option<std::path::PathBuf>,
 }
 
 impl TaskRunner for RankIteration {
@@ -849,74 +1165,61 @@ impl TaskRunner for RankIteration {
                 ),
             ));
         }
-        let bytes = read_partition(&split.path)?;
-        let mut pos = 0;
-        let dests = graph_file::read_destinations(&bytes, &mut pos)?;
+        // The input is the previous iteration's rank files (the build's partitions in
+        // the first iteration); the structure comes from the partition of the same name.
+        let file = split.path.file_name().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "a split without a file name")
+        })?;
+        let graph = cached_partition(&self.graph.join(file))?;
+        let ranks = graph.ranks(self.ranks.as_ref().map(|_| split.path.as_path()), self.n)?;
+        let dests = &graph.dests;
         // In-mapper combining: one sum per destination, in a dense array.
         let mut sums = vec![0.0f64; dests.len()];
-        let mut records_in = 0u64;
         let mut emitted = 0u64;
-        while pos < bytes.len() {
-            let node = graph_file::read_node(&bytes, &mut pos)?;
-            records_in += 1;
+        for (i, (node, rank)) in graph.nodes.iter().zip(&ranks).enumerate() {
             if node.degree > 0 {
-                let rank = if node.rank.is_nan() {
-                    1.0 / self.n
-                } else {
-                    node.rank
-                };
                 let share = rank / node.degree as f64;
-                for i in graph_file::out_links(node.links) {
+                for l in graph.links(node) {
                     *sums
-                        .get_mut(i as usize)
+                        .get_mut(l as usize)
                         .ok_or_else(|| graph_file::damaged("link past the destination table"))? +=
                         share;
                 }
-                emitted += node.degree;
+                emitted += node.degree as u64;
             }
-            if records_in.is_multiple_of(65_536) && cancel.load(Ordering::Relaxed) {
+            if i % 65_536 == 65_535 && cancel.load(Ordering::Relaxed) {
                 return Err(cancelled());
             }
         }
-        // The table is in key order; a stable bucket pass by partition keeps that order
-        // within each segment.
+        // The table is in key order, so each partition's records, appended in table
+        // order, form a sorted segment.
+        let mut parts: Vec<(Vec<u8>, u64)> = (0..partitions)
+            .map(|_| {
+                (
+                    Vec::with_capacity(dests.len() * 14 / partitions as usize),
+                    0,
+                )
+            })
+            .collect();
         let mut key = Vec::with_capacity(10);
-        let mut part_of = Vec::with_capacity(dests.len());
-        let mut counts = vec![0usize; partitions as usize + 1];
-        for &d in &dests {
+        for (&d, sum) in dests.iter().zip(&sums) {
             key.clear();
             graph_file::put_varint(&mut key, d);
-            let p = super::shuffle::partition_of(&key, partitions);
-            part_of.push(p);
-            counts[p as usize + 1] += 1;
-        }
-        for p in 0..partitions as usize {
-            counts[p + 1] += counts[p];
-        }
-        let mut order = vec![0u32; dests.len()];
-        for (i, &p) in part_of.iter().enumerate() {
-            order[counts[p as usize]] = i as u32;
-            counts[p as usize] += 1;
+            let part = &mut parts[super::shuffle::partition_of(&key, partitions) as usize];
+            super::shuffle::put_record(&mut part.0, &key, &sum.to_le_bytes());
+            part.1 += 1;
         }
         let tmp = dir.join(format!("{name}.out.tmp"));
         let mut w = SegmentWriter::create(&tmp)?;
         let mut segments = Vec::with_capacity(partitions as usize);
-        let mut at = 0;
-        for p in 0..partitions {
-            while at < order.len() && part_of[order[at] as usize] == p {
-                let i = order[at] as usize;
-                key.clear();
-                graph_file::put_varint(&mut key, dests[i]);
-                w.record(&key, &sums[i].to_le_bytes())?;
-                at += 1;
-            }
-            segments.push(w.end_segment());
+        for (bytes, records) in &parts {
+            segments.push(w.encoded_segment(bytes, *records)?);
         }
         w.finish()?;
         std::fs::rename(&tmp, dir.join(format!("{name}.out")))?;
         Ok(MapResult {
             segments,
-            records_in,
+            records_in: graph.nodes.len() as u64,
             emitted,
             spills: 0,
         })
@@ -929,15 +1232,14 @@ impl TaskRunner for RankIteration {
         out: &mut dyn Write,
         cancel: &AtomicBool,
     ) -> io::Result<Counters> {
-        let side = self.graph.join(format!("part-{partition:05}"));
-        let bytes = read_partition(&side)?;
-        let mut pos = 0;
-        graph_file::read_destinations(&bytes, &mut pos)?;
-        let table_end = pos;
-        let mut nodes = Vec::new();
-        while pos < bytes.len() {
-            nodes.push(graph_file::read_node(&bytes, &mut pos)?);
-        }
+        let file = format!("part-{partition:05}");
+        let side = self.graph.join(&file);
+        let graph = cached_partition(&side)?;
+        let old = graph.ranks(
+            self.ranks.as_ref().map(|r| r.join(&file)).as_deref(),
+            self.n,
+        )?;
+        let nodes = &graph.nodes;
         let missing = || {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -958,10 +1260,10 @@ impl TaskRunner for RankIteration {
             let mut records = 0u64;
             while at < data.len() {
                 let (key, value) = segment_record(&data, &mut at)?;
-                while i < nodes.len() && nodes[i].key < key {
+                while i < nodes.len() && graph.key(&nodes[i]) < key {
                     i += 1;
                 }
-                if i == nodes.len() || nodes[i].key != key {
+                if i == nodes.len() || graph.key(&nodes[i]) != key {
                     return Err(missing());
                 }
                 sums[i] += decode_value::<f64>(value)?;
@@ -982,26 +1284,18 @@ impl TaskRunner for RankIteration {
             }
         }
         let (mut delta, mut dangling) = (0.0, 0.0);
-        // The destination table and the links do not change: copy them as they are.
-        let mut rec = Vec::with_capacity(bytes.len());
-        rec.extend_from_slice(&bytes[..table_end]);
-        for (node, sum) in nodes.iter().zip(&sums) {
-            let old = if node.rank.is_nan() {
-                1.0 / self.n
-            } else {
-                node.rank
-            };
+        let mut ranks = Vec::with_capacity(nodes.len());
+        for ((node, sum), old) in nodes.iter().zip(&sums).zip(&old) {
             let rank =
                 (1.0 - self.damping) / self.n + self.damping * (sum + self.dangling / self.n);
             delta += (rank - old).abs();
             if node.degree == 0 {
                 dangling += rank;
             }
-            rec.extend_from_slice(node.key);
-            rec.extend_from_slice(&rank.to_le_bytes());
-            graph_file::put_varint(&mut rec, node.degree);
-            rec.extend_from_slice(node.links);
+            ranks.push(rank);
         }
+        let mut rec = Vec::with_capacity(ranks.len() * 8 + 10);
+        rank_file::write(&mut rec, &ranks);
         out.write_all(&rec)?;
         out.flush()?;
         let mut counters = Counters::new();
@@ -1047,10 +1341,10 @@ pub fn whole_file_input(job: &str) -> bool {
     job == "pagerank"
 }
 
-/// Write the binary partitions of `graph` as text lines `node<TAB>rank<TAB>out,out` (out-
-/// links ascending) into `dir` (one file per partition), with `1/n` for a node not yet
-/// ranked.
-pub fn write_rank_text(graph: &Path, dir: &Path, n: f64) -> io::Result<()> {
+/// Write the binary partitions of `graph`, with the ranks of the rank files in `ranks`
+/// (the graph's own, 1/`n` where not yet ranked, if `None`), as text lines
+/// `node<TAB>rank<TAB>out,out` (out-links ascending) into `dir`, one file per partition.
+pub fn write_rank_text(graph: &Path, ranks: Option<&Path>, dir: &Path, n: f64) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for path in super::task::list_inputs(graph)? {
         let Some(name) = path.file_name() else {
@@ -1059,28 +1353,29 @@ pub fn write_rank_text(graph: &Path, dir: &Path, n: f64) -> io::Result<()> {
         if !name.to_string_lossy().starts_with("part-") {
             continue;
         }
-        let bytes = read_partition(&path)?;
+        let partition = GraphPartition::parse(read_partition(&path)?)?;
+        let rank_of = partition.ranks(ranks.map(|r| r.join(name)).as_deref(), n)?;
         let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dir.join(name))?);
-        let mut pos = 0;
-        let dests = graph_file::read_destinations(&bytes, &mut pos)?;
         let mut links = Vec::new();
-        while pos < bytes.len() {
-            let node = graph_file::read_node(&bytes, &mut pos)?;
-            let rank = if node.rank.is_nan() {
-                1.0 / n
-            } else {
-                node.rank
-            };
+        for (node, rank) in partition.nodes.iter().zip(&rank_of) {
             links.clear();
-            for i in graph_file::out_links(node.links) {
+            for i in partition.links(node) {
                 links.push(
-                    *dests
+                    *partition
+                        .dests
                         .get(i as usize)
                         .ok_or_else(|| graph_file::damaged("link past the destination table"))?,
                 );
             }
             links.sort_unstable();
-            writeln!(out, "{}\t{rank}\t{}", node.id, join_ids(&links))?;
+            write!(out, "{}\t{rank}\t", node.id)?;
+            for (k, l) in links.iter().enumerate() {
+                if k > 0 {
+                    out.write_all(b",")?;
+                }
+                write!(out, "{l}")?;
+            }
+            out.write_all(b"\n")?;
         }
         out.flush()?;
     }
@@ -1198,20 +1493,25 @@ pub fn run_pagerank(
         anyhow::bail!("the graph in {} has no edges", input.display());
     }
     let mut dangling = built.get("dangling_nodes").copied().unwrap_or(0.0) / nodes;
-    let mut current = graph;
+    // Iteration k reads the rank files of iteration k-1 (the build's partitions, with
+    // no ranks yet, for k = 1) and the structure from the build's partitions.
+    let mut current = graph.clone();
     let mut iterations = 0;
     let mut delta = f64::INFINITY;
     while iterations < max_iterations && delta >= tolerance {
         iterations += 1;
         let out = output.join(format!("iter-{iterations:03}"));
-        let params: Params = [
+        let mut params: Params = [
             ("nodes".to_string(), format!("{nodes}")),
             ("damping".to_string(), format!("{damping}")),
             ("dangling".to_string(), format!("{dangling}")),
-            ("graph".to_string(), current.to_string_lossy().into_owned()),
+            ("graph".to_string(), graph.to_string_lossy().into_owned()),
         ]
         .into_iter()
         .collect();
+        if iterations > 1 {
+            params.insert("ranks".into(), current.to_string_lossy().into_owned());
+        }
         let c = stage(
             "pagerank",
             params,
@@ -1224,7 +1524,12 @@ pub fn run_pagerank(
         current = out;
     }
     let ranks = output.join("ranks");
-    write_rank_text(&current, &ranks, nodes)?;
+    write_rank_text(
+        &graph,
+        (iterations > 0).then_some(current.as_path()),
+        &ranks,
+        nodes,
+    )?;
     Ok(PageRankRun {
         nodes,
         iterations,
@@ -1274,5 +1579,79 @@ mod tests {
                 prop_assert!(graph_file::read_node(&b[..cut], &mut pos).is_err());
             }
         }
+
+        /// The build's edge parser reads a line exactly as `words` and `parse::<u64>` do.
+        #[test]
+        fn parse_edge_agrees_with_words_and_parse(
+            line in "[ \t]{0,2}[+0-9a]{0,22}[ \t]{1,2}[+0-9]{0,22}( x)?",
+        ) {
+            let mut it = super::words(line.as_bytes());
+            let want = match (it.next(), it.next()) {
+                (Some((_, s)), Some((_, d))) => s.parse::<u64>().ok().zip(d.parse::<u64>().ok()),
+                _ => None,
+            };
+            prop_assert_eq!(super::parse_edge(line.as_bytes()), want);
+        }
+
+        /// An intermediate out-link list written by the build's direct path decodes as the
+        /// postcard `Vec<u64>` that the spilling path writes.
+        #[test]
+        fn direct_link_lists_are_postcard(links in proptest::collection::vec(any::<u64>(), 0..20)) {
+            let mut b = Vec::new();
+            graph_file::put_varint(&mut b, links.len() as u64);
+            for &l in &links {
+                graph_file::put_varint(&mut b, l);
+            }
+            prop_assert_eq!(b, postcard::to_allocvec(&links).unwrap());
+        }
+
+        /// A rank file reads back as written; one of the wrong size or count is an error.
+        #[test]
+        fn rank_files_round_trip_and_damage_is_an_error(
+            ranks in proptest::collection::vec(any::<f64>(), 0..20),
+            cut in 0usize..200,
+        ) {
+            let mut b = Vec::new();
+            super::rank_file::write(&mut b, &ranks);
+            let back = super::rank_file::read(&b, ranks.len()).unwrap();
+            prop_assert_eq!(
+                back.iter().map(|r| r.to_bits()).collect::<Vec<_>>(),
+                ranks.iter().map(|r| r.to_bits()).collect::<Vec<_>>()
+            );
+            prop_assert!(super::rank_file::read(&b, ranks.len() + 1).is_err());
+            if cut < b.len() {
+                prop_assert!(super::rank_file::read(&b[..cut], ranks.len()).is_err());
+            }
+        }
+    }
+
+    /// The partition cache serves a file until it is replaced, then reads the new one.
+    #[test]
+    fn the_partition_cache_reads_a_replaced_file_again() {
+        let dir = std::env::temp_dir().join(format!("synod-mr-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("part-00000");
+        let write = |id: u64| {
+            let mut b = Vec::new();
+            graph_file::write_destinations(&mut b, &[id]);
+            graph_file::write_node(&mut b, id, 0.5, &[0]);
+            let tmp = dir.join("tmp");
+            std::fs::write(&tmp, &b).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        };
+        write(7);
+        let a = super::cached_partition(&path).unwrap();
+        assert_eq!(a.dests, [7]);
+        assert!(std::sync::Arc::ptr_eq(
+            &a,
+            &super::cached_partition(&path).unwrap()
+        ));
+        write(9);
+        let b = super::cached_partition(&path).unwrap();
+        assert_eq!(b.dests, [9]);
+        assert_eq!(b.nodes[0].id, 9);
+        std::fs::write(&path, b"\x05").unwrap();
+        assert!(super::cached_partition(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

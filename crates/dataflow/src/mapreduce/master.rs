@@ -256,6 +256,10 @@ struct WorkerState {
     last_seen: Instant,
 }
 
+/// Attempt ids are made durable in blocks of this many (see
+/// [`MasterSnapshot::next_attempt`]).
+pub const ATTEMPT_LEASE: u64 = 64;
+
 /// Everything the master persists: enough to resume the job after a restart.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct MasterSnapshot {
@@ -263,7 +267,10 @@ pub struct MasterSnapshot {
     pub maps: u32,
     /// Number of reduce tasks.
     pub reduces: u32,
-    /// The next attempt id to hand out.
+    /// The end of the leased attempt ids: every id handed out so far is below it. Ids are
+    /// leased in blocks of [`ATTEMPT_LEASE`], so that assigning a task needs no state
+    /// write unless the block is used up; a restored master starts at this bound and
+    /// never hands out an id twice.
     pub next_attempt: u64,
     /// Completed map tasks and where their output is.
     pub map_outputs: BTreeMap<u32, MapOutput>,
@@ -299,6 +306,8 @@ pub struct Progress {
 pub struct Master {
     cfg: MasterConfig,
     durable: MasterSnapshot,
+    /// The next attempt id to hand out (below `durable.next_attempt` once leased).
+    next_attempt: u64,
     map_tasks: Vec<TaskState>,
     reduce_tasks: Vec<TaskState>,
     workers: BTreeMap<WorkerId, WorkerState>,
@@ -347,6 +356,7 @@ impl Master {
         }
         let mut m = Master {
             cfg,
+            next_attempt: snapshot.next_attempt,
             durable: snapshot,
             map_tasks,
             reduce_tasks,
@@ -628,9 +638,13 @@ impl Master {
     }
 
     fn new_attempt(&mut self) -> AttemptId {
-        let a = AttemptId(self.durable.next_attempt);
-        self.durable.next_attempt += 1;
-        self.dirty = true;
+        if self.next_attempt >= self.durable.next_attempt {
+            // Lease the next block: persisted before the assignment leaves.
+            self.durable.next_attempt = self.next_attempt + ATTEMPT_LEASE;
+            self.dirty = true;
+        }
+        let a = AttemptId(self.next_attempt);
+        self.next_attempt += 1;
         self.stats.attempts += 1;
         a
     }
@@ -866,5 +880,46 @@ mod tests {
             panic!()
         };
         assert!(r.attempt() > a.attempt());
+    }
+
+    /// Assigning a task within the leased block of attempt ids changes no durable state;
+    /// using the block up leases the next one; a master restored from any snapshot hands
+    /// out only ids above every id handed out before it.
+    #[test]
+    fn attempt_ids_are_leased_in_blocks() {
+        let tasks = ATTEMPT_LEASE as u32 + 10;
+        let mut m = Master::new(MasterConfig::default(), tasks, 1);
+        let mut handed = Vec::new();
+        let mut snapshots = Vec::new();
+        for w in 0..u64::from(tasks) {
+            m.take_dirty();
+            let Response::Assign { work, .. } = poll(&mut m, w, w + 1, vec![]) else {
+                panic!("no work for worker {w}")
+            };
+            let id = work.attempt().0;
+            assert!(id < m.snapshot().next_attempt, "id {id} not leased");
+            // Only the first assignment of each block writes state (a poll by a new worker
+            // writes nothing durable either).
+            assert_eq!(
+                m.take_dirty(),
+                (id - 1) % ATTEMPT_LEASE == 0,
+                "assignment {id}"
+            );
+            handed.push(id);
+            snapshots.push(m.snapshot().clone());
+        }
+        assert_eq!(m.snapshot().next_attempt, 1 + 2 * ATTEMPT_LEASE);
+        for snap in snapshots {
+            let mut r = Master::restore(MasterConfig::default(), snap.clone(), Instant(0));
+            let Response::Assign { work, .. } = poll(&mut r, 1, 99, vec![]) else {
+                panic!()
+            };
+            let before: Vec<u64> = handed
+                .iter()
+                .copied()
+                .filter(|&id| id < snap.next_attempt)
+                .collect();
+            assert!(before.iter().all(|&id| work.attempt().0 > id));
+        }
     }
 }

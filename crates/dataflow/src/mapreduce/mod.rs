@@ -32,8 +32,10 @@
 //! workers may run several jobs in a row (a session: PageRank's build and iterations), with
 //! requests and map output tagged by job. PageRank keeps its graph in binary partitions
 //! that are not shuffled: each reducer merge-joins rank contributions with its partition
-//! of the previous iteration (Lin & Schatz, "Design Patterns for Efficient Graph
-//! Algorithms in MapReduce", MLG 2010), and maps combine into a dense array.
+//! and the previous ranks (Lin & Schatz, "Design Patterns for Efficient Graph Algorithms in
+//! MapReduce", MLG 2010), maps combine into a dense array, iterations write only ranks, and
+//! each worker process caches the parsed, loop-invariant partitions (HaLoop, Bu et al.,
+//! VLDB 2010).
 
 pub mod master;
 

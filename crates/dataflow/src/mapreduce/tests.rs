@@ -327,3 +327,57 @@ fn a_request_for_an_earlier_job_of_a_session_is_told_finished() {
     assert!(matches!(ask(&ToMaster::Hello), FromMaster::Done));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The PageRank build writes the same graph partitions whether a map task's edges fit in
+/// its budget (sorted once, written directly) or not (handed in chunks to the spilling
+/// map buffer, which spills and merges), and for any number of workers.
+#[test]
+fn pagerank_build_is_the_same_in_memory_and_spilling() {
+    let dir = scratch("prbuild");
+    let input = dir.join("in");
+    gen::rmat(&input, 10, 6000, 2, 5).unwrap();
+    let build = |name: &str, workers: u32, sort_mem: u64| {
+        let out = dir.join(name);
+        let c = run_stage(
+            "pagerank-build",
+            Params::new(),
+            &input,
+            &out,
+            workers,
+            3,
+            20_000,
+            sort_mem,
+        )
+        .unwrap();
+        (c, part_files(&out))
+    };
+    // 20 kB splits hold some 1,500 edges, 3,000 entries: 1 MiB holds them all; 16 KiB
+    // holds 1,024, so every map task falls back to the buffer, which spills.
+    let (c1, in_memory) = build("mem", 2, 1 << 20);
+    let (c2, spilled) = build("spill", 1, 16 << 10);
+    assert!(c1.get("nodes").copied().unwrap_or(0.0) > 500.0, "{c1:?}");
+    assert_eq!(c1, c2);
+    assert_eq!(in_memory.len(), 3);
+    assert_eq!(in_memory, spilled);
+    // The same map task directly: no spill with the large budget, spills with the small.
+    let file = list_inputs(&input).unwrap().remove(0);
+    let split = super::task::Split {
+        end: std::fs::metadata(&file).unwrap().len(),
+        path: file,
+        start: 0,
+    };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let task = jobs::build("pagerank-build", &Params::new()).unwrap();
+    let map = |sort_mem: usize, name: &str| {
+        task.run_map(&split, 3, sort_mem, &dir, name, &cancel)
+            .unwrap()
+    };
+    let (big, small) = (map(1 << 20, "m-big"), map(16 << 10, "m-small"));
+    assert_eq!(big.spills, 0);
+    assert!(small.spills > 0);
+    assert_eq!(
+        (big.records_in, big.emitted),
+        (small.records_in, small.emitted)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
