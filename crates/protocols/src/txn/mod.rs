@@ -117,8 +117,8 @@ mod range;
 mod tests;
 
 pub use msg::{
-    u64_value, value_u64, Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeRaftMsg,
-    RangeResult, Route, Row, Timestamp, TxnId, TxnMeta, TxnMsg, TxnStatus, Value,
+    u64_value, value_u64, Event, Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput,
+    RangeRaftMsg, RangeResult, Route, Row, Timestamp, TxnId, TxnMeta, TxnMsg, TxnStatus, Value,
 };
 pub use node::{TxnConfig, TxnNode, TxnTimer};
 pub use range::{Intent, RangeSm, RangeState, Version};
