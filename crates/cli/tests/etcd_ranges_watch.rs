@@ -52,11 +52,10 @@ type Ev = (i64, &'static str, String, String);
 async fn collect(events: &mut WatchStream, want: usize) -> Vec<(Ev, Option<String>)> {
     let mut out = Vec::new();
     while out.len() < want {
-        let reply = tokio::time::timeout(Duration::from_secs(20), events.message())
-            .await
-            .unwrap_or_else(|_| panic!("watch events in time ({} of {want})", out.len()))
-            .unwrap()
-            .expect("the watch stream stays open");
+        let Ok(next) = tokio::time::timeout(Duration::from_secs(20), events.message()).await else {
+            panic!("watch events in time ({} of {want})", out.len());
+        };
+        let reply = next.unwrap().expect("the watch stream stays open");
         assert!(!reply.canceled(), "{reply:?}");
         let revs: std::collections::BTreeSet<i64> = reply
             .events()
