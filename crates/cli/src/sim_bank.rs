@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
 use std::time::Duration;
 use synod_protocols::txn::harness::{
-    as_is, bank_scenario, bench_run, quantile_ms, recovery_run, BenchRun,
+    as_is, bank_scenario, bench_run, quantile_ms, recovery_run, watch_scenario, BenchRun,
 };
 use synod_sim::SwarmOptions;
 
@@ -22,6 +22,11 @@ pub(crate) struct BankArgs {
     /// Worker threads (default: every core).
     #[arg(long, value_parser = threads)]
     threads: Option<usize>,
+    /// Add two watchers of every account (merged range feeds over closed timestamps):
+    /// each watch stream must equal the committed history, in order, without gaps or
+    /// duplicates, and catch up after the faults heal.
+    #[arg(long)]
+    watch: bool,
 }
 
 fn seeds(s: &str) -> Result<u64, String> {
@@ -52,18 +57,34 @@ pub(crate) fn run(a: BankArgs) -> Result<ExitCode> {
         ..SwarmOptions::default()
     };
     let started = std::time::Instant::now();
+    let watch = a.watch;
     let report = synod_sim::swarm(
         a.first_seed..a.first_seed.saturating_add(a.seeds),
         &opts,
-        |seed| bank_scenario(seed, as_is),
-        |seed| format!("synod sim bank --first-seed {seed} --seeds 1"),
+        move |seed| {
+            if watch {
+                watch_scenario(seed, as_is).map(|_| ())
+            } else {
+                bank_scenario(seed, as_is)
+            }
+        },
+        move |seed| {
+            let flag = if watch { " --watch" } else { "" };
+            format!("synod sim bank{flag} --first-seed {seed} --seeds 1")
+        },
     );
     println!(
-        "bank: {} seeds in {:.1} s, {} failed (total conserved, no partial transfer seen, \
-         per-key linearizable, a snapshot read completes after healing)",
+        "bank{}: {} seeds in {:.1} s, {} failed (total conserved, no partial transfer seen, \
+         per-key linearizable, a snapshot read completes after healing{})",
+        if watch { " --watch" } else { "" },
         report.runs,
         started.elapsed().as_secs_f64(),
-        report.failures.len()
+        report.failures.len(),
+        if watch {
+            "; every watch stream equals the committed history and catches up"
+        } else {
+            ""
+        }
     );
     if !report.failures.is_empty() {
         print!("{}", report.describe());

@@ -45,8 +45,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use synod_core::{codec, NodeId};
 use synod_protocols::raft::{RaftMsg, Role, SessionId};
 use synod_protocols::txn::{
-    u64_value, value_u64, Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeResult,
-    Route, Row, Timestamp, TxnConfig, TxnId, TxnMeta, TxnMsg, TxnNode, TxnStatus, Value,
+    u64_value, value_u64, Event, Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput,
+    RangeResult, Route, Row, Timestamp, TxnConfig, TxnId, TxnMeta, TxnMsg, TxnNode, TxnStatus,
+    Value,
 };
 use synod_runtime::driver::{ActorHandle, DriverError};
 use synod_runtime::transport::{ServiceId, TransportHandle};
@@ -124,6 +125,19 @@ pub enum TxnGatewayMsg {
         /// The actor's [`TxnMsg::Reply`].
         msg: TxnMsg,
     },
+}
+
+/// One round of a watch feed ([`TxnHost::feed`]).
+#[derive(Debug, Clone)]
+pub struct Feed {
+    /// The events after the round's `after`, up to `resolved`, oldest first.
+    pub events: Vec<Event>,
+    /// Every event of the interval up to here is final and listed.
+    pub resolved: Timestamp,
+    /// The timestamp the ranges were asked to close at.
+    pub close_ts: Timestamp,
+    /// An intent that held a range below `close_ts`.
+    pub blocker: Option<(TxnMeta, Key)>,
 }
 
 /// Why a transaction or request did not complete.
@@ -470,7 +484,7 @@ impl TxnHost {
     /// Another transaction's intent on `key` is in the way: push its record (which aborts
     /// it once expired) and, if it is decided, resolve the intent. Returns after a short
     /// wait if it is still live.
-    async fn clear_blocker(&self, meta: TxnMeta, key: Key) -> Result<(), TxnError> {
+    pub(crate) async fn clear_blocker(&self, meta: TxnMeta, key: Key) -> Result<(), TxnError> {
         self.counters.pushes.fetch_add(1, Ordering::Relaxed);
         let push = RangeCommand::Push {
             txn: meta.clone(),
@@ -601,6 +615,74 @@ impl TxnHost {
                 return Err(TxnError::Timeout);
             }
         }
+    }
+
+    /// One round of a watch over `[start, end)`: take an oracle timestamp, close every
+    /// range of the interval at it (`RangeCommand::Feed`, one per range, each starting
+    /// where the previous range's descriptor ends) and merge their events. Returns the
+    /// events with `after < ts <= resolved` in (timestamp, key) order, where `resolved`
+    /// is the smallest resolved timestamp of the ranges (every event of the interval up
+    /// to it is in the list, and no other can appear), and an intent that held a range
+    /// back, if any. Splits between two requests are harmless: the events of an interval
+    /// and a timestamp window do not depend on how ranges cut it.
+    pub async fn feed(
+        &self,
+        start: &str,
+        end: &str,
+        after: Timestamp,
+        limit: u64,
+    ) -> Result<Feed, TxnError> {
+        let close_ts = self.timestamp().await?;
+        let mut events = Vec::new();
+        let mut resolved: Option<Timestamp> = None;
+        let mut blocker = None;
+        let mut cursor = start.to_string();
+        let mut retries = 0;
+        loop {
+            let command = RangeCommand::Feed {
+                start: cursor.clone(),
+                end: Some(end.to_string()),
+                after,
+                close_ts,
+                limit,
+            };
+            let output = self.request(Route::Key(cursor.clone()), command).await?;
+            match output.result {
+                RangeResult::Events {
+                    events: got,
+                    resolved: r,
+                    blocker: b,
+                } => {
+                    events.extend(got);
+                    resolved = Some(resolved.map_or(r, |x| x.min(r)));
+                    if blocker.is_none() {
+                        blocker = b;
+                    }
+                    match output.range.end {
+                        Some(next) if next.as_str() < end => cursor = next,
+                        _ => break,
+                    }
+                    retries = 0;
+                }
+                RangeResult::RangeMismatch => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => return Err(TxnError::Protocol(format!("{other:?} to a feed"))),
+            }
+            retries += 1;
+            if retries > MAX_CONFLICTS {
+                return Err(TxnError::Timeout);
+            }
+        }
+        let resolved = resolved.unwrap_or(after).max(after);
+        events.retain(|e| e.ts <= resolved);
+        events.sort_by(|a, b| (a.ts, &a.key).cmp(&(b.ts, &b.key)));
+        Ok(Feed {
+            events,
+            resolved,
+            close_ts,
+            blocker,
+        })
     }
 
     /// Commit `writes` as one transaction that read at `start_ts`: one phase if they

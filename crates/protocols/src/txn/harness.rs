@@ -59,6 +59,9 @@ pub struct BankConfig {
     pub fast_path: bool,
     /// Per-request timeout before the client tries another node.
     pub timeout: Duration,
+    /// Clients that watch every account from the first revision (merged rangefeeds
+    /// over closed timestamps); checked by [`check_watch`].
+    pub watch_clients: u64,
 }
 
 impl Default for BankConfig {
@@ -74,6 +77,7 @@ impl Default for BankConfig {
             hot: None,
             fast_path: true,
             timeout: Duration::from_millis(50),
+            watch_clients: 0,
         }
     }
 }
@@ -159,6 +163,46 @@ struct Request {
     target: Option<NodeId>,
 }
 
+/// A watch over every account: rounds of one oracle timestamp, then one `Feed` per
+/// range across the interval; the events up to the smallest resolved timestamp of the
+/// round are released, in (timestamp, key) order.
+#[derive(Debug, Default)]
+pub struct Watcher {
+    /// Everything at or below this was released.
+    pub released: Timestamp,
+    /// The released events: (commit timestamp, key, value or `None` for a delete).
+    pub delivered: Vec<(Timestamp, Key, Option<u64>)>,
+    /// True time at which the newest round that released everything up to its own
+    /// close timestamp had started (watch liveness).
+    pub caught_up_at: u64,
+    /// Rounds completed.
+    pub rounds: u64,
+    round: Option<Round>,
+    balances: BTreeMap<Key, u64>,
+    /// An intent that held a range back, being pushed, and the push's outcome.
+    push: Option<(TxnMeta, Key)>,
+    /// The transaction whose intent holds the watch back, and since when (true time).
+    stuck_on: Option<(TxnId, u64)>,
+}
+
+/// A watcher pushes an intent that holds its resolved timestamp back only after this
+/// long: a live coordinator finishes sooner, and a push aborts a slow one.
+const WATCH_PUSH_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Round {
+    started_at: u64,
+    close_ts: Option<Timestamp>,
+    cursor: Key,
+    events: Vec<super::msg::Event>,
+    resolved: Option<Timestamp>,
+    blocker: Option<(TxnMeta, Key)>,
+}
+
+/// The watched interval: every account.
+const WATCH_START: &str = "acct/";
+const WATCH_END: &str = "acct0";
+
 struct Client {
     id: ClientId,
     seq: u64,
@@ -184,6 +228,8 @@ pub struct BankClients {
     ranges: Vec<RangeDescriptor>,
     leaders: BTreeMap<RangeId, NodeId>,
     default_target: NodeId,
+    /// The watch clients, by client id.
+    pub watchers: BTreeMap<ClientId, Watcher>,
 }
 
 fn account(i: u32) -> Key {
@@ -193,8 +239,12 @@ fn account(i: u32) -> Key {
 impl BankClients {
     /// Clients for `config`.
     pub fn new(config: BankConfig) -> Self {
-        let n = 1 + config.transfer_clients + config.read_clients;
+        let first_watcher = 2 + config.transfer_clients + config.read_clients;
+        let n = first_watcher - 1 + config.watch_clients;
         BankClients {
+            watchers: (first_watcher..=n)
+                .map(|c| (ClientId(c), Watcher::default()))
+                .collect(),
             history: History::new(),
             errors: Vec::new(),
             stats: BankStats::default(),
@@ -380,6 +430,9 @@ impl BankClients {
         let slot = Self::slot(client);
         if self.clients[slot].txn.is_some() {
             return;
+        }
+        if self.watchers.contains_key(&client) {
+            return self.watch_round(ctl, client);
         }
         let kind = if client.0 == 1 && !self.initialized {
             Kind::Init
@@ -572,6 +625,13 @@ impl BankClients {
 
     /// A request was given up after `MAX_ATTEMPTS`.
     fn request_failed(&mut self, ctl: &mut ClientCtl<'_, Node>, client: ClientId) {
+        if let Some(w) = self.watchers.get_mut(&client) {
+            // Start over with a new round (nothing of this one was released).
+            w.round = None;
+            w.push = None;
+            ctl.set_timer(client, NEXT_TXN, Duration::from_millis(5));
+            return;
+        }
         let Some(t) = self.txn(client) else { return };
         match t.phase {
             // The commit request may or may not have taken effect.
@@ -849,6 +909,309 @@ impl BankClients {
     }
 }
 
+// ---- watchers -------------------------------------------------------------------------
+
+impl BankClients {
+    /// Start a watch round: take a timestamp to close the ranges at.
+    fn watch_round(&mut self, ctl: &mut ClientCtl<'_, Node>, client: ClientId) {
+        let now = ctl.now_nanos();
+        let Some(w) = self.watchers.get_mut(&client) else {
+            return;
+        };
+        if let Some((meta, _)) = w.push.clone() {
+            let anchor = meta.anchor.clone();
+            return self.send(
+                ctl,
+                client,
+                Route::Key(anchor),
+                RangeCommand::Push { txn: meta, now },
+            );
+        }
+        w.round = Some(Round {
+            started_at: now,
+            close_ts: None,
+            cursor: WATCH_START.to_string(),
+            events: Vec::new(),
+            resolved: None,
+            blocker: None,
+        });
+        self.send(ctl, client, Route::Meta, RangeCommand::AllocTimestamp);
+    }
+
+    fn feed_next(&mut self, ctl: &mut ClientCtl<'_, Node>, client: ClientId) {
+        let Some(w) = self.watchers.get(&client) else {
+            return;
+        };
+        let Some(round) = &w.round else { return };
+        let command = RangeCommand::Feed {
+            start: round.cursor.clone(),
+            end: Some(WATCH_END.to_string()),
+            after: w.released,
+            close_ts: round.close_ts.unwrap_or_default(),
+            limit: 16,
+        };
+        let route = Route::Key(round.cursor.clone());
+        self.send(ctl, client, route, command);
+    }
+
+    fn on_watch_result(
+        &mut self,
+        ctl: &mut ClientCtl<'_, Node>,
+        client: ClientId,
+        desc: RangeDescriptor,
+        result: RangeResult,
+    ) {
+        let Some(w) = self.watchers.get_mut(&client) else {
+            return;
+        };
+        let next_round = Duration::from_micros(ctl.rng().gen_range(2_000..10_000));
+        if let Some((meta, key)) = w.push.clone() {
+            // Pushing the intent that held a range's closed timestamp back.
+            match result {
+                RangeResult::Status(TxnStatus::Pending) | RangeResult::Resolved => {
+                    w.push = None;
+                    ctl.set_timer(client, NEXT_TXN, next_round);
+                }
+                RangeResult::Status(status) => {
+                    let route = Route::Key(key.clone());
+                    let command = RangeCommand::Resolve {
+                        txn: meta.id,
+                        key,
+                        status,
+                    };
+                    self.send(ctl, client, route, command);
+                }
+                _ => {
+                    w.push = None;
+                    ctl.set_timer(client, NEXT_TXN, next_round);
+                }
+            }
+            return;
+        }
+        let Some(round) = w.round.as_mut() else {
+            return;
+        };
+        match result {
+            RangeResult::Timestamp(ts) if round.close_ts.is_none() => {
+                round.close_ts = Some(ts);
+                self.feed_next(ctl, client);
+            }
+            RangeResult::Events {
+                events,
+                resolved,
+                blocker,
+            } => {
+                round.events.extend(events);
+                round.resolved = Some(round.resolved.map_or(resolved, |r| r.min(resolved)));
+                if round.blocker.is_none() {
+                    round.blocker = blocker;
+                }
+                match desc.end {
+                    Some(end) if end.as_str() < WATCH_END => {
+                        round.cursor = end;
+                        self.feed_next(ctl, client);
+                    }
+                    _ => {
+                        self.release(client, ctl.now_nanos());
+                        ctl.set_timer(client, NEXT_TXN, next_round);
+                    }
+                }
+            }
+            _ => {
+                // A stale route (a split): the reply refreshed the cache; start over.
+                w.round = None;
+                ctl.set_timer(client, NEXT_TXN, Duration::from_millis(2));
+            }
+        }
+    }
+
+    /// A round covered the whole interval: release its events up to the smallest
+    /// resolved timestamp, and check them on the way.
+    fn release(&mut self, client: ClientId, now: u64) {
+        let total = self.total();
+        let Some(w) = self.watchers.get_mut(&client) else {
+            return;
+        };
+        let Some(round) = w.round.take() else { return };
+        let Some(upto) = round.resolved else { return };
+        let mut events: Vec<_> = round.events.into_iter().filter(|e| e.ts <= upto).collect();
+        events.sort_by(|a, b| (a.ts, &a.key).cmp(&(b.ts, &b.key)));
+        let mut errors = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            if e.ts <= w.released {
+                errors.push(format!(
+                    "{client}: watch event {} at {:?} is at or below the released {:?}",
+                    e.key, e.ts, w.released
+                ));
+            }
+            let value = e
+                .row
+                .as_ref()
+                .map(|r| value_u64(&r.value).unwrap_or(u64::MAX));
+            match value {
+                Some(v) => w.balances.insert(e.key.clone(), v),
+                None => w.balances.remove(&e.key),
+            };
+            w.delivered.push((e.ts, e.key.clone(), value));
+            // After each whole revision, the watched balances sum to the total (once
+            // the accounts exist): a cross-range transfer arrives as one revision.
+            if events.get(i + 1).is_none_or(|n| n.ts != e.ts) {
+                let sum: u64 = w.balances.values().sum();
+                if !w.balances.is_empty() && sum != total {
+                    errors.push(format!(
+                        "{client}: after the watch events of revision {:?} the balances sum \
+                         to {sum}, not {total}: {:?}",
+                        e.ts, w.balances
+                    ));
+                }
+            }
+        }
+        if upto > w.released {
+            w.released = upto;
+        }
+        w.rounds += 1;
+        if round.close_ts == Some(upto) {
+            w.caught_up_at = round.started_at;
+        }
+        let stuck = round.close_ts.is_some_and(|c| upto < c);
+        match (stuck, round.blocker) {
+            (true, Some((meta, key))) => match w.stuck_on {
+                Some((id, since)) if id == meta.id => {
+                    let after = u64::try_from(WATCH_PUSH_AFTER.as_nanos()).unwrap_or(u64::MAX);
+                    if now.saturating_sub(since) >= after {
+                        w.push = Some((meta, key));
+                    }
+                }
+                _ => w.stuck_on = Some((meta.id, now)),
+            },
+            _ => w.stuck_on = None,
+        }
+        self.errors.extend(errors);
+    }
+}
+
+/// The history as the replicas hold it, for the watched interval: every committed
+/// version with `0 < ts <= upto`, in (timestamp, key) order, from the most advanced
+/// replica of each range.
+fn committed_history(sim: &Sim<Node>, upto: Timestamp) -> Vec<(Timestamp, Key, Option<u64>)> {
+    let mut best: BTreeMap<RangeId, (u64, &super::range::RangeState)> = BTreeMap::new();
+    for (_, actor) in sim.actors() {
+        for (id, raft) in actor.groups() {
+            let applied = raft.last_applied().0;
+            if best.get(&id).is_none_or(|(a, _)| *a < applied) {
+                best.insert(id, (applied, raft.state_machine().state()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (_, state) in best.values() {
+        for (key, chain) in state
+            .versions
+            .range::<Key, _>(WATCH_START.to_string()..WATCH_END.to_string())
+        {
+            if !state.desc.contains(key) {
+                continue;
+            }
+            for (ts, v) in chain.range(Timestamp(1)..=upto) {
+                let value = v.value.as_ref().map(|b| value_u64(b).unwrap_or(u64::MAX));
+                out.push((*ts, key.clone(), value));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Each watcher's stream equals the committed history of the interval up to what it
+/// released: in order, no gap, no duplicate.
+pub fn check_watch(sim: &Sim<Node>) -> Result<u64, String> {
+    let clients = sim
+        .workload::<BankClients>()
+        .ok_or("the workload is not BankClients")?;
+    let mut events = 0;
+    for (client, w) in &clients.watchers {
+        let truth = committed_history(sim, w.released);
+        if truth != w.delivered {
+            let at = truth
+                .iter()
+                .zip(&w.delivered)
+                .position(|(a, b)| a != b)
+                .unwrap_or(truth.len().min(w.delivered.len()));
+            return Err(format!(
+                "{client}'s watch stream differs from the committed history up to {:?} \
+                 ({} events delivered, {} committed) at event {at}: delivered {:?}, \
+                 committed {:?}",
+                w.released,
+                w.delivered.len(),
+                truth.len(),
+                w.delivered.get(at),
+                truth.get(at)
+            ));
+        }
+        events += w.delivered.len() as u64;
+    }
+    Ok(events)
+}
+
+/// The bank with two watchers: the bank's checks, then [`check_watch`], and once faults
+/// heal every watcher must catch up with a round that started after the heal.
+pub fn watch_scenario(seed: u64, tweak: Tweak) -> Result<u64, String> {
+    let nodes = if seed & 1 == 0 { 3 } else { 5 };
+    let mut cfg = SimConfig::new(seed, nodes);
+    cfg.faults = swarm_faults(seed);
+    cfg.net = swarm_net(seed);
+    cfg.clocks = ClockConfig {
+        max_skew: Duration::from_millis(500),
+        max_drift_ppm: 200.0,
+    };
+    let mut sim = cluster(cfg, test_config(nodes, 3), tweak);
+    let faults = Duration::from_secs(2);
+    let bank = BankConfig {
+        stop_at: faults,
+        read_clients: 1,
+        watch_clients: 2,
+        ..BankConfig::default()
+    };
+    sim.set_workload(BankClients::new(bank));
+    let heal_ns = u64::try_from(faults.as_nanos()).unwrap_or(u64::MAX);
+    let result = sim.run_liveness(faults, faults + Duration::from_secs(5), move |sim| {
+        sim.workload::<BankClients>().is_some_and(|c| {
+            c.initialized()
+                && c.stats.last_read_at > heal_ns
+                && c.watchers.values().all(|w| w.caught_up_at > heal_ns)
+        })
+    });
+    check_bank(&sim)?;
+    let events = check_watch(&sim)?;
+    result.map_err(|f| {
+        let clients = sim.workload::<BankClients>();
+        let watchers = clients
+            .map(|c| {
+                c.watchers
+                    .iter()
+                    .map(|(id, w)| {
+                        format!(
+                            "\n  watcher {id}: released {:?}, {} events, {} rounds, caught up at \
+                             {} ns, round {:?}, push {:?}",
+                            w.released,
+                            w.delivered.len(),
+                            w.rounds,
+                            w.caught_up_at,
+                            w.round,
+                            w.push
+                        )
+                    })
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        format!(
+            "{f}{watchers}\n{}",
+            clients.map(BankClients::describe).unwrap_or_default()
+        )
+    })?;
+    Ok(events)
+}
+
 /// Timer key that re-runs a transaction's current phase (after a backoff).
 const RETRY_PHASE: u64 = u64::MAX;
 
@@ -883,7 +1246,11 @@ impl Workload<Node> for BankClients {
                 self.leaders.insert(range, from);
                 self.learn_range(&output.range);
                 self.clients[Self::slot(client)].request = None;
-                self.on_result(ctl, client, output.result);
+                if self.watchers.contains_key(&client) {
+                    self.on_watch_result(ctl, client, output.range, output.result);
+                } else {
+                    self.on_result(ctl, client, output.result);
+                }
             }
             RaftMsg::NotLeader { seq, leader_hint } if seq == r.seq => {
                 let nodes = ctl.nodes();

@@ -39,6 +39,19 @@ pub struct Row {
     pub version: u64,
 }
 
+/// One committed change of a key, as a watch delivers it (etcd's `mvccpb.Event`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The key.
+    pub key: Key,
+    /// The commit timestamp (etcd's revision of the event).
+    pub ts: Timestamp,
+    /// The key after the change, with etcd's metadata; `None`: a deletion.
+    pub row: Option<Row>,
+    /// The key just before the change (etcd's `prev_kv`); `None`: it was absent.
+    pub prev: Option<Row>,
+}
+
 /// Identifies a range and the Raft group that serves it. Range 0 is the meta group,
 /// which serves no keys and runs the timestamp oracle.
 #[derive(
@@ -208,6 +221,27 @@ pub enum RangeCommand {
         /// Its commit timestamp, from the oracle.
         commit_ts: Timestamp,
     },
+    /// The watch feed (a rangefeed with a closed timestamp, after CockroachDB's
+    /// rangefeeds and TiKV's resolved-ts). First *close* the range at `close_ts`, an
+    /// oracle timestamp the watcher took just before sending this: the range's closed
+    /// timestamp rises to `min(close_ts, start_ts of its oldest intent - 1)`, and from then
+    /// on no version at or below it can appear (one-phase commits below it are refused
+    /// with `TooOld`; a two-phase commit's timestamp is above its intents' start).
+    /// Then return every committed version of `[start, end)` (clipped to the range) with
+    /// `after < ts <= closed`, in (timestamp, key) order: that part of the history is
+    /// final. At most about `limit` events (0: all), cut at a timestamp boundary.
+    Feed {
+        /// First key watched.
+        start: Key,
+        /// First key not watched; `None`: to the end of the keyspace.
+        end: Option<Key>,
+        /// Events at or below this were delivered already.
+        after: Timestamp,
+        /// The timestamp to close the range at (from the oracle).
+        close_ts: Timestamp,
+        /// Most events returned (rounded up to a whole timestamp); 0: no limit.
+        limit: u64,
+    },
     /// Split this range at `split_key`; proposed by the leader when the range is too big.
     Split {
         /// The generation the split was planned against.
@@ -253,6 +287,19 @@ pub enum RangeResult {
     Resolved,
     /// A split applied or was a no-op.
     Split,
+    /// The answer to a `Feed`: the events of the interval in this range with
+    /// `after < ts <= resolved`, in (timestamp, key) order, and the range's promise that
+    /// no other version at or below `resolved` exists or will appear in it.
+    Events {
+        /// The events, oldest first.
+        events: Vec<Event>,
+        /// Every event of the interval in this range at or below this is in `events`
+        /// (or was at or below `after`).
+        resolved: Timestamp,
+        /// When the range could not close at `close_ts`: the intent with the oldest
+        /// start timestamp, which holds the closed timestamp back (push it if stuck).
+        blocker: Option<(TxnMeta, Key)>,
+    },
     /// The key is not (or no longer) in this range: refresh routing and retry.
     RangeMismatch,
 }

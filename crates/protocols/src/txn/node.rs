@@ -29,6 +29,9 @@ pub struct TxnConfig {
     /// Test-only planted bug (see `RangeSm::lost_updates`).
     #[cfg(test)]
     pub(crate) lost_updates: bool,
+    /// Test-only planted bug (see `RangeSm::close_over_intents`).
+    #[cfg(test)]
+    pub(crate) close_over_intents: bool,
 }
 
 impl TxnConfig {
@@ -45,6 +48,8 @@ impl TxnConfig {
             split_check_interval: Duration::from_millis(50),
             #[cfg(test)]
             lost_updates: false,
+            #[cfg(test)]
+            close_over_intents: false,
         }
     }
 }
@@ -124,6 +129,7 @@ impl TxnNode {
         #[cfg(test)]
         {
             sm.lost_updates = self.config.lost_updates;
+            sm.close_over_intents = self.config.close_over_intents;
         }
         let raft = Raft::new(self.config.raft.clone(), sm);
         self.groups.insert(id, Group { raft, rng });

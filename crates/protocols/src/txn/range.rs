@@ -3,8 +3,8 @@
 //! meta group) the timestamp oracle.
 
 use super::msg::{
-    Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeResult, Row, Timestamp, TxnId,
-    TxnMeta, TxnStatus, Value,
+    Event, Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeResult, Row, Timestamp,
+    TxnId, TxnMeta, TxnStatus, Value,
 };
 use crate::raft::StateMachine;
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,9 @@ pub struct RangeState {
     pub scan_ts: Timestamp,
     /// The timestamp oracle's last timestamp (meta group only).
     pub oracle: Timestamp,
+    /// The closed timestamp: no version at or below it can still appear in this range
+    /// (raised by `Feed`, monotone, handed to both halves of a split).
+    pub closed: Timestamp,
 }
 
 /// [`RangeState`] as a Raft [`StateMachine`]. A split hands the right half to the node
@@ -64,6 +67,10 @@ pub struct RangeSm {
     /// updates happen; the bank test must catch it.
     #[cfg(test)]
     pub(crate) lost_updates: bool,
+    /// Test-only planted bug: close the range at the watcher's timestamp even past
+    /// pending intents, so a watch can miss a commit; the watch check must catch it.
+    #[cfg(test)]
+    pub(crate) close_over_intents: bool,
 }
 
 impl RangeSm {
@@ -74,6 +81,8 @@ impl RangeSm {
             children: RefCell::new(Vec::new()),
             #[cfg(test)]
             lost_updates: false,
+            #[cfg(test)]
+            close_over_intents: false,
         }
     }
 
@@ -137,6 +146,7 @@ impl RangeState {
             max_read: BTreeMap::new(),
             scan_ts: Timestamp(0),
             oracle: Timestamp(0),
+            closed: Timestamp(0),
         }
     }
 
@@ -178,12 +188,17 @@ impl RangeState {
             .and_then(|v| v.iter().next_back().map(|(t, v)| (*t, v)))
     }
 
-    fn apply(&mut self, command: &RangeCommand, check_conflicts: bool) -> RangeResult {
+    fn apply(
+        &mut self,
+        command: &RangeCommand,
+        check_conflicts: bool,
+        close_below_intents: bool,
+    ) -> RangeResult {
         use RangeCommand as C;
         use RangeResult as R;
         let keyed = match command {
             C::AllocTimestamp | C::Split { .. } => None,
-            C::Scan { start, .. } => Some(start),
+            C::Scan { start, .. } | C::Feed { start, .. } => Some(start),
             C::Get { key, .. } | C::Prewrite { key, .. } | C::Resolve { key, .. } => Some(key),
             C::EndTxn { txn, .. } | C::Push { txn, .. } => Some(&txn.anchor),
             C::OnePhase { writes, .. } => {
@@ -380,7 +395,10 @@ impl RangeState {
                     }
                     // Without intents, a reader at or above commit_ts that came first
                     // would not have seen this write: commit above every served read.
+                    // Nor below the closed timestamp: a watcher has been told that
+                    // no version at or below it will appear.
                     if self.scan_ts >= *commit_ts
+                        || self.closed >= *commit_ts
                         || self.max_read.get(key).is_some_and(|ts| *ts >= *commit_ts)
                     {
                         return R::TooOld;
@@ -397,7 +415,92 @@ impl RangeState {
                 }
                 R::Status(TxnStatus::Committed(*commit_ts))
             }
+            C::Feed {
+                start,
+                end,
+                after,
+                close_ts,
+                limit,
+            } => self.feed(
+                (start, end.as_ref()),
+                *after,
+                *close_ts,
+                *limit,
+                close_below_intents,
+            ),
             C::Split { .. } => R::Split,
+        }
+    }
+
+    /// `RangeCommand::Feed`: close, then list the final events of the interval.
+    fn feed(
+        &mut self,
+        (start, end): (&Key, Option<&Key>),
+        after: Timestamp,
+        close_ts: Timestamp,
+        limit: u64,
+        close_below_intents: bool,
+    ) -> RangeResult {
+        // The oldest pending intent may still commit at any timestamp above its start:
+        // the range can close only below it (TiKV's resolved-ts: min of the lock starts
+        // and the timestamp fetched before). An intent laid after this entry belongs to
+        // a transaction whose commit timestamp is taken after its prewrites are
+        // acknowledged, so after `close_ts` was: it commits above.
+        let blocker = self
+            .intents
+            .iter()
+            .min_by_key(|(_, i)| i.txn.start_ts)
+            .map(|(k, i)| (i.txn.clone(), k.clone()));
+        let mut target = close_ts;
+        if let Some((meta, _)) = blocker.as_ref().filter(|_| close_below_intents) {
+            target = target.min(Timestamp(meta.start_ts.0.saturating_sub(1)));
+        }
+        self.closed = self.closed.max(target);
+        let blocker = blocker.filter(|_| self.closed < close_ts);
+        let upper = match (end, &self.desc.end) {
+            (Some(a), Some(b)) => Some(a.min(b).clone()),
+            (Some(a), None) => Some(a.clone()),
+            (None, b) => b.clone(),
+        };
+        let mut events = Vec::new();
+        let mut resolved = self.closed;
+        if after < self.closed && upper.as_ref().is_none_or(|u| u > start) {
+            let bounds = (
+                std::ops::Bound::Included(start.clone()),
+                match &upper {
+                    Some(u) => std::ops::Bound::Excluded(u.clone()),
+                    None => std::ops::Bound::Unbounded,
+                },
+            );
+            let window = (
+                std::ops::Bound::Excluded(after),
+                std::ops::Bound::Included(self.closed),
+            );
+            let mut found: Vec<(Timestamp, &Key)> = Vec::new();
+            for (key, chain) in self.versions.range::<Key, _>(bounds) {
+                found.extend(chain.range(window).map(|(ts, _)| (*ts, key)));
+            }
+            found.sort();
+            if limit > 0 && found.len() as u64 > limit {
+                // Cut after a whole timestamp, so one revision's events stay together.
+                let last = found[limit as usize - 1].0;
+                found.retain(|(ts, _)| *ts <= last);
+                resolved = last;
+            }
+            events = found
+                .into_iter()
+                .map(|(ts, key)| Event {
+                    key: key.clone(),
+                    ts,
+                    row: self.row_at(key, ts, false),
+                    prev: self.row_at(key, Timestamp(ts.0 - 1), false),
+                })
+                .collect();
+        }
+        RangeResult::Events {
+            events,
+            resolved,
+            blocker,
         }
     }
 
@@ -418,6 +521,7 @@ impl RangeState {
         self.desc.depth = depth + 1;
         let mut child = RangeState::empty(child_desc);
         child.scan_ts = self.scan_ts;
+        child.closed = self.closed;
         child.versions = self.versions.split_off(split_key);
         child.intents = self.intents.split_off(split_key);
         child.max_read = self.max_read.split_off(split_key);
@@ -435,7 +539,13 @@ impl StateMachine for RangeSm {
         let check_conflicts = !self.lost_updates;
         #[cfg(not(test))]
         let check_conflicts = true;
-        let mut result = self.state.apply(command, check_conflicts);
+        #[cfg(test)]
+        let close_below_intents = !self.close_over_intents;
+        #[cfg(not(test))]
+        let close_below_intents = true;
+        let mut result = self
+            .state
+            .apply(command, check_conflicts, close_below_intents);
         if let RangeCommand::Split {
             generation,
             split_key,

@@ -18,6 +18,7 @@ mod lock;
 mod maintenance;
 pub mod pb;
 mod ranges;
+mod ranges_watch;
 mod recipes;
 mod watch;
 
@@ -105,8 +106,8 @@ impl EtcdNode {
         })
     }
 
-    /// Serve KV over the multi-Raft ranges (`synod up --ranges`); Watch and Lease then
-    /// answer Unimplemented.
+    /// Serve KV and Watch over the multi-Raft ranges (`synod up --ranges`); Lease then
+    /// answers Unimplemented.
     pub fn serve_over_ranges(&self, host: Arc<crate::txn::TxnHost>) {
         let _ = self.ranges.set(host);
     }

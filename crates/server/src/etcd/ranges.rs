@@ -32,7 +32,8 @@
 //! isolation, not etcd's serializability (two Txns whose compares read each other's
 //! writes can both commit: write skew; a Txn that writes the keys it compares is safe,
 //! since the writes conflict); reads inside a Txn see the snapshot, not the Txn's own
-//! earlier writes; no leases, no watch, no compaction (old versions are kept).
+//! earlier writes; no leases, no compaction (old versions are kept). Watch over the
+//! ranges is in etcd/ranges_watch.rs.
 
 use super::pb::etcdserverpb as pb;
 use super::{convert, EtcdNode};
@@ -120,7 +121,7 @@ pub(crate) fn unimplemented(what: &str) -> Status {
     )
 }
 
-fn kv_of(row: Row) -> KeyValue {
+pub(crate) fn kv_of(row: Row) -> KeyValue {
     KeyValue {
         key: decode_key(&row.key).unwrap_or_default(),
         create_revision: i64::try_from(row.create_ts.0).unwrap_or(i64::MAX),

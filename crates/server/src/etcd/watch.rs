@@ -188,7 +188,14 @@ impl pb::watch_server::Watch for WatchApi {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.0.check_not_ranges("watch")?;
+        if let Some(host) = self.0.ranges() {
+            let stream = super::ranges_watch::watch(
+                Arc::clone(&self.0),
+                Arc::clone(host),
+                request.into_inner(),
+            );
+            return Ok(Response::new(stream));
+        }
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel::<Reply>(1024);
         let node = Arc::clone(&self.0);
