@@ -115,6 +115,12 @@ pub struct ServiceConfig {
     /// Largest request body buffered for retries, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Serve HTTP/1.1 clients with the proxy's own lean codec, which reads a request,
+    /// forwards it on a pooled upstream connection and streams the answer back within the
+    /// client connection's task (the default). `false` serves everything with hyper, as
+    /// HTTP/2, upgrades, `Expect` and hedged services always are.
+    #[serde(default = "yes")]
+    pub lean_http1: bool,
     /// The instances, for the static upstream source.
     #[serde(default)]
     pub instances: Vec<InstanceConfig>,
@@ -178,6 +184,9 @@ pub struct InstanceConfig {
     pub meta: std::collections::BTreeMap<String, String>,
 }
 
+fn yes() -> bool {
+    true
+}
 fn one() -> u32 {
     1
 }
