@@ -764,6 +764,8 @@ async fn exchange(
 }
 
 /// What one attempt produced (the lean path's `AttemptResult`).
+// Moved a few times per request; boxing the exchange would allocate on every request.
+#[allow(clippy::large_enum_variant)]
 enum LeanResult {
     Done(Exchange),
     Retriable(Option<Exchange>, String),
@@ -771,6 +773,7 @@ enum LeanResult {
 }
 
 /// What goes back to the client.
+#[allow(clippy::large_enum_variant)]
 enum Reply {
     Upstream(Exchange, Option<HeaderValue>, u32),
     Text(StatusCode, String),
