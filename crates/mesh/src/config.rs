@@ -15,6 +15,7 @@
 //! hash_header = "x-user"            # ring-hash and maglev key (default: client address)
 //! tags = ["v2"]                     # route only to instances carrying every one of these
 //! weight_key = "weight"             # metadata key that overrides an instance's weight
+//! lean_http1 = true                 # HTTP/1.1 by the proxy's own codec (false: hyper)
 //! instances = [
 //!   { id = "a", address = "127.0.0.1:9001", weight = 2, tags = ["v2"] },
 //!   { id = "b", address = "127.0.0.1:9002", tags = ["v2"], meta = { weight = "3" } },
