@@ -546,3 +546,33 @@ async fn http10_falls_back_to_hyper() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, b"old");
 }
+
+#[tokio::test]
+async fn a_body_delimited_by_close_is_relayed_and_the_client_connection_closed() {
+    let (upstream, _) = scripted(Arc::new(|_: &Seen| {
+        vec![
+            Step::Write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil ".to_vec()),
+            Step::Pause(20),
+            Step::Write(b"the end".to_vec()),
+            Step::Close,
+        ]
+    }))
+    .await;
+    let proxy = start(&[upstream], "").await;
+    let mut client = TcpStream::connect(proxy.address("web").unwrap())
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    client.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\nuntil the end"), "{text}");
+}
