@@ -9,8 +9,12 @@
 # Then, with oha, latency at fixed offered loads (RATES, default "5000 10000 20000").
 #
 # SYNOD_WORKERS is a space-separated list of the proxy's `workers` settings to run, each
-# as its own contender (default "2 0"): N > 0 is N per-thread event loops fed by one
-# acceptor (nginx's model), 0 is one multi-threaded tokio runtime with two threads.
+# as its own contender (default "2"): N > 0 is N per-thread event loops fed by one
+# acceptor (nginx's model), 0 is one multi-threaded tokio runtime with two threads. These
+# serve HTTP/1.1 with the proxy's lean codec (`lean_http1`, the default). SYNOD_HYPER=1
+# (the default; 0 leaves it out) adds "synod-hyper", the same binary with two workers and
+# `lean_http1 = false`, i.e. hyper's server and client connections, for a before/after
+# comparison in one run.
 #
 # Besides wrk's throughput and latency, each run reports the proxy's CPU time per request
 # (user + system, from /proc, summed over the process and its children), which depends far
@@ -28,9 +32,9 @@ BASE="${BASE_PORT:-19100}"
 THREADS=2
 
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install -y wrk)" >&2; exit 1; }
-# SYNOD_BIN=path skips the build and benchmarks that binary instead.
-if [ -n "${SYNOD_BIN:-}" ]; then
-  SYNOD="$SYNOD_BIN"
+# SYNOD=path (or SYNOD_BIN=path) skips the build and benchmarks that binary instead.
+if [ -n "${SYNOD_BIN:-${SYNOD:-}}" ]; then
+  SYNOD="${SYNOD_BIN:-$SYNOD}"
 else
   cargo build --release -q -p synod
   SYNOD=./target/release/synod
@@ -64,32 +68,42 @@ wait_port() {
 # --- synod mesh proxy ---------------------------------------------------------------
 PROXIES=()
 offset=10
-for workers in ${SYNOD_WORKERS:-2 0}; do
+synod_config() { # workers port lean
+  echo "workers = $1"
+  echo "[[service]]"
+  echo "name = \"bench\""
+  echo "listen = \"127.0.0.1:$2\""
+  echo "lb = \"round-robin\""
+  echo "lean_http1 = $3"
+  printf 'instances = ['
+  sep=""
+  for u in "${UPSTREAMS[@]}"; do printf '%s{ address = "%s" }' "$sep" "$u"; sep=", "; done
+  echo "]"
+}
+SYNOD_WORKERS="${SYNOD_WORKERS:-2}"
+for workers in $SYNOD_WORKERS; do
   port=$((BASE + offset))
   offset=$((offset + 3))
-  {
-    echo "workers = $workers"
-    echo "[[service]]"
-    echo "name = \"bench\""
-    echo "listen = \"127.0.0.1:$port\""
-    echo "lb = \"round-robin\""
-    printf 'instances = ['
-    sep=""
-    for u in "${UPSTREAMS[@]}"; do printf '%s{ address = "%s" }' "$sep" "$u"; sep=", "; done
-    echo "]"
-  } > "$WORK/synod-$workers.toml"
+  synod_config "$workers" "$port" true > "$WORK/synod-$workers.toml"
   TOKIO_WORKER_THREADS=$THREADS "$SYNOD" --log error mesh proxy --config "$WORK/synod-$workers.toml" >/dev/null &
   PIDS+=($!)
   if [ "$workers" = 0 ]; then name=synod-rt; else name="synod-w$workers"; fi
   PROXIES+=("$name:$port:$!")
 done
+if [ "${SYNOD_HYPER:-1}" = 1 ]; then
+  port=$((BASE + 22))
+  synod_config 2 "$port" false > "$WORK/synod-hyper.toml"
+  TOKIO_WORKER_THREADS=$THREADS "$SYNOD" --log error mesh proxy --config "$WORK/synod-hyper.toml" >/dev/null &
+  PIDS+=($!)
+  PROXIES+=("synod-hyper:$port:$!")
+fi
 
 # SYNOD_BASE_BIN=path adds that binary (an older build, say) with `workers = 2` as one
 # more contender, "base-w2", for a before/after comparison in the same run.
 if [ -n "${SYNOD_BASE_BIN:-}" ]; then
   port=$((BASE + 20))
   sed "s/127.0.0.1:$((BASE + 10))\"/127.0.0.1:$port\"/; s/^workers = .*/workers = 2/" \
-    "$WORK/synod-$(echo ${SYNOD_WORKERS:-2 0} | awk '{ print $1 }').toml" > "$WORK/base.toml"
+    "$WORK/synod-$(echo $SYNOD_WORKERS | awk '{ print $1 }').toml" | grep -v '^lean_http1' > "$WORK/base.toml"
   TOKIO_WORKER_THREADS=$THREADS "$SYNOD_BASE_BIN" --log error mesh proxy --config "$WORK/base.toml" >/dev/null &
   PIDS+=($!)
   PROXIES+=("base-w2:$port:$!")
@@ -182,7 +196,8 @@ to_ms() {
     printf "%.3f", n }'
 }
 
-echo "rounds=$ROUNDS seconds=$SECONDS_PER_RUN connections=$CONNECTIONS wrk_threads=$THREADS cores=$(nproc)"
+echo "rounds=$ROUNDS seconds=$SECONDS_PER_RUN connections=$CONNECTIONS wrk_threads=$THREADS cores=$(nproc) $("$SYNOD" --version 2>/dev/null || true)"
+loadavg() { cut -d' ' -f1 /proc/loadavg; }
 : > "$WORK/results"
 for round in $(seq 1 "$ROUNDS"); do
   for p in "${PROXIES[@]}"; do
@@ -198,14 +213,14 @@ for round in $(seq 1 "$ROUNDS"); do
     p99="$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")"
     cpu_us="$(awk -v t=$((after - before)) -v hz="$TICK" -v n="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')"
     errors="$(echo "$out" | awk '/Non-2xx|Socket errors/ { s = s $0 "; " } END { print s }')"
-    echo "round $round $name: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, ${cpu_us} CPU-us/req ${errors}"
+    echo "round $round $name: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, ${cpu_us} CPU-us/req, load $(loadavg) ${errors}"
     echo "$name $rps $p50 $p99 $cpu_us" >> "$WORK/results"
   done
 done
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo
-printf "%-9s %10s %8s %8s %12s %8s %8s\n" proxy "req/s" "p50 ms" "p99 ms" "CPU-us/req" "req/s÷" "p99÷"
+printf "%-11s %10s %8s %8s %12s %8s %8s\n" proxy "req/s" "p50 ms" "p99 ms" "CPU-us/req" "req/s÷" "p99÷"
 base_rps=""; base_p99=""
 if grep -q '^nginx ' "$WORK/results"; then
   base_rps="$(awk '$1 == "nginx" { print $2 }' "$WORK/results" | median)"
@@ -223,7 +238,7 @@ for p in "${PROXIES[@]}"; do
   else
     r1="-"; r2="-"
   fi
-  printf "%-9s %10.0f %8.3f %8.3f %12.1f %8s %8s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$r1" "$r2"
+  printf "%-11s %10.0f %8.3f %8.3f %12.1f %8s %8s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$r1" "$r2"
 done
 echo "(req/s÷ and p99÷: medians relative to nginx's medians)"
 
@@ -235,6 +250,7 @@ echo "(req/s÷ and p99÷: medians relative to nginx's medians)"
 # oha: cargo install oha --locked (or OHA=path).
 RATES="${RATES-5000 10000 20000}"
 OHA="${OHA:-$(command -v oha || true)}"
+[ -z "$OHA" ] && [ -x /tmp/oha/bin/oha ] && OHA=/tmp/oha/bin/oha
 if [ -n "$RATES" ] && [ -z "$OHA" ]; then
   echo "oha not found (cargo install oha --locked, or OHA=path): fixed-rate latency skipped" >&2
   RATES=""
@@ -243,35 +259,42 @@ fi
 for rate in $RATES; do
   for round in $(seq 1 "$ROUNDS"); do
     for p in "${PROXIES[@]}"; do
-      name="${p%%:*}"; rest="${p#*:}"; port="${rest%%:*}"
+      name="${p%%:*}"; rest="${p#*:}"; port="${rest%%:*}"; pid="${rest##*:}"
+      before="$(cpu_ticks "$pid")"
       "$OHA" -z "${SECONDS_PER_RUN}s" -c "$CONNECTIONS" -q "$rate" --latency-correction \
         --no-tui --output-format json "http://127.0.0.1:$port/" > "$WORK/oha.json"
-      line="$(python3 - "$WORK/oha.json" <<'PY'
+      after="$(cpu_ticks "$pid")"
+      line="$(python3 - "$WORK/oha.json" $((after - before)) "$TICK" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 p = d["latencyPercentiles"]
+s = d["summary"]
 ms = lambda v: (v or 0) * 1000
-print("%.1f %.3f %.3f %.3f %.4f" % (d["summary"]["requestsPerSec"], ms(p["p50"]), ms(p["p99"]),
-                                     ms(p["p99.9"]), d["summary"]["successRate"]))
+n = max(1.0, s["requestsPerSec"] * s["total"])
+cpu = int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / n
+print("%.1f %.3f %.3f %.3f %.4f %.1f" % (s["requestsPerSec"], ms(p["p50"]), ms(p["p99"]),
+                                         ms(p["p99.9"]), s["successRate"], cpu))
 PY
 )"
-      echo "rate $rate round $round $name: $line (req/s p50 p99 p99.9 ms, success)"
+      echo "rate $rate round $round $name: $line (req/s p50 p99 p99.9 ms, success, CPU-us/req), load $(loadavg)"
       echo "$rate $name $line" >> "$WORK/fixed"
     done
   done
 done
 if [ -n "$RATES" ]; then
   echo
-  printf "%-7s %-9s %9s %8s %8s %9s %8s %8s\n" rate proxy "req/s" "p50 ms" "p99 ms" "p99.9 ms" success "p99÷"
+  printf "%-7s %-11s %9s %8s %8s %9s %8s %8s %8s %8s\n" rate proxy "req/s" "p50 ms" "p99 ms" "p99.9 ms" success "CPU-us" "p50÷" "p99÷"
   for rate in $RATES; do
     base="$(awk -v r="$rate" '$1 == r && $2 == "nginx" { print $5 }' "$WORK/fixed" | median)"
+    base50="$(awk -v r="$rate" '$1 == r && $2 == "nginx" { print $4 }' "$WORK/fixed" | median)"
     for p in "${PROXIES[@]}"; do
       name="${p%%:*}"
       col() { awk -v r="$rate" -v n="$name" -v c="$1" '$1 == r && $2 == n { print $c }' "$WORK/fixed" | median; }
-      p99="$(col 5)"
-      ratio="-"
+      p99="$(col 5)"; p50="$(col 4)"
+      ratio="-"; ratio50="-"
       [ -n "$base" ] && ratio="$(awk -v a="$p99" -v b="$base" 'BEGIN { printf "%.2fx", a / b }')"
-      printf "%-7s %-9s %9.0f %8.3f %8.3f %9.3f %8.4f %8s\n" "$rate" "$name" "$(col 3)" "$(col 4)" "$p99" "$(col 6)" "$(col 7)" "$ratio"
+      [ -n "$base50" ] && ratio50="$(awk -v a="$p50" -v b="$base50" 'BEGIN { printf "%.2fx", a / b }')"
+      printf "%-7s %-11s %9.0f %8.3f %8.3f %9.3f %8.4f %8.1f %8s %8s\n" "$rate" "$name" "$(col 3)" "$p50" "$p99" "$(col 6)" "$(col 7)" "$(col 8)" "$ratio50" "$ratio"
     done
   done
   echo "(medians over $ROUNDS rounds; p99÷: relative to nginx's median p99 at the same rate)"

@@ -15,6 +15,7 @@
 //! hash_header = "x-user"            # ring-hash and maglev key (default: client address)
 //! tags = ["v2"]                     # route only to instances carrying every one of these
 //! weight_key = "weight"             # metadata key that overrides an instance's weight
+//! lean_http1 = true                 # HTTP/1.1 by the proxy's own codec (false: hyper)
 //! instances = [
 //!   { id = "a", address = "127.0.0.1:9001", weight = 2, tags = ["v2"] },
 //!   { id = "b", address = "127.0.0.1:9002", tags = ["v2"], meta = { weight = "3" } },
@@ -115,6 +116,12 @@ pub struct ServiceConfig {
     /// Largest request body buffered for retries, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Serve HTTP/1.1 clients with the proxy's own lean codec, which reads a request,
+    /// forwards it on a pooled upstream connection and streams the answer back within the
+    /// client connection's task (the default). `false` serves everything with hyper, as
+    /// HTTP/2, upgrades, `Expect` and hedged services always are.
+    #[serde(default = "yes")]
+    pub lean_http1: bool,
     /// The instances, for the static upstream source.
     #[serde(default)]
     pub instances: Vec<InstanceConfig>,
@@ -178,6 +185,9 @@ pub struct InstanceConfig {
     pub meta: std::collections::BTreeMap<String, String>,
 }
 
+fn yes() -> bool {
+    true
+}
 fn one() -> u32 {
     1
 }

@@ -45,6 +45,8 @@ use synod_core::Instant;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+mod h1;
+
 /// A pooled h2c client to a service's upstreams (HTTP/1.1 upstreams use [`H1Pool`]).
 type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -1592,17 +1594,28 @@ fn serve_connection(
             tokio::spawn(handle_tcp(service, stream, client));
         }
         Protocol::Http => {
-            tokio::spawn(async move {
-                let handler = hyper::service::service_fn(move |request| {
-                    let service = service.clone();
-                    async move { Ok::<_, Infallible>(service.handle(client, request).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), handler)
-                    .await;
-            });
+            let config = &service.config;
+            if config.lean_http1 && !config.upstream_http2 && config.hedge.is_none() {
+                tokio::spawn(h1::serve(service, stream, client));
+            } else {
+                tokio::spawn(serve_hyper(service, stream, client));
+            }
         }
     }
+}
+
+/// Serve an HTTP/1.1 or HTTP/2 connection with hyper.
+async fn serve_hyper<I>(service: Arc<Service>, io: I, client: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let handler = hyper::service::service_fn(move |request| {
+        let service = service.clone();
+        async move { Ok::<_, Infallible>(service.handle(client, request).await) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), handler)
+        .await;
 }
 
 async fn admin_loop(listener: TcpListener, services: Vec<Arc<Service>>) {
