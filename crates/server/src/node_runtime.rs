@@ -1,0 +1,41 @@
+//! The tokio runtime a node process runs on.
+//!
+//! Experiment knobs (environment variables read once at start, for
+//! `bench/etcd-cpu-per-write.sh`): `SYNOD_WORKER_THREADS` (default: one per core),
+//! `SYNOD_EVENT_INTERVAL` (ticks between I/O polls; tokio's default 61) and
+//! `SYNOD_GLOBAL_QUEUE_INTERVAL`, and `SYNOD_FOLLOWER_PROPOSALS=0` (followers forward
+//! writes to the leader's gateway instead of proposing them through Raft).
+
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let value = std::env::var(name).ok()?;
+    match value.parse() {
+        Ok(v) => Some(v),
+        Err(_) => {
+            eprintln!("warning: {name}={value:?} is not a number; ignored");
+            None
+        }
+    }
+}
+
+/// The multi-threaded runtime of `synod node`.
+pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = env_number::<usize>("SYNOD_WORKER_THREADS").filter(|&n| n > 0) {
+        builder.worker_threads(n);
+    }
+    if let Some(n) = env_number::<u32>("SYNOD_EVENT_INTERVAL").filter(|&n| n > 0) {
+        builder.event_interval(n);
+    }
+    if let Some(n) = env_number::<u32>("SYNOD_GLOBAL_QUEUE_INTERVAL").filter(|&n| n > 0) {
+        builder.global_queue_interval(n);
+    }
+    builder.build()
+}
+
+/// Whether followers propose client writes through Raft (`RaftConfig::follower_proposals`)
+/// rather than forward them to the leader's gateway. On unless `SYNOD_FOLLOWER_PROPOSALS=0`.
+pub fn follower_proposals() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SYNOD_FOLLOWER_PROPOSALS").map_or(true, |v| v != "0"))
+}
