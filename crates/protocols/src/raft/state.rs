@@ -75,6 +75,9 @@ pub(crate) enum Bug {
     VoteWithoutLogCheck,
     /// Hold a read lease for twenty election timeouts instead of one (thesis §6.4.1).
     LeaseTooLong,
+    /// A follower answers a proposed write at once, from its own (stale) state, instead
+    /// of when the entry applies (implies follower proposals).
+    AnswerProposalOnSend,
 }
 
 /// What the leader knows about one follower's log.
@@ -1056,7 +1059,13 @@ impl<S: StateMachine> Raft<S> {
         command: S::Command,
     ) {
         let leader = self.leader.filter(|&l| l != self.me);
-        if self.role == Role::Follower && self.config.follower_proposals && leader.is_some() {
+        #[allow(unused_mut)]
+        let mut proposals = self.config.follower_proposals;
+        #[cfg(test)]
+        if self.bug == Some(Bug::AnswerProposalOnSend) {
+            proposals = true;
+        }
+        if self.role == Role::Follower && proposals && leader.is_some() {
             if let Some(leader) = leader {
                 return self.propose_to(ctx, leader, client, session, seq, command);
             }
@@ -1151,6 +1160,12 @@ impl<S: StateMachine> Raft<S> {
                 at: now,
             },
         );
+        #[cfg(test)]
+        if self.bug == Some(Bug::AnswerProposalOnSend) {
+            self.proposed.remove(&session);
+            let output = self.state_machine.read(&command);
+            ctx.reply(client, RaftMsg::ClientReply { seq, output });
+        }
         // Nothing to make durable here: the leader's log is what counts.
         ctx.send_unsynced(
             leader,
