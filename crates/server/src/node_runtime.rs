@@ -3,8 +3,8 @@
 //! Experiment knobs (environment variables read once at start, for
 //! `bench/etcd-cpu-per-write.sh`): `SYNOD_WORKER_THREADS` (default: one per core),
 //! `SYNOD_EVENT_INTERVAL` (ticks between I/O polls; tokio's default 61) and
-//! `SYNOD_GLOBAL_QUEUE_INTERVAL`, and `SYNOD_FOLLOWER_PROPOSALS=0` (followers forward
-//! writes to the leader's gateway instead of proposing them through Raft).
+//! `SYNOD_GLOBAL_QUEUE_INTERVAL`, and `SYNOD_FOLLOWER_PROPOSALS=1` (followers propose
+//! writes through Raft instead of forwarding them to the leader's gateway).
 
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     let value = std::env::var(name).ok()?;
@@ -34,8 +34,10 @@ pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Whether followers propose client writes through Raft (`RaftConfig::follower_proposals`)
-/// rather than forward them to the leader's gateway. On unless `SYNOD_FOLLOWER_PROPOSALS=0`.
+/// rather than forward them to the leader's gateway. Off unless `SYNOD_FOLLOWER_PROPOSALS=1`:
+/// under `check perf --load=l` on a loaded machine it gave more writes/s in the CPU probe
+/// but longer stalls in whole check perf runs (docs/etcdperf.md, session 5).
 pub fn follower_proposals() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SYNOD_FOLLOWER_PROPOSALS").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| std::env::var("SYNOD_FOLLOWER_PROPOSALS").is_ok_and(|v| v == "1"))
 }
