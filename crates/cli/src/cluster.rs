@@ -115,10 +115,7 @@ pub(crate) fn certs(cmd: CertsCommand) -> Result<ExitCode> {
 pub(crate) fn node(cmd: NodeCommand) -> Result<ExitCode> {
     let me = parse_node_id(&cmd.id)?;
     let config = ClusterConfig::load(&cmd.config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = synod_server::node_runtime::build().context("starting the async runtime")?;
     runtime.block_on(synod_server::node::run_node(config, me))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,11 @@
 //! Client requests into the Raft group from any node.
 //!
-//! A client may talk to any node. A request that reaches a follower is forwarded to the
-//! leader over the peer transport (as etcd's followers forward proposals), and the
-//! leader's answer comes back the same way. Writes carry a (session, sequence number)
+//! A client may talk to any node. A write goes to this node's Raft server first: a
+//! follower that knows the leader proposes it through Raft (`RaftConfig::
+//! follower_proposals`, etcd's `MsgProp`) and answers once the entry has applied on its
+//! own replica, so no reply crosses the network. A read, or a write the local server
+//! turns away with a leader hint, is forwarded to the leader over the peer transport,
+//! and the leader's answer comes back the same way. Writes carry a (session, sequence number)
 //! pair that the Raft state machine deduplicates (thesis §6.3), so a retry after a lost
 //! reply or a leader change never applies a command twice.
 //!
@@ -149,11 +152,14 @@ impl<S: StateMachine> Gateway<S> {
         let (session, last) = self.sessions.take();
         let seq = last + 1;
         let outcome = self
-            .submit(RaftMsg::ClientWrite {
-                session,
-                seq,
-                command,
-            })
+            .submit(
+                RaftMsg::ClientWrite {
+                    session,
+                    seq,
+                    command,
+                },
+                crate::node_runtime::follower_proposals(),
+            )
             .await;
         self.sessions.give_back(session, seq);
         outcome
@@ -161,14 +167,19 @@ impl<S: StateMachine> Gateway<S> {
 
     /// Answer a read-only command linearizably (ReadIndex on the leader).
     pub async fn read(&self, command: S::Command) -> Result<S::Output, GatewayError> {
-        self.submit(RaftMsg::ClientRead { seq: 0, command }).await
+        self.submit(RaftMsg::ClientRead { seq: 0, command }, false)
+            .await
     }
 
-    /// Try the known leader (or this node), follow `NotLeader` hints, and retry the same
-    /// message until it is answered or the deadline passes.
-    async fn submit(&self, msg: Msg<S>) -> Result<S::Output, GatewayError> {
+    /// Try the known leader (or this node; always this node first with `local_first`),
+    /// follow `NotLeader` hints, and retry the same message until it is answered or the
+    /// deadline passes.
+    async fn submit(&self, msg: Msg<S>, local_first: bool) -> Result<S::Output, GatewayError> {
         let started = Instant::now();
-        let mut target = self.known_leader().unwrap_or(self.me);
+        let mut target = match local_first {
+            true => self.me,
+            false => self.known_leader().unwrap_or(self.me),
+        };
         let mut answered_no_leader = false;
         loop {
             let left = self.deadline.saturating_sub(started.elapsed());
@@ -187,7 +198,9 @@ impl<S: StateMachine> Gateway<S> {
             };
             match reply {
                 Ok(RaftMsg::ClientReply { output, .. }) => {
-                    self.leader.store(target.0, Ordering::Relaxed);
+                    if !local_first {
+                        self.leader.store(target.0, Ordering::Relaxed);
+                    }
                     return Ok(output);
                 }
                 Ok(RaftMsg::NotLeader {

@@ -18,6 +18,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod mapreduce;
 pub mod node;
+pub mod node_runtime;
 pub mod run;
 pub mod stream;
 pub mod txn;

@@ -240,6 +240,7 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     // no bound but memory's: the state machine is in memory anyway.
     raft_cfg.snapshot_threshold = config.tuning.snapshot_entries.max(1);
     raft_cfg.max_snapshot_bytes = None;
+    raft_cfg.follower_proposals = crate::node_runtime::follower_proposals();
     let raft = services.spawn(
         "raft",
         placement(service::RAFT),

@@ -364,11 +364,15 @@ pub fn cluster(cfg: SimConfig, tweak: Tweak) -> Sim<Kv> {
 }
 
 /// A group whose initial voters are the first `voters` of `cfg.nodes` servers. Half the
-/// seeds snapshot and compact often.
+/// seeds snapshot and compact often; on half of them (independently) followers propose
+/// client writes through Raft and answer them ([`RaftConfig::follower_proposals`]).
 pub fn cluster_of(cfg: SimConfig, voters: u32, tweak: Tweak) -> Sim<Kv> {
     let snapshots = (cfg.seed / 2) % 2 == 1;
+    let proposals = (cfg.seed / 4) % 2 == 1;
     let mut sim = Sim::new(cfg, move |_me: NodeId| {
-        let mut raft = Raft::new(test_config(voters, snapshots), KvStateMachine::default());
+        let mut config = test_config(voters, snapshots);
+        config.follower_proposals = proposals;
+        let mut raft = Raft::new(config, KvStateMachine::default());
         tweak(&mut raft);
         raft
     });

@@ -129,6 +129,21 @@
 //! the group, thanks to pre-vote and leader stickiness (thesis §4.2.3). The membership
 //! as of a snapshot's last entry is stored in the snapshot.
 //!
+//! ## Writes through followers (opt-in)
+//!
+//! With [`RaftConfig::follower_proposals`], a follower that knows the leader does not
+//! turn a client write away: it sends the command to the leader as a
+//! [`RaftMsg::Propose`] (etcd's `MsgProp`, raft/raft.go `stepFollower`), remembers the
+//! client under the write's session, and answers it when the entry with that session and
+//! sequence number applies on its *own* state machine. The entry is committed by then
+//! (a follower applies only up to the leader's commit index), and the output is the one
+//! every server computes for that index, so the answer is the same the leader would have
+//! given, one network hop earlier. A proposal lost on the way, or dropped by a leader
+//! that is stepping down, is retried by the client with the same session and sequence
+//! number; the session table keeps the retry from applying twice, and a retry of a
+//! write that already applied on this follower is answered from the table. The leader
+//! treats a proposal as a client write without a client: it appends it once per term.
+//!
 //! ## Lease reads (opt-in, thesis §6.4.1)
 //!
 //! With [`RaftConfig::lease_read_max_drift_ppm`] set to `Some(ρ)`, every heartbeat
@@ -154,8 +169,8 @@
 //!
 //! ## Inputs and effects
 //!
-//! Inputs: [`RaftMsg`] from peers and clients; [`RaftTimer`]s. Effects: `AppendEntries`
-//! and `InstallSnapshot` with `send_unsynced`; everything else with held `send`/`reply`;
+//! Inputs: [`RaftMsg`] from peers and clients; [`RaftTimer`]s. Effects: `AppendEntries`,
+//! `InstallSnapshot` and `Propose` with `send_unsynced`; everything else with held `send`/`reply`;
 //! one election timer and (leader only) one heartbeat timer.
 
 #[cfg(any(test, feature = "harness"))]
@@ -249,6 +264,11 @@ pub struct RaftConfig {
     /// Most client sessions remembered for exactly-once writes (thesis §6.3); beyond
     /// it, the least recently written session is forgotten, on every server alike.
     pub max_sessions: usize,
+    /// A follower that knows the leader accepts client writes itself: it proposes the
+    /// command to the leader ([`RaftMsg::Propose`]) and answers the client once the entry
+    /// has applied on its own state machine, as etcd's followers do. Off: a follower
+    /// answers `NotLeader` and the client goes to the leader.
+    pub follower_proposals: bool,
 }
 
 impl RaftConfig {
@@ -271,6 +291,7 @@ impl RaftConfig {
             max_snapshot_bytes: None,
             lease_read_max_drift_ppm: None,
             max_sessions: 100_000,
+            follower_proposals: false,
         }
     }
 }

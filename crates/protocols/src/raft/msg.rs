@@ -203,6 +203,18 @@ pub enum RaftMsg<C, O> {
         /// Every entry up to here is durable.
         index: LogIndex,
     },
+    /// Follower → leader, with [`super::RaftConfig::follower_proposals`]: append this
+    /// client write (etcd's `MsgProp`). The follower answers its client itself once the
+    /// entry applies on it, so the leader sends nothing back; a lost proposal is retried
+    /// by the client with the same session and sequence number.
+    Propose {
+        /// The client's session.
+        session: SessionId,
+        /// The request's sequence number in the session.
+        seq: u64,
+        /// The command.
+        command: C,
+    },
     /// Client → server: apply a command through the log.
     ClientWrite {
         /// The client's session.

@@ -75,6 +75,9 @@ pub(crate) enum Bug {
     VoteWithoutLogCheck,
     /// Hold a read lease for twenty election timeouts instead of one (thesis §6.4.1).
     LeaseTooLong,
+    /// A follower answers a proposed write at once, from its own (stale) state, instead
+    /// of when the entry applies (implies follower proposals).
+    AnswerProposalOnSend,
 }
 
 /// What the leader knows about one follower's log.
@@ -113,14 +116,27 @@ impl Progress {
     }
 }
 
-/// A client write waiting for its entry to apply.
+/// A client write waiting for its entry to apply (no client: a follower's proposal).
 #[derive(Clone, Debug)]
 struct Waiting {
-    client: ClientId,
+    client: Option<ClientId>,
     term: Term,
     session: SessionId,
     seq: u64,
 }
+
+/// A client write this follower proposed to the leader, answered when it applies here.
+#[derive(Clone, Debug)]
+struct Proposed {
+    seq: u64,
+    client: ClientId,
+    /// When it was (last) proposed, to forget clients that gave up long ago.
+    at: Instant,
+}
+
+/// Proposals older than this many election timeouts are forgotten when the table grows:
+/// their clients have given up (a retry proposes again).
+const PROPOSAL_MEMORY_TIMEOUTS: u32 = 20;
 
 /// A client read waiting for ReadIndex (thesis §6.4).
 #[derive(Clone, Debug)]
@@ -164,6 +180,8 @@ pub struct Raft<S: StateMachine> {
     /// The last heartbeat round started for reads.
     read_round: u64,
     waiting: BTreeMap<LogIndex, Waiting>,
+    /// Follower proposals awaiting their entry, by session (one write in flight each).
+    proposed: BTreeMap<SessionId, Proposed>,
     reads: Vec<PendingRead<S::Command>>,
     transfer: Option<(NodeId, Instant)>,
     // Lease reads (opt-in): when each recent round was sent, and the lease's end.
@@ -214,6 +232,7 @@ impl<S: StateMachine> Raft<S> {
             round: 0,
             read_round: 0,
             waiting: BTreeMap::new(),
+            proposed: BTreeMap::new(),
             reads: Vec::new(),
             transfer: None,
             round_sent: BTreeMap::new(),
@@ -645,39 +664,61 @@ impl<S: StateMachine> Raft<S> {
     fn apply_committed(&mut self, ctx: &mut RaftCtx<'_, S>) {
         while self.last_applied < self.commit_index {
             let index = self.last_applied.next();
-            let Some(entry) = self.log.entry(index).cloned() else {
+            // Borrowed, not cloned: only the fields below are touched meanwhile.
+            let Some(entry) = self.log.entry(index) else {
                 let why = format!("committed entry {index} is not in the log");
                 return self.set_fault(ctx, why);
             };
-            let output = match entry.payload {
-                EntryPayload::Noop | EntryPayload::Config(_) => None,
+            let entry_term = entry.term;
+            let (output, write) = match &entry.payload {
+                EntryPayload::Noop | EntryPayload::Config(_) => (None, None),
                 EntryPayload::Command {
                     session,
                     seq,
                     command,
-                } => match self.sessions.get(&session) {
-                    // A retry of a write that already applied: answer it, do not reapply.
-                    Some((last, output)) if seq == last => Some(output.clone()),
-                    Some((last, _)) if seq < last => None,
-                    _ => {
-                        let output = self.state_machine.apply(index, &command);
-                        let max = self.config.max_sessions;
-                        self.sessions
-                            .record(session, seq, output.clone(), index, max);
-                        Some(output)
-                    }
-                },
+                } => {
+                    let output = match self.sessions.get(session) {
+                        // A retry of a write that already applied: answer it, do not
+                        // reapply.
+                        Some((last, output)) if *seq == last => Some(output.clone()),
+                        Some((last, _)) if *seq < last => None,
+                        _ => {
+                            let output = self.state_machine.apply(index, command);
+                            let max = self.config.max_sessions;
+                            self.sessions
+                                .record(*session, *seq, output.clone(), index, max);
+                            Some(output)
+                        }
+                    };
+                    (output, Some((*session, *seq)))
+                }
             };
             self.last_applied = index;
+            let mut output = output;
             if let Some(waiting) = self.waiting.remove(&index) {
-                if let (Some(output), true) = (output, waiting.term == entry.term) {
-                    ctx.reply(
-                        waiting.client,
-                        RaftMsg::ClientReply {
-                            seq: waiting.seq,
-                            output,
-                        },
-                    );
+                if let (Some(client), true) = (waiting.client, waiting.term == entry_term) {
+                    if let Some(output) = output.take() {
+                        ctx.reply(
+                            client,
+                            RaftMsg::ClientReply {
+                                seq: waiting.seq,
+                                output,
+                            },
+                        );
+                    }
+                }
+            }
+            // A write this server proposed as a follower: answer from its own apply.
+            if let Some((session, seq)) = write {
+                if let Some(p) = self.proposed.get(&session) {
+                    if p.seq <= seq {
+                        let p = self.proposed.remove(&session).map(|p| (p.seq, p.client));
+                        if let (Some((pseq, client)), Some(output)) = (p, output) {
+                            if pseq == seq {
+                                ctx.reply(client, RaftMsg::ClientReply { seq, output });
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -1017,6 +1058,18 @@ impl<S: StateMachine> Raft<S> {
         seq: u64,
         command: S::Command,
     ) {
+        let leader = self.leader.filter(|&l| l != self.me);
+        #[allow(unused_mut)]
+        let mut proposals = self.config.follower_proposals;
+        #[cfg(test)]
+        if self.bug == Some(Bug::AnswerProposalOnSend) {
+            proposals = true;
+        }
+        if self.role == Role::Follower && proposals && leader.is_some() {
+            if let Some(leader) = leader {
+                return self.propose_to(ctx, leader, client, session, seq, command);
+            }
+        }
         if self.role != Role::Leader || self.transfer.is_some() {
             return self.not_leader(ctx, client, seq);
         }
@@ -1028,6 +1081,19 @@ impl<S: StateMachine> Raft<S> {
             Some((last, _)) if last > seq => return,
             _ => {}
         }
+        self.append_write(ctx, Some(client), session, seq, command);
+    }
+
+    /// Leader: append a client write once per term, and answer `client` (if any) when
+    /// it applies.
+    fn append_write(
+        &mut self,
+        ctx: &mut RaftCtx<'_, S>,
+        client: Option<ClientId>,
+        session: SessionId,
+        seq: u64,
+        command: S::Command,
+    ) {
         // Already in the log, not yet applied: answer this client when it applies.
         let term = self.current_term;
         if let Some(waiting) = self
@@ -1035,7 +1101,9 @@ impl<S: StateMachine> Raft<S> {
             .values_mut()
             .find(|w| w.session == session && w.seq == seq && w.term == term)
         {
-            waiting.client = client;
+            if client.is_some() {
+                waiting.client = client;
+            }
             return;
         }
         let payload = EntryPayload::Command {
@@ -1056,6 +1124,80 @@ impl<S: StateMachine> Raft<S> {
             },
         );
         self.replicate_all(ctx);
+    }
+
+    /// Follower: hand a client write to the leader and answer the client when the entry
+    /// applies here (etcd's `MsgProp`).
+    fn propose_to(
+        &mut self,
+        ctx: &mut RaftCtx<'_, S>,
+        leader: NodeId,
+        client: ClientId,
+        session: SessionId,
+        seq: u64,
+        command: S::Command,
+    ) {
+        match self.sessions.get(&session) {
+            // Applied here already (an earlier attempt): answer from the session table.
+            Some((last, output)) if last == seq => {
+                let output = output.clone();
+                return ctx.reply(client, RaftMsg::ClientReply { seq, output });
+            }
+            Some((last, _)) if last > seq => return,
+            _ => {}
+        }
+        let now = ctx.now();
+        let len = self.proposed.len();
+        if len >= 1024 && len.is_power_of_two() {
+            let memory = self.config.election_timeout * PROPOSAL_MEMORY_TIMEOUTS;
+            self.proposed.retain(|_, p| p.at + memory > now);
+        }
+        self.proposed.insert(
+            session,
+            Proposed {
+                seq,
+                client,
+                at: now,
+            },
+        );
+        #[cfg(test)]
+        if self.bug == Some(Bug::AnswerProposalOnSend) {
+            self.proposed.remove(&session);
+            let output = self.state_machine.read(&command);
+            ctx.reply(client, RaftMsg::ClientReply { seq, output });
+        }
+        // Nothing to make durable here: the leader's log is what counts.
+        ctx.send_unsynced(
+            leader,
+            RaftMsg::Propose {
+                session,
+                seq,
+                command,
+            },
+        );
+    }
+
+    /// Leader: a follower's proposal is a client write whose client the follower answers.
+    fn on_propose(
+        &mut self,
+        ctx: &mut RaftCtx<'_, S>,
+        session: SessionId,
+        seq: u64,
+        command: S::Command,
+    ) {
+        if self.role != Role::Leader || self.transfer.is_some() {
+            // Dropped: the follower's client retries, and finds the next leader.
+            return;
+        }
+        if self
+            .sessions
+            .get(&session)
+            .is_some_and(|(last, _)| last >= seq)
+        {
+            // Applied already; the follower answers when it applies it too.
+            return;
+        }
+        self.append_write(ctx, None, session, seq, command);
     }
 
     fn on_transfer_leadership(&mut self, ctx: &mut RaftCtx<'_, S>, to: NodeId) {
@@ -1314,6 +1456,11 @@ impl<S: StateMachine> Actor for Raft<S> {
                 done,
             ),
             RaftMsg::TimeoutNow { term } => self.on_timeout_now(ctx, node, term),
+            RaftMsg::Propose {
+                session,
+                seq,
+                command,
+            } => self.on_propose(ctx, session, seq, command),
             _ => {}
         }
     }

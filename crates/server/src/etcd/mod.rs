@@ -17,6 +17,7 @@ mod lease;
 mod lock;
 mod maintenance;
 pub mod pb;
+mod perf;
 mod ranges;
 mod ranges_watch;
 mod recipes;
@@ -162,8 +163,17 @@ impl EtcdNode {
         tokio::spawn(Arc::clone(&self).background());
         // Lock and Election are clients of this node's own KV, Lease and Watch API.
         let recipes = self.peers.get(&self.me).cloned().map(recipes::Recipes::new);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let result = tonic::transport::Server::builder()
+        let nodelay = perf::env_flag("SYNOD_ETCD_NODELAY");
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            move |conn| {
+                if let (Ok(stream), true) = (&conn, nodelay) {
+                    let _ = stream.set_nodelay(true);
+                }
+                conn
+            },
+        );
+        let result = perf::server_builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(KvServer::new(kv::KvApi(Arc::clone(&self))))
             .add_service(WatchServer::new(watch::WatchApi(Arc::clone(&self))))

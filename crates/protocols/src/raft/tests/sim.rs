@@ -231,3 +231,14 @@ fn randomized_timeouts_avoid_the_split_votes_of_fixed_ones() {
         "150-150 ms: worst {fixed:?}, 150-300 ms: worst {random:?}"
     );
 }
+
+#[test]
+fn the_checks_catch_a_follower_that_answers_a_proposal_before_it_applies() {
+    fn answer_early(raft: &mut crate::raft::harness::Kv) {
+        raft.bug = Some(Bug::AnswerProposalOnSend);
+    }
+    assert!(
+        failures_with(answer_early, 0..40, swarm_scenario) > 0,
+        "no seed caught followers answering proposals before they apply"
+    );
+}

@@ -1001,3 +1001,103 @@ fn a_leader_with_a_lease_answers_reads_without_a_round_trip() {
     let effects = node.deliver(ClientId(2), read());
     assert!(replies(&effects).is_empty());
 }
+
+fn write(seq: u64, value: u64) -> Msg {
+    RaftMsg::ClientWrite {
+        session: SessionId(5),
+        seq,
+        command: KvCommand::Put {
+            key: "x".into(),
+            value,
+        },
+    }
+}
+
+#[test]
+fn a_follower_proposes_a_write_and_answers_it_from_its_own_apply() {
+    let mut cfg = config(3);
+    cfg.follower_proposals = true;
+    let mut node = TestNode::new(NodeId(1), Raft::new(cfg, KvStateMachine::default()), 7);
+    node.start();
+    // Leader 0 of term 1 is known from its first AppendEntries (its no-op).
+    node.deliver(NodeId(0), append(1, (0, 0), vec![entry(1)], 0));
+    let effects = node.deliver(ClientId(9), write(1, 42));
+    // etcd's MsgProp: the command goes to the leader, unsynced, and no NotLeader comes back.
+    assert!(replies(&effects).is_empty());
+    let proposals: Vec<Msg> = sent_to(&effects, 0);
+    assert!(
+        matches!(proposals.as_slice(), [RaftMsg::Propose { seq: 1, .. }]),
+        "{proposals:?}"
+    );
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::SendUnsynced { to: NodeId(0), .. })));
+    // The leader appends it at index 2; once the follower learns it is committed and
+    // applies it, it answers its own client.
+    let mut e = put(1, 1, 42);
+    if let EntryPayload::Command { session, .. } = &mut e.payload {
+        *session = SessionId(5);
+    }
+    let effects = node.deliver(NodeId(0), append(1, (1, 1), vec![e.clone()], 1));
+    assert!(replies(&effects).is_empty(), "not committed yet");
+    let effects = node.deliver(NodeId(0), append(1, (2, 1), vec![], 2));
+    assert_eq!(
+        replies(&effects),
+        vec![(
+            ClientId(9),
+            RaftMsg::ClientReply {
+                seq: 1,
+                output: KvOutput::Done
+            }
+        )]
+    );
+    // A retry of the applied write (its first answer lost) is answered from the session
+    // table without another proposal.
+    let effects = node.deliver(ClientId(10), write(1, 42));
+    assert!(sent_to(&effects, 0).is_empty());
+    assert_eq!(replies(&effects).len(), 1);
+}
+
+#[test]
+fn without_follower_proposals_a_follower_redirects_writes() {
+    let mut node = server(1, 3);
+    node.deliver(NodeId(0), append(1, (0, 0), vec![entry(1)], 0));
+    let effects = node.deliver(ClientId(9), write(1, 42));
+    assert!(sent_to(&effects, 0).is_empty());
+    assert_eq!(
+        replies(&effects),
+        vec![(
+            ClientId(9),
+            RaftMsg::NotLeader {
+                seq: 1,
+                leader_hint: Some(NodeId(0))
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_leader_appends_a_proposal_once_and_answers_no_client() {
+    let mut node = server(0, 3);
+    elect(&mut node);
+    local_durable(&mut node, 1);
+    let term = node.actor.current_term();
+    node.deliver(NodeId(1), ack(term, 1));
+    let propose = RaftMsg::Propose {
+        session: SessionId(5),
+        seq: 1,
+        command: KvCommand::Put {
+            key: "x".into(),
+            value: 7,
+        },
+    };
+    node.deliver(NodeId(1), propose.clone());
+    assert_eq!(node.actor.last_log_index(), LogIndex(2));
+    // A duplicate (the follower's client retried) is not appended again.
+    node.deliver(NodeId(1), propose);
+    assert_eq!(node.actor.last_log_index(), LogIndex(2));
+    local_durable(&mut node, 2);
+    let effects = node.deliver(NodeId(1), ack(term, 2));
+    assert_eq!(node.actor.commit_index(), LogIndex(2));
+    assert!(replies(&effects).is_empty());
+}

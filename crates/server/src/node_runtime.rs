@@ -1,0 +1,43 @@
+//! The tokio runtime a node process runs on.
+//!
+//! Experiment knobs (environment variables read once at start, for
+//! `bench/etcd-cpu-per-write.sh`): `SYNOD_WORKER_THREADS` (default: one per core),
+//! `SYNOD_EVENT_INTERVAL` (ticks between I/O polls; tokio's default 61) and
+//! `SYNOD_GLOBAL_QUEUE_INTERVAL`, and `SYNOD_FOLLOWER_PROPOSALS=1` (followers propose
+//! writes through Raft instead of forwarding them to the leader's gateway).
+
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let value = std::env::var(name).ok()?;
+    match value.parse() {
+        Ok(v) => Some(v),
+        Err(_) => {
+            eprintln!("warning: {name}={value:?} is not a number; ignored");
+            None
+        }
+    }
+}
+
+/// The multi-threaded runtime of `synod node`.
+pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = env_number::<usize>("SYNOD_WORKER_THREADS").filter(|&n| n > 0) {
+        builder.worker_threads(n);
+    }
+    if let Some(n) = env_number::<u32>("SYNOD_EVENT_INTERVAL").filter(|&n| n > 0) {
+        builder.event_interval(n);
+    }
+    if let Some(n) = env_number::<u32>("SYNOD_GLOBAL_QUEUE_INTERVAL").filter(|&n| n > 0) {
+        builder.global_queue_interval(n);
+    }
+    builder.build()
+}
+
+/// Whether followers propose client writes through Raft (`RaftConfig::follower_proposals`)
+/// rather than forward them to the leader's gateway. Off unless `SYNOD_FOLLOWER_PROPOSALS=1`:
+/// under `check perf --load=l` on a loaded machine it gave more writes/s in the CPU probe
+/// but longer stalls in whole check perf runs (docs/etcdperf.md, session 5).
+pub fn follower_proposals() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SYNOD_FOLLOWER_PROPOSALS").is_ok_and(|v| v == "1"))
+}
