@@ -22,16 +22,16 @@ WORK=$(mktemp -d /tmp/etcd-compare.XXXX)
 export ETCDCTL_API=3
 
 start_etcd() {
-    local cluster="e1=http://127.0.0.1:32380,e2=http://127.0.0.1:32381,e3=http://127.0.0.1:32382"
+    local cluster="e1=http://127.0.0.1:22380,e2=http://127.0.0.1:22381,e3=http://127.0.0.1:22382"
     for i in 1 2 3; do
-        local peer=$((32379 + i)) client=$((32278 + i))
+        local peer=$((22379 + i)) client=$((22278 + i))
         etcd --name "e$i" --data-dir "$WORK/etcd$i" \
             --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
             --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
             --initial-cluster "$cluster" --initial-cluster-state new >"$WORK/etcd$i.log" 2>&1 &
         echo $! >>"$WORK/etcd.pids"
     done
-    ETCD_EP=127.0.0.1:32279,127.0.0.1:32280,127.0.0.1:32281
+    ETCD_EP=127.0.0.1:22279,127.0.0.1:22280,127.0.0.1:22281
     for _ in $(seq 50); do etcdctl --endpoints=$ETCD_EP put ready 1 >/dev/null 2>&1 && return; sleep 0.2; done
     echo "etcd did not start"; exit 1
 }
@@ -39,19 +39,21 @@ stop_etcd() {
     [ -f "$WORK/etcd.pids" ] || return 0
     xargs -r kill <"$WORK/etcd.pids" 2>/dev/null || true
     rm -f "$WORK/etcd.pids"
-    for _ in $(seq 100); do ss -ltn | grep -qE ':3(2279|2280|2281|2380|2381|2382) ' || return 0; sleep 0.2; done
+    for _ in $(seq 100); do ss -ltn | grep -qE ':2(2279|2280|2281|2380|2381|2382) ' || return 0; sleep 0.2; done
 }
 
+    # Ports below the ephemeral range (32768+), so that a leftover outgoing connection
+    # from an earlier run cannot hold one of them.
 start_synod() {
-    $SYNOD up --nodes 3 --dir "$WORK/synod" --peer-port 33001 --client-port 33101 --admin-port 33201 >/dev/null
-    SYNOD_EP=127.0.0.1:33101,127.0.0.1:33102,127.0.0.1:33103
+    $SYNOD up --nodes 3 --dir "$WORK/synod" --peer-port 21001 --client-port 21101 --admin-port 21201 >/dev/null
+    SYNOD_EP=127.0.0.1:21101,127.0.0.1:21102,127.0.0.1:21103
     for _ in $(seq 50); do etcdctl --endpoints=$SYNOD_EP put ready 1 >/dev/null 2>&1 && return; sleep 0.2; done
     echo "synod did not start"; exit 1
 }
 stop_synod() {
     $SYNOD down --dir "$WORK/synod" >/dev/null 2>&1 || true
     # The next cluster binds the same ports: wait until this one's are free.
-    for _ in $(seq 300); do ss -ltn | grep -qE ':33(00[1-3]|10[1-3]|20[1-3]) ' || return 0; sleep 0.2; done
+    for _ in $(seq 300); do ss -ltn | grep -qE ':21(00[1-3]|10[1-3]|20[1-3]) ' || return 0; sleep 0.2; done
 }
 trap 'stop_etcd; stop_synod' EXIT
 
