@@ -42,8 +42,8 @@ stop_etcd() {
     for _ in $(seq 100); do ss -ltn | grep -qE ':2(2279|2280|2281|2380|2381|2382) ' || return 0; sleep 0.2; done
 }
 
-    # Ports below the ephemeral range (32768+), so that a leftover outgoing connection
-    # from an earlier run cannot hold one of them.
+# Ports below the ephemeral range (32768+), so that a leftover outgoing connection
+# from an earlier run cannot hold one of them.
 start_synod() {
     $SYNOD up --nodes 3 --dir "$WORK/synod" --peer-port 21001 --client-port 21101 --admin-port 21201 >/dev/null
     SYNOD_EP=127.0.0.1:21101,127.0.0.1:21102,127.0.0.1:21103
