@@ -32,8 +32,8 @@
 //! isolation, not etcd's serializability (two Txns whose compares read each other's
 //! writes can both commit: write skew; a Txn that writes the keys it compares is safe,
 //! since the writes conflict); reads inside a Txn see the snapshot, not the Txn's own
-//! earlier writes; no leases, no compaction (old versions are kept). Watch over the
-//! ranges is in etcd/ranges_watch.rs.
+//! earlier writes; no leases. Compact is served (`compact` below: etcd's MVCC rule in
+//! every range's log). Watch over the ranges is in etcd/ranges_watch.rs.
 
 use super::pb::etcdserverpb as pb;
 use super::{convert, EtcdNode};
@@ -119,7 +119,7 @@ pub(crate) fn unimplemented(what: &str) -> Status {
         Code::Unimplemented,
         format!(
             "{what} is not supported with synod up --ranges (the etcd API over ranges \
-             serves KV only; see docs/multiraft.md)"
+             serves KV, Watch and Compact only; see docs/multiraft.md)"
         ),
     )
 }
