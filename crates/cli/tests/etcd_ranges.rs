@@ -4,6 +4,8 @@
 //! span two ranges, in both outcomes) and by the Rust `etcd-client` (per-key metadata
 //! and header revisions, then concurrent transfers between keys of different ranges
 //! through etcd Txn while snapshot scans of every account must always see the total).
+//! Then `etcdctl compact` across ranges: reads and watches below the compact revision
+//! fail with etcd's compacted error, reads at or above it are unchanged.
 
 // A driver-level test of real processes: wall-clock time is the point here.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
@@ -333,4 +335,100 @@ fn etcd_kv_over_ranges_scans_across_boundaries_and_txns_are_atomic() {
     );
     eprintln!("transfers committed {committed} (cross-range {cross}), scans {scans}");
     assert!(cross > 0 && scans > 0, "{committed} {cross} {scans}");
+
+    // Compaction over the ranges: k/00 and k/11 live in different ranges.
+    let (r0, r1, r_del, r3) = rt.block_on(async {
+        let rev = |h: Option<&etcd_client::ResponseHeader>| h.unwrap().revision();
+        c.delete("k/00", None).await.unwrap();
+        let r0 = rev(c.put("k/00", "c0", None).await.unwrap().header());
+        let r1 = rev(c.put("k/00", "c1", None).await.unwrap().header());
+        c.put("k/00", "c2", None).await.unwrap();
+        c.put("k/11", "doomed", None).await.unwrap();
+        let r_del = rev(c.delete("k/11", None).await.unwrap().header());
+        let r3 = rev(c.put("k/00", "c3", None).await.unwrap().header());
+        (r0, r1, r_del, r3)
+    });
+    let out = ok(e, &["compact", &r_del.to_string()], None);
+    assert!(out.contains(&r_del.to_string()), "{out}");
+    // Below the compact revision: etcd's error, from etcdctl.
+    let (success, _, err) = etcdctl(e, &["get", "k/00", "--rev", &r1.to_string()], None);
+    assert!(
+        !success && err.contains("required revision has been compacted"),
+        "{err}"
+    );
+    // At it: the newest version at or below it was kept; the deleted key is gone.
+    let out = ok(e, &["get", "k/00", "--rev", &r_del.to_string()], None);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["k/00", "c2"], "{out}");
+    let out = ok(e, &["get", "k/11", "--rev", &r_del.to_string()], None);
+    assert_eq!(out.trim(), "", "{out}");
+    // Compacting again at or below it, or past the current revision, fails as in etcd.
+    let (success, _, err) = etcdctl(e, &["compact", &r1.to_string()], None);
+    assert!(
+        !success && err.contains("required revision has been compacted"),
+        "{err}"
+    );
+    let (success, _, err) = etcdctl(e, &["compact", "999999999999"], None);
+    assert!(!success && err.contains("future revision"), "{err}");
+    // etcdctl's watch from an old revision is canceled with the compacted error.
+    let watch = Command::new("timeout")
+        .args(["15", "etcdctl", &format!("--endpoints={e}")])
+        .args(["watch", "k/00", "--rev", &r1.to_string()])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&watch.stdout),
+        String::from_utf8_lossy(&watch.stderr)
+    );
+    assert!(
+        said.contains("required revision has been compacted"),
+        "{said}"
+    );
+    rt.block_on(async {
+        // The metadata of the kept version survives the loss of the older puts: k/00
+        // was put 4 times since its creation at r0.
+        let got = c.get("k/00", None).await.unwrap();
+        let kv = &got.kvs()[0];
+        assert_eq!((kv.value_str().unwrap(), kv.version()), ("c3", 4));
+        assert_eq!(
+            (kv.create_revision(), kv.mod_revision()),
+            (r0, r3),
+            "{kv:?}"
+        );
+        // A watch from below the compact revision: created, then canceled with it.
+        let opts = etcd_client::WatchOptions::new().with_start_revision(r1);
+        let (_w, mut events) = c.watch("k/00", Some(opts)).await.unwrap();
+        let canceled = loop {
+            let reply = tokio::time::timeout(Duration::from_secs(10), events.message())
+                .await
+                .expect("a watch answer in time")
+                .unwrap()
+                .expect("the watch stream stays open");
+            if reply.canceled() {
+                break reply;
+            }
+        };
+        assert_eq!(canceled.compact_revision(), r_del, "{canceled:?}");
+        // Just above it, the watch replays with prev_kv.
+        let opts = etcd_client::WatchOptions::new()
+            .with_start_revision(r_del + 1)
+            .with_prev_key();
+        let (_w, mut events) = c.watch("k/00", Some(opts)).await.unwrap();
+        loop {
+            let reply = tokio::time::timeout(Duration::from_secs(10), events.message())
+                .await
+                .expect("a watch event in time")
+                .unwrap()
+                .expect("the watch stream stays open");
+            assert!(!reply.canceled(), "{reply:?}");
+            if let Some(ev) = reply.events().first() {
+                let kv = ev.kv().unwrap();
+                assert_eq!((kv.value_str().unwrap(), kv.mod_revision()), ("c3", r3));
+                let prev = ev.prev_kv().unwrap().value_str().unwrap();
+                assert_eq!(prev, "c2");
+                break;
+            }
+        }
+    });
 }

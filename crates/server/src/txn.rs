@@ -155,6 +155,9 @@ pub enum TxnError {
     /// This node is shutting down.
     #[error("ranges: server stopped")]
     Stopped,
+    /// A read or feed below a range's compact revision (which it carries).
+    #[error("ranges: required revision has been compacted (compact revision {})", .0 .0)]
+    Compacted(Timestamp),
 }
 
 /// What a committed (or compare-failed) transaction returns.
@@ -525,6 +528,7 @@ impl TxnHost {
             };
             match self.request(Route::Key(key.to_string()), get).await?.result {
                 RangeResult::Value(v) => return Ok(v),
+                RangeResult::Compacted(c) => return Err(TxnError::Compacted(c)),
                 RangeResult::Locked { txn, key } => self.clear_blocker(txn, key).await?,
                 RangeResult::RangeMismatch => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -605,6 +609,7 @@ impl TxnHost {
                     retries = 0;
                 }
                 RangeResult::Locked { txn, key } => self.clear_blocker(txn, key).await?,
+                RangeResult::Compacted(c) => return Err(TxnError::Compacted(c)),
                 RangeResult::RangeMismatch => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -664,6 +669,7 @@ impl TxnHost {
                     }
                     retries = 0;
                 }
+                RangeResult::Compacted(c) => return Err(TxnError::Compacted(c)),
                 RangeResult::RangeMismatch => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -683,6 +689,60 @@ impl TxnHost {
             close_ts,
             blocker,
         })
+    }
+
+    /// The cluster's compact revision, as the meta group recorded it (0: never compacted).
+    pub async fn compacted_revision(&self) -> Result<Timestamp, TxnError> {
+        self.compact_meta(Timestamp(0)).await
+    }
+
+    async fn compact_meta(&self, revision: Timestamp) -> Result<Timestamp, TxnError> {
+        let command = RangeCommand::Compact {
+            start: String::new(),
+            revision,
+        };
+        match self.request(Route::Meta, command).await?.result {
+            RangeResult::Compacted(c) => Ok(c),
+            other => Err(TxnError::Protocol(format!("{other:?} to a compaction"))),
+        }
+    }
+
+    /// etcd's Compact over the ranges: compact every range at `revision` through its own
+    /// log (one `RangeCommand::Compact` per range, each starting where the previous
+    /// range's descriptor ends), then record the cluster's compact revision in the meta
+    /// group. Returns it: the smallest compact revision of the ranges (every range is at
+    /// `revision` or above once this returns). A split between two requests is harmless:
+    /// both halves inherit the parent's compact revision.
+    pub async fn compact(&self, revision: Timestamp) -> Result<Timestamp, TxnError> {
+        let mut cursor = String::new();
+        let mut lowest: Option<Timestamp> = None;
+        let mut retries = 0;
+        loop {
+            let command = RangeCommand::Compact {
+                start: cursor.clone(),
+                revision,
+            };
+            let output = self.request(Route::Key(cursor.clone()), command).await?;
+            match output.result {
+                RangeResult::Compacted(c) => {
+                    lowest = Some(lowest.map_or(c, |l| l.min(c)));
+                    match output.range.end {
+                        Some(next) => cursor = next,
+                        None => break,
+                    }
+                    retries = 0;
+                }
+                RangeResult::RangeMismatch => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => return Err(TxnError::Protocol(format!("{other:?} to a compaction"))),
+            }
+            retries += 1;
+            if retries > MAX_CONFLICTS {
+                return Err(TxnError::Timeout);
+            }
+        }
+        self.compact_meta(lowest.unwrap_or(revision)).await
     }
 
     /// Commit `writes` as one transaction that read at `start_ts`: one phase if they
@@ -967,6 +1027,7 @@ fn txn_error(e: TxnError) -> Answer {
         TxnError::Aborted(_) => StatusCode::CONFLICT,
         TxnError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         TxnError::Protocol(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        TxnError::Compacted(_) => StatusCode::GONE,
     };
     error(code, e)
 }

@@ -242,6 +242,19 @@ pub enum RangeCommand {
         /// Most events returned (rounded up to a whole timestamp); 0: no limit.
         limit: u64,
     },
+    /// MVCC compaction (etcd's Compact), applied to the whole range that holds `start`:
+    /// raise the range's compact revision to `revision` (never down) and drop, for every
+    /// key, the versions older than its newest version at or below `revision` — keeping
+    /// that one, unless it is a tombstone (then the key's history up to it goes, and the
+    /// key itself if nothing newer exists). Reads below the compact revision are then
+    /// refused with `Compacted`. In the meta group it only records the cluster's compact
+    /// revision (`revision` 0 reads it). Answers `Compacted(the range's revision)`.
+    Compact {
+        /// A key of the range (the range's start when sweeping the keyspace).
+        start: Key,
+        /// The compact revision.
+        revision: Timestamp,
+    },
     /// Split this range at `split_key`; proposed by the leader when the range is too big.
     Split {
         /// The generation the split was planned against.
@@ -300,6 +313,9 @@ pub enum RangeResult {
         /// start timestamp, which holds the closed timestamp back (push it if stuck).
         blocker: Option<(TxnMeta, Key)>,
     },
+    /// The answer to `Compact`, and to a read (`Get`, `Scan`) or `Feed` below the range's
+    /// compact revision: the range's compact revision.
+    Compacted(Timestamp),
     /// The key is not (or no longer) in this range: refresh routing and retry.
     RangeMismatch,
 }

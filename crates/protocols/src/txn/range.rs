@@ -55,6 +55,13 @@ pub struct RangeState {
     /// The closed timestamp: no version at or below it can still appear in this range
     /// (raised by `Feed`, monotone, handed to both halves of a split).
     pub closed: Timestamp,
+    /// The compact revision (etcd's `compact_revision`): versions below the newest one at
+    /// or below it are gone, so reads and feeds below it are refused (monotone, handed to
+    /// both halves of a split). In the meta group: the cluster's compact revision.
+    pub compacted: Timestamp,
+    /// etcd's metadata of each key's oldest remaining version when compaction cut the
+    /// older part of its incarnation: `(that version's timestamp, create_ts, version)`.
+    pub compacted_meta: BTreeMap<Key, (Timestamp, Timestamp, u64)>,
 }
 
 /// [`RangeState`] as a Raft [`StateMachine`]. A split hands the right half to the node
@@ -147,6 +154,8 @@ impl RangeState {
             scan_ts: Timestamp(0),
             oracle: Timestamp(0),
             closed: Timestamp(0),
+            compacted: Timestamp(0),
+            compacted_meta: BTreeMap::new(),
         }
     }
 
@@ -166,12 +175,24 @@ impl RangeState {
         let value = newest.value.as_ref()?;
         let mut create_ts = *mod_ts;
         let mut version = 1;
+        let mut whole_run = true;
         for (ts, v) in chain {
             if v.value.is_none() {
+                whole_run = false;
                 break;
             }
             create_ts = *ts;
             version += 1;
+        }
+        // The run reached the oldest remaining version: if compaction cut older puts of
+        // the same incarnation, their count and creation were kept aside.
+        if whole_run {
+            if let Some((oldest, created, count)) = self.compacted_meta.get(key) {
+                if *oldest == create_ts {
+                    create_ts = *created;
+                    version += count - 1;
+                }
+            }
         }
         Some(Row {
             key: key.to_string(),
@@ -199,6 +220,8 @@ impl RangeState {
         let keyed = match command {
             C::AllocTimestamp | C::Split { .. } => None,
             C::Scan { start, .. } | C::Feed { start, .. } => Some(start),
+            // The meta group serves no key but records the cluster's compact revision.
+            C::Compact { start, .. } => self.desc.serves_keys.then_some(start),
             C::Get { key, .. } | C::Prewrite { key, .. } | C::Resolve { key, .. } => Some(key),
             C::EndTxn { txn, .. } | C::Push { txn, .. } => Some(&txn.anchor),
             C::OnePhase { writes, .. } => {
@@ -212,12 +235,24 @@ impl RangeState {
             return R::RangeMismatch;
         }
         match command {
+            C::Compact { revision, .. } if !self.desc.serves_keys => {
+                self.compacted = self.compacted.max(*revision);
+                R::Compacted(self.compacted)
+            }
             C::AllocTimestamp => {
                 if self.desc.serves_keys {
                     return R::RangeMismatch;
                 }
                 self.oracle = Timestamp(self.oracle.0 + 1);
                 R::Timestamp(self.oracle)
+            }
+            C::Get { read_ts, .. } | C::Scan { read_ts, .. } if *read_ts < self.compacted => {
+                R::Compacted(self.compacted)
+            }
+            C::Feed { after, .. } if *after < self.compacted => R::Compacted(self.compacted),
+            C::Compact { revision, .. } => {
+                self.compact(*revision);
+                R::Compacted(self.compacted)
             }
             C::Get { key, read_ts } => {
                 let cached = self.max_read.entry(key.clone()).or_default();
@@ -399,6 +434,7 @@ impl RangeState {
                     // no version at or below it will appear.
                     if self.scan_ts >= *commit_ts
                         || self.closed >= *commit_ts
+                        || self.compacted >= *commit_ts
                         || self.max_read.get(key).is_some_and(|ts| *ts >= *commit_ts)
                     {
                         return R::TooOld;
@@ -429,6 +465,51 @@ impl RangeState {
                 close_below_intents,
             ),
             C::Split { .. } => R::Split,
+        }
+    }
+
+    /// `RangeCommand::Compact`: etcd's MVCC compaction rule, key by key.
+    fn compact(&mut self, revision: Timestamp) {
+        if revision <= self.compacted {
+            return;
+        }
+        self.compacted = revision;
+        let keys: Vec<Key> = self.versions.keys().cloned().collect();
+        for key in keys {
+            let Some(kept) = self
+                .versions
+                .get(&key)
+                .and_then(|c| c.range(..=revision).next_back())
+                .map(|(ts, v)| (*ts, v.value.is_some()))
+            else {
+                continue;
+            };
+            let (kept_ts, live) = kept;
+            // Its etcd metadata, taken before the older versions go.
+            let row = self.row_at(&key, kept_ts, true);
+            let Some(chain) = self.versions.get_mut(&key) else {
+                continue;
+            };
+            let newer = chain.split_off(&kept_ts);
+            *chain = newer;
+            if live {
+                match row {
+                    Some(row) if row.create_ts < kept_ts => {
+                        self.compacted_meta
+                            .insert(key.clone(), (kept_ts, row.create_ts, row.version));
+                    }
+                    _ => {
+                        self.compacted_meta.remove(&key);
+                    }
+                }
+            } else {
+                // A tombstone: the incarnation it ended is gone with it.
+                chain.remove(&kept_ts);
+                self.compacted_meta.remove(&key);
+                if chain.is_empty() {
+                    self.versions.remove(&key);
+                }
+            }
         }
     }
 
@@ -522,6 +603,8 @@ impl RangeState {
         let mut child = RangeState::empty(child_desc);
         child.scan_ts = self.scan_ts;
         child.closed = self.closed;
+        child.compacted = self.compacted;
+        child.compacted_meta = self.compacted_meta.split_off(split_key);
         child.versions = self.versions.split_off(split_key);
         child.intents = self.intents.split_off(split_key);
         child.max_read = self.max_read.split_off(split_key);

@@ -765,3 +765,118 @@ fn a_watcher_keeps_up_with_the_bank_without_faults() {
         "{events} events for {commits} transfers"
     );
 }
+
+fn compact(revision: u64) -> RangeCommand {
+    RangeCommand::Compact {
+        start: String::new(),
+        revision: Timestamp(revision),
+    }
+}
+
+/// etcd's MVCC compaction rule (`mvcc/kvstore_compaction.go`, `keyIndex.compact`): at
+/// compact revision `c`, each key keeps its newest version at or below `c` and every
+/// version after it; older versions go; a kept tombstone goes too, and with it the key if
+/// nothing newer exists. Reads at or above `c` answer exactly as before (etcd metadata
+/// included, though the older puts are gone); reads and feeds below it are refused.
+#[test]
+fn compaction_keeps_the_newest_version_at_or_below_the_revision() {
+    let mut sm = root();
+    one_phase(&mut sm, 1, &[("a", Some("a1")), ("b", Some("b1"))], 1, 2);
+    one_phase(&mut sm, 2, &[("a", Some("a2")), ("c", Some("c1"))], 3, 4);
+    one_phase(&mut sm, 3, &[("b", None)], 5, 6);
+    one_phase(&mut sm, 4, &[("c", None)], 7, 8);
+    one_phase(&mut sm, 5, &[("c", Some("c2")), ("a", Some("a3"))], 9, 10);
+    one_phase(&mut sm, 6, &[("d", Some("d1"))], 11, 12);
+    let at = |sm: &mut RangeSm, ts| rows(apply(sm, scan("", None, ts, 0)));
+    let before: Vec<_> = (8..=14).map(|ts| at(&mut sm, ts)).collect();
+    assert_eq!(
+        apply(&mut sm, compact(8)),
+        RangeResult::Compacted(Timestamp(8))
+    );
+    let s = sm.state();
+    let chain = |k: &str| -> Vec<u64> {
+        s.versions
+            .get(k)
+            .map(|c| c.keys().map(|t| t.0).collect())
+            .unwrap_or_default()
+    };
+    // a: 2 goes, 4 (newest at or below 8) stays, 10 stays.
+    assert_eq!(chain("a"), vec![4, 10]);
+    // b: its newest version at or below 8 is the tombstone at 6: the key is gone.
+    assert!(!s.versions.contains_key("b"));
+    // c: the tombstone at 8 goes with the put at 4; the put at 10 stays.
+    assert_eq!(chain("c"), vec![10]);
+    // d: nothing at or below 8, untouched.
+    assert_eq!(chain("d"), vec![12]);
+    // Every read at or above the compact revision is unchanged, metadata included
+    // (a's create revision 2 and version 3 survive the loss of its first put).
+    let after: Vec<_> = (8..=14).map(|ts| at(&mut sm, ts)).collect();
+    assert_eq!(before, after);
+    assert_eq!(after[6].0[0], ("a".into(), "a3".into(), 2, 10, 3));
+    // Below it: refused with the compact revision, for scans, gets and feeds.
+    assert_eq!(
+        apply(&mut sm, scan("", None, 7, 0)),
+        RangeResult::Compacted(Timestamp(8))
+    );
+    let get = RangeCommand::Get {
+        key: "a".into(),
+        read_ts: Timestamp(3),
+    };
+    assert_eq!(apply(&mut sm, get), RangeResult::Compacted(Timestamp(8)));
+    let feed = |after| RangeCommand::Feed {
+        start: String::new(),
+        end: None,
+        after: Timestamp(after),
+        close_ts: Timestamp(20),
+        limit: 0,
+    };
+    assert_eq!(
+        apply(&mut sm, feed(7)),
+        RangeResult::Compacted(Timestamp(8))
+    );
+    let RangeResult::Events { events, .. } = apply(&mut sm, feed(8)) else {
+        panic!("a feed from the compact revision is served");
+    };
+    assert_eq!(events.len(), 3);
+    // The compact revision never goes down; compacting again is harmless.
+    assert_eq!(
+        apply(&mut sm, compact(5)),
+        RangeResult::Compacted(Timestamp(8))
+    );
+    // A second compaction past a's kept put keeps the metadata it carried aside.
+    assert_eq!(
+        apply(&mut sm, compact(12)),
+        RangeResult::Compacted(Timestamp(12))
+    );
+    assert_eq!(sm.state().versions["a"].len(), 1);
+    assert_eq!(at(&mut sm, 14), after[6]);
+    // A split hands the compact revision and the kept metadata to the right half.
+    let split = RangeCommand::Split {
+        generation: 0,
+        split_key: "b".into(),
+    };
+    apply(&mut sm, split);
+    let right = sm.take_children().remove(0);
+    assert_eq!(right.compacted, Timestamp(12));
+    let mut right = RangeSm::new(right);
+    let (got, _) = rows(apply(&mut right, scan("b", None, 14, 0)));
+    assert_eq!(got, after[6].0[1..].to_vec());
+}
+
+/// The meta group only records the cluster's compact revision; revision 0 reads it.
+#[test]
+fn the_meta_group_records_the_cluster_compact_revision() {
+    let mut sm = RangeSm::new(RangeSm::meta());
+    assert_eq!(
+        apply(&mut sm, compact(0)),
+        RangeResult::Compacted(Timestamp(0))
+    );
+    assert_eq!(
+        apply(&mut sm, compact(9)),
+        RangeResult::Compacted(Timestamp(9))
+    );
+    assert_eq!(
+        apply(&mut sm, compact(4)),
+        RangeResult::Compacted(Timestamp(9))
+    );
+}

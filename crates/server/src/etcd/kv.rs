@@ -115,8 +115,10 @@ impl pb::kv_server::Kv for KvApi {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        self.0
-            .check_not_ranges("compaction (old versions are kept)")?;
+        if let Some(host) = self.0.ranges() {
+            let req = request.into_inner();
+            return Ok(Response::new(ranges::compact(&self.0, host, req).await?));
+        }
         let req = request.into_inner();
         let command = MvccCommand::Compact(CompactionRequest {
             revision: req.revision,

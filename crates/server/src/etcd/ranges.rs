@@ -32,8 +32,8 @@
 //! isolation, not etcd's serializability (two Txns whose compares read each other's
 //! writes can both commit: write skew; a Txn that writes the keys it compares is safe,
 //! since the writes conflict); reads inside a Txn see the snapshot, not the Txn's own
-//! earlier writes; no leases, no compaction (old versions are kept). Watch over the
-//! ranges is in etcd/ranges_watch.rs.
+//! earlier writes; no leases. Compact is served (`compact` below: etcd's MVCC rule in
+//! every range's log). Watch over the ranges is in etcd/ranges_watch.rs.
 
 use super::pb::etcdserverpb as pb;
 use super::{convert, EtcdNode};
@@ -107,6 +107,9 @@ fn txn_status(e: TxnError) -> Status {
         )),
         TxnError::Stopped => Status::unavailable("etcdserver: server stopped"),
         TxnError::Protocol(p) => Status::internal(p),
+        TxnError::Compacted(c) => mvcc_error(MvccError::Compacted {
+            compact_revision: revision(c),
+        }),
     }
 }
 
@@ -116,7 +119,7 @@ pub(crate) fn unimplemented(what: &str) -> Status {
         Code::Unimplemented,
         format!(
             "{what} is not supported with synod up --ranges (the etcd API over ranges \
-             serves KV only; see docs/multiraft.md)"
+             serves KV, Watch and Compact only; see docs/multiraft.md)"
         ),
     )
 }
@@ -486,6 +489,33 @@ pub(crate) async fn txn(
     let txn = convert::txn_from_pb(req).map_err(Status::invalid_argument)?;
     let resp = run_write(host, &Write::Txn(txn)).await?;
     Ok(convert::txn_to_pb(resp, &node.header_fn()))
+}
+
+/// `KV.Compact` over the ranges: every range compacts at the revision through its own
+/// log; the meta group records the cluster's compact revision. As etcd: a revision at or
+/// below the current compact revision is `compacted`, one above the current revision is
+/// `future`. (`physical` needs nothing more: the compaction has applied in every range
+/// when this answers.)
+pub(crate) async fn compact(
+    node: &Arc<EtcdNode>,
+    host: &Arc<TxnHost>,
+    req: pb::CompactionRequest,
+) -> Result<pb::CompactionResponse, Status> {
+    let current = host.timestamp().await.map_err(txn_status)?;
+    let at = Timestamp(u64::try_from(req.revision).unwrap_or(0));
+    if at > current {
+        return Err(mvcc_error(MvccError::FutureRevision));
+    }
+    let compacted = host.compacted_revision().await.map_err(txn_status)?;
+    if at <= compacted {
+        return Err(mvcc_error(MvccError::Compacted {
+            compact_revision: revision(compacted),
+        }));
+    }
+    host.compact(at).await.map_err(txn_status)?;
+    Ok(pb::CompactionResponse {
+        header: node.header(revision(current)),
+    })
 }
 
 #[cfg(test)]

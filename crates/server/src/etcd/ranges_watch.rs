@@ -18,9 +18,9 @@
 //!   timestamps do not depend on how the ranges cut it);
 //! - one `WatchResponse` per revision, so the events of a Txn (even across ranges)
 //!   arrive together;
-//! - `start_revision` replays from the stored versions (there is no compaction yet, so
-//!   every revision can be replayed); without it the watch starts after the current
-//!   revision;
+//! - `start_revision` replays from the stored versions; at or below a range's compact
+//!   revision (`KV.Compact`) the watch is canceled with `compact_revision`, as etcd
+//!   does; without it the watch starts after the current revision;
 //! - `prev_kv`, the `NOPUT`/`NODELETE` filters, `progress_notify` (an empty response
 //!   with the watch's resolved revision when nothing was sent for the cluster's
 //!   `watch_progress_notify_ms`), progress requests (the smallest resolved revision of
@@ -34,7 +34,7 @@ use super::pb::etcdserverpb as pb;
 use super::pb::mvccpb;
 use super::ranges::{interval, kv_of};
 use super::EtcdNode;
-use crate::txn::TxnHost;
+use crate::txn::{TxnError, TxnHost};
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,6 +134,20 @@ async fn run(node: Arc<EtcdNode>, host: Arc<TxnHost>, w: Watch, tx: mpsc::Sender
         let after = Timestamp(w.position.load(Ordering::Acquire));
         let feed = match host.feed(&w.start, &w.end, after, ROUND_LIMIT).await {
             Ok(feed) => feed,
+            Err(TxnError::Compacted(compacted)) => {
+                // Its start (or, for a watch that fell behind, its position) is below a
+                // range's compact revision: etcd cancels the watch and names it.
+                let canceled = pb::WatchResponse {
+                    header: node.header(revision(compacted)),
+                    watch_id: w.watch_id,
+                    canceled: true,
+                    compact_revision: revision(compacted),
+                    cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
+                    ..Default::default()
+                };
+                let _ = tx.send(Ok(canceled)).await;
+                return;
+            }
             Err(_) => {
                 // No majority, or a node restarting: try again.
                 tokio::time::sleep(Duration::from_millis(100)).await;
