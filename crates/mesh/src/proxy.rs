@@ -776,6 +776,21 @@ impl Service {
         self.backoff.delay(retry, &mut state.rng)
     }
 
+    /// Before retry number `retry` (from 1): take a token from the budget and sleep the
+    /// backoff. False if the budget is empty or the pause would outlast the deadline.
+    async fn pause_before_retry(&self, retry: u32, deadline: Deadline) -> bool {
+        if !self.may_retry() {
+            return false;
+        }
+        self.metrics.retries.increment(1);
+        let pause = self.backoff_delay(retry - 1);
+        if deadline.remaining(self.clock.now()) <= pause {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        true
+    }
+
     fn hedge_delay(&self) -> Option<Duration> {
         self.config.hedge.as_ref()?;
         self.lock().hedge.as_ref().map(HedgePolicy::delay)
@@ -1196,16 +1211,8 @@ impl Service {
         let mut last_reason = String::from("no attempt was made");
         let max_retries = self.config.retry.max_retries;
         for retry in 0..=max_retries {
-            if retry > 0 {
-                if !self.may_retry() {
-                    break;
-                }
-                self.metrics.retries.increment(1);
-                let pause = self.backoff_delay(retry - 1);
-                if deadline.remaining(self.clock.now()) <= pause {
-                    break;
-                }
-                tokio::time::sleep(pause).await;
+            if retry > 0 && !self.pause_before_retry(retry, deadline).await {
+                break;
             }
             if deadline.expired(self.clock.now()) {
                 return text_response(

@@ -214,6 +214,19 @@ async fn read_answer(stream: &mut TcpStream, head_request: bool) -> Option<Answe
     }
 }
 
+/// A client connection to the proxy's `web` listener.
+async fn connect(proxy: &proxy::RunningProxy) -> TcpStream {
+    TcpStream::connect(proxy.address("web").unwrap())
+        .await
+        .unwrap()
+}
+
+/// Send `request` on `client` and read the answer to it (not to a HEAD).
+async fn ask(client: &mut TcpStream, request: &[u8]) -> Answer {
+    client.write_all(request).await.unwrap();
+    read_answer(client, false).await.unwrap()
+}
+
 fn ok(body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-from: upstream\r\n\r\n",
@@ -236,9 +249,7 @@ async fn keep_alive_reuses_one_upstream_connection_and_heads_have_no_body() {
     }))
     .await;
     let proxy = start(&[upstream], "").await;
-    let mut client = TcpStream::connect(proxy.address("web").unwrap())
-        .await
-        .unwrap();
+    let mut client = connect(&proxy).await;
     for i in 0..5 {
         let request =
             format!("GET /n/{i} HTTP/1.1\r\nhost: example\r\nconnection: keep-alive\r\n\r\n");
@@ -306,15 +317,9 @@ async fn chunked_bodies_both_ways() {
     }))
     .await;
     let proxy = start(&[upstream], "").await;
-    let mut client = TcpStream::connect(proxy.address("web").unwrap())
-        .await
-        .unwrap();
+    let mut client = connect(&proxy).await;
     for _ in 0..2 {
-        client
-            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n")
-            .await
-            .unwrap();
-        let answer = read_answer(&mut client, false).await.unwrap();
+        let answer = ask(&mut client, b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n").await;
         assert_eq!(answer.status, 200);
         assert_eq!(answer.body, b"hello world");
     }
@@ -335,14 +340,8 @@ async fn large_bodies_stream_through() {
     }))
     .await;
     let proxy = start(&[upstream], "").await;
-    let mut client = TcpStream::connect(proxy.address("web").unwrap())
-        .await
-        .unwrap();
-    client
-        .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_answer(&mut client, false).await.unwrap();
+    let mut client = connect(&proxy).await;
+    let answer = ask(&mut client, b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert_eq!(answer.status, 200);
     assert!(answer.body == *big, "the body arrived intact");
     let head = format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {SIZE}\r\n\r\n");
@@ -375,9 +374,7 @@ async fn an_upstream_closing_a_kept_alive_connection_is_retried_or_a_502() {
     }))
     .await;
     let proxy = start(&[upstream], "[service.retry]\nmax_retries = 0").await;
-    let mut client = TcpStream::connect(proxy.address("web").unwrap())
-        .await
-        .unwrap();
+    let mut client = connect(&proxy).await;
     client
         .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
@@ -388,20 +385,16 @@ async fn an_upstream_closing_a_kept_alive_connection_is_retried_or_a_502() {
     );
     // A GET on the pooled connection, which the upstream closes: sent again on a new
     // connection, even with retries off, and answered.
-    client
-        .write_all(b"GET /b HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_answer(&mut client, false).await.unwrap();
+    let answer = ask(&mut client, b"GET /b HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, b"first");
     assert_eq!(connections.load(Ordering::SeqCst), 2);
     // A POST is not sent twice: 502.
-    client
-        .write_all(b"POST /c HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
-        .await
-        .unwrap();
-    let answer = read_answer(&mut client, false).await.unwrap();
+    let answer = ask(
+        &mut client,
+        b"POST /c HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi",
+    )
+    .await;
     assert_eq!(answer.status, 502, "{answer:?}");
     assert!(String::from_utf8_lossy(&answer.body).contains("closed"));
     // The client connection still works.
@@ -464,30 +457,18 @@ async fn a_malformed_upstream_response_is_a_502_or_retried_elsewhere() {
     let (good, _) = scripted(Arc::new(|_: &Seen| vec![Step::Write(ok(b"good"))])).await;
     for upstream in [bad, lying] {
         let proxy = start(&[upstream], "[service.retry]\nmax_retries = 0").await;
-        let mut client = TcpStream::connect(proxy.address("web").unwrap())
-            .await
-            .unwrap();
+        let mut client = connect(&proxy).await;
         for _ in 0..2 {
-            client
-                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-                .await
-                .unwrap();
-            let answer = read_answer(&mut client, false).await.unwrap();
+            let answer = ask(&mut client, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
             assert_eq!(answer.status, 502, "{answer:?}");
             assert!(String::from_utf8_lossy(&answer.body).contains("malformed response"));
         }
     }
     // With a good instance beside it, a GET is retried there.
     let proxy = start(&[bad, good], "[service.outlier]\nenabled = false").await;
-    let mut client = TcpStream::connect(proxy.address("web").unwrap())
-        .await
-        .unwrap();
+    let mut client = connect(&proxy).await;
     for _ in 0..4 {
-        client
-            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let answer = read_answer(&mut client, false).await.unwrap();
+        let answer = ask(&mut client, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
         assert_eq!(answer.status, 200);
         assert_eq!(answer.body, b"good");
     }
@@ -535,14 +516,8 @@ async fn malformed_client_requests_get_400() {
 async fn http10_falls_back_to_hyper() {
     let (upstream, _) = scripted(Arc::new(|_: &Seen| vec![Step::Write(ok(b"old"))])).await;
     let proxy = start(&[upstream], "").await;
-    let mut client = TcpStream::connect(proxy.address("web").unwrap())
-        .await
-        .unwrap();
-    client
-        .write_all(b"GET / HTTP/1.0\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_answer(&mut client, false).await.unwrap();
+    let mut client = connect(&proxy).await;
+    let answer = ask(&mut client, b"GET / HTTP/1.0\r\nhost: x\r\n\r\n").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, b"old");
 }
@@ -559,9 +534,7 @@ async fn a_body_delimited_by_close_is_relayed_and_the_client_connection_closed()
     }))
     .await;
     let proxy = start(&[upstream], "").await;
-    let mut client = TcpStream::connect(proxy.address("web").unwrap())
-        .await
-        .unwrap();
+    let mut client = connect(&proxy).await;
     client
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await

@@ -843,16 +843,8 @@ impl Service {
         let mut last_reason = String::from("no attempt was made");
         let max_retries = self.config.retry.max_retries;
         for retry in 0..=max_retries {
-            if retry > 0 {
-                if !self.may_retry() {
-                    break;
-                }
-                self.metrics.retries.increment(1);
-                let pause = self.backoff_delay(retry - 1);
-                if deadline.remaining(self.clock.now()) <= pause {
-                    break;
-                }
-                tokio::time::sleep(pause).await;
+            if retry > 0 && !self.pause_before_retry(retry, deadline).await {
+                break;
             }
             if deadline.expired(self.clock.now()) {
                 if let Some(old) = last_failure.take() {
