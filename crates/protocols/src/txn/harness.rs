@@ -1156,15 +1156,7 @@ pub fn check_watch(sim: &Sim<Node>) -> Result<u64, String> {
 /// The bank with two watchers: the bank's checks, then [`check_watch`], and once faults
 /// heal every watcher must catch up with a round that started after the heal.
 pub fn watch_scenario(seed: u64, tweak: Tweak) -> Result<u64, String> {
-    let nodes = if seed & 1 == 0 { 3 } else { 5 };
-    let mut cfg = SimConfig::new(seed, nodes);
-    cfg.faults = swarm_faults(seed);
-    cfg.net = swarm_net(seed);
-    cfg.clocks = ClockConfig {
-        max_skew: Duration::from_millis(500),
-        max_drift_ppm: 200.0,
-    };
-    let mut sim = cluster(cfg, test_config(nodes, 3), tweak);
+    let mut sim = swarm_cluster(seed, tweak);
     let faults = Duration::from_secs(2);
     let bank = BankConfig {
         stop_at: faults,
@@ -1363,12 +1355,9 @@ pub fn check_bank(sim: &Sim<Node>) -> Result<usize, String> {
 /// How long the faulty part of a bank run lasts.
 pub const BANK_FAULTS: Duration = Duration::from_secs(3);
 
-/// The bank test on one seed: 3 or 5 nodes, ranges splitting past 3 keys, random fault
-/// mixes (partitions of every kind, crashes that lose unsynced writes, pauses, clogged
-/// links), a lossy, duplicating, reordering network, skewed drifting clocks, and
-/// coordinators that vanish mid-commit. After the faults heal, a snapshot read of every
-/// balance must complete within 5 s; then the history is checked.
-pub fn bank_scenario(seed: u64, tweak: Tweak) -> Result<(), String> {
+/// The cluster every swarm scenario runs on: 3 or 5 nodes by the seed's parity, ranges
+/// splitting past 3 keys, the seed's fault mix and network, skewed drifting clocks.
+fn swarm_cluster(seed: u64, tweak: Tweak) -> Sim<Node> {
     let nodes = if seed & 1 == 0 { 3 } else { 5 };
     let mut cfg = SimConfig::new(seed, nodes);
     cfg.faults = swarm_faults(seed);
@@ -1377,7 +1366,16 @@ pub fn bank_scenario(seed: u64, tweak: Tweak) -> Result<(), String> {
         max_skew: Duration::from_millis(500),
         max_drift_ppm: 200.0,
     };
-    let mut sim = cluster(cfg, test_config(nodes, 3), tweak);
+    cluster(cfg, test_config(nodes, 3), tweak)
+}
+
+/// The bank test on one seed: 3 or 5 nodes, ranges splitting past 3 keys, random fault
+/// mixes (partitions of every kind, crashes that lose unsynced writes, pauses, clogged
+/// links), a lossy, duplicating, reordering network, skewed drifting clocks, and
+/// coordinators that vanish mid-commit. After the faults heal, a snapshot read of every
+/// balance must complete within 5 s; then the history is checked.
+pub fn bank_scenario(seed: u64, tweak: Tweak) -> Result<(), String> {
+    let mut sim = swarm_cluster(seed, tweak);
     let bank = BankConfig {
         stop_at: BANK_FAULTS,
         ..BankConfig::default()
