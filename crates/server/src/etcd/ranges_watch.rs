@@ -33,6 +33,7 @@
 use super::pb::etcdserverpb as pb;
 use super::pb::mvccpb;
 use super::ranges::{interval, kv_of};
+use super::watch::{cancel_answer, compacted_cancel};
 use super::EtcdNode;
 use crate::txn::{TxnError, TxnHost};
 use std::collections::BTreeMap;
@@ -137,14 +138,11 @@ async fn run(node: Arc<EtcdNode>, host: Arc<TxnHost>, w: Watch, tx: mpsc::Sender
             Err(TxnError::Compacted(compacted)) => {
                 // Its start (or, for a watch that fell behind, its position) is below a
                 // range's compact revision: etcd cancels the watch and names it.
-                let canceled = pb::WatchResponse {
-                    header: node.header(revision(compacted)),
-                    watch_id: w.watch_id,
-                    canceled: true,
-                    compact_revision: revision(compacted),
-                    cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
-                    ..Default::default()
-                };
+                let canceled = compacted_cancel(
+                    node.header(revision(compacted)),
+                    w.watch_id,
+                    revision(compacted),
+                );
                 let _ = tx.send(Ok(canceled)).await;
                 return;
             }
@@ -286,12 +284,7 @@ pub(crate) fn watch(
                 Some(RequestUnion::CancelRequest(c)) => {
                     if let Some((task, _)) = mine.remove(&c.watch_id) {
                         task.abort();
-                        let canceled = pb::WatchResponse {
-                            header: node.header(0),
-                            watch_id: c.watch_id,
-                            canceled: true,
-                            ..Default::default()
-                        };
+                        let canceled = cancel_answer(node.header(0), c.watch_id);
                         if tx.send(Ok(canceled)).await.is_err() {
                             break;
                         }

@@ -58,6 +58,36 @@ pub(crate) struct Found {
     events: Result<Vec<Event>, i64>,
 }
 
+/// etcd's response that cancels watch `watch_id` because the revision it needs was
+/// compacted; the client reads `compact_revision` to start again.
+pub(crate) fn compacted_cancel(
+    header: Option<pb::ResponseHeader>,
+    watch_id: i64,
+    compact_revision: i64,
+) -> pb::WatchResponse {
+    pb::WatchResponse {
+        header,
+        watch_id,
+        canceled: true,
+        compact_revision,
+        cancel_reason: MvccError::Compacted { compact_revision }.to_string(),
+        ..Default::default()
+    }
+}
+
+/// etcd's answer to a client's cancel request for `watch_id`.
+pub(crate) fn cancel_answer(
+    header: Option<pb::ResponseHeader>,
+    watch_id: i64,
+) -> pb::WatchResponse {
+    pb::WatchResponse {
+        header,
+        watch_id,
+        canceled: true,
+        ..Default::default()
+    }
+}
+
 /// Run inside the Raft actor: each watcher's new events.
 pub(crate) fn collect(sm: &MvccStateMachine, pending: Vec<Pending>) -> Vec<Found> {
     let current = sm.revision().0;
@@ -132,15 +162,11 @@ impl Hub {
                     }
                 }
                 Err(compact_revision) => {
-                    let _ = w.tx.try_send(Ok(pb::WatchResponse {
-                        header: node.header(0),
-                        watch_id: w.watch_id,
-                        canceled: true,
+                    let _ = w.tx.try_send(Ok(compacted_cancel(
+                        node.header(0),
+                        w.watch_id,
                         compact_revision,
-                        cancel_reason: "etcdserver: mvcc: required revision has been compacted"
-                            .into(),
-                        ..Default::default()
-                    }));
+                    )));
                     watchers.remove(&f.id);
                 }
             }
@@ -239,15 +265,8 @@ impl pb::watch_server::Watch for WatchApi {
                             break;
                         }
                         if start <= compacted {
-                            let canceled = pb::WatchResponse {
-                                header: node.header(current),
-                                watch_id,
-                                canceled: true,
-                                compact_revision: compacted,
-                                cancel_reason:
-                                    "etcdserver: mvcc: required revision has been compacted".into(),
-                                ..Default::default()
-                            };
+                            let canceled =
+                                compacted_cancel(node.header(current), watch_id, compacted);
                             let _ = tx.send(Ok(canceled)).await;
                             continue;
                         }
@@ -273,12 +292,7 @@ impl pb::watch_server::Watch for WatchApi {
                     Some(RequestUnion::CancelRequest(c)) => {
                         if let Some(id) = mine.remove(&c.watch_id) {
                             node.watch.lock().remove(&id);
-                            let canceled = pb::WatchResponse {
-                                header: node.header(0),
-                                watch_id: c.watch_id,
-                                canceled: true,
-                                ..Default::default()
-                            };
+                            let canceled = cancel_answer(node.header(0), c.watch_id);
                             if tx.send(Ok(canceled)).await.is_err() {
                                 break;
                             }
