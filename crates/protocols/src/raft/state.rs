@@ -1042,6 +1042,27 @@ impl<S: StateMachine> Raft<S> {
 
     // ---- client requests -------------------------------------------------------------
 
+    /// A write this server has already applied (an earlier attempt of `seq`) is answered
+    /// from the session table, and one older than the session's last is dropped; true if
+    /// either happened, so the write needs nothing more.
+    fn settled_by_session(
+        &self,
+        ctx: &mut RaftCtx<'_, S>,
+        client: ClientId,
+        session: SessionId,
+        seq: u64,
+    ) -> bool {
+        match self.sessions.get(&session) {
+            Some((last, output)) if last == seq => {
+                let output = output.clone();
+                ctx.reply(client, RaftMsg::ClientReply { seq, output });
+                true
+            }
+            Some((last, _)) => last > seq,
+            None => false,
+        }
+    }
+
     fn not_leader(&self, ctx: &mut RaftCtx<'_, S>, client: ClientId, seq: u64) {
         let leader_hint = match self.transfer {
             Some((target, _)) => Some(target),
@@ -1073,13 +1094,8 @@ impl<S: StateMachine> Raft<S> {
         if self.role != Role::Leader || self.transfer.is_some() {
             return self.not_leader(ctx, client, seq);
         }
-        match self.sessions.get(&session) {
-            Some((last, output)) if last == seq => {
-                let output = output.clone();
-                return ctx.reply(client, RaftMsg::ClientReply { seq, output });
-            }
-            Some((last, _)) if last > seq => return,
-            _ => {}
+        if self.settled_by_session(ctx, client, session, seq) {
+            return;
         }
         self.append_write(ctx, Some(client), session, seq, command);
     }
@@ -1137,14 +1153,8 @@ impl<S: StateMachine> Raft<S> {
         seq: u64,
         command: S::Command,
     ) {
-        match self.sessions.get(&session) {
-            // Applied here already (an earlier attempt): answer from the session table.
-            Some((last, output)) if last == seq => {
-                let output = output.clone();
-                return ctx.reply(client, RaftMsg::ClientReply { seq, output });
-            }
-            Some((last, _)) if last > seq => return,
-            _ => {}
+        if self.settled_by_session(ctx, client, session, seq) {
+            return;
         }
         let now = ctx.now();
         let len = self.proposed.len();
