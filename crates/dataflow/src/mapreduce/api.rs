@@ -62,7 +62,15 @@ pub struct MapOutput<'a, V> {
 }
 
 pub(crate) trait MapSink<V> {
+    /// Take a pair whose key is encoded.
     fn push(&mut self, key: &[u8], value: V);
+    /// Take a pair whose key is a string, not yet encoded: a sink may hold it in its own
+    /// form and encode each distinct key once.
+    fn push_str(&mut self, key: &str, value: V) {
+        let mut encoded = Vec::with_capacity(key.len() + 10);
+        super::shuffle::encode_str_key(&mut encoded, key);
+        self.push(&encoded, value);
+    }
 }
 
 impl<'a, V> MapOutput<'a, V> {
@@ -83,6 +91,13 @@ impl<'a, V> MapOutput<'a, V> {
             Err(e) => panic!("an intermediate key failed to encode ({e}); this is a bug"),
         };
         self.sink.push(&self.key_buf, value);
+    }
+
+    /// Emit `(key, value)` for a key type that encodes as a string (`String`): the same
+    /// bytes as [`MapOutput::emit`] (postcard's varint length, then the UTF-8 bytes),
+    /// written directly instead of through serde, for mappers that emit a key per word.
+    pub fn emit_str(&mut self, key: &str, value: V) {
+        self.sink.push_str(key, value);
     }
 }
 

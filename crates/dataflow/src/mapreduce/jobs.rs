@@ -73,7 +73,11 @@ pub fn build(name: &str, params: &Params) -> Result<Box<dyn TaskRunner>, JobErro
     })
 }
 
+/// The whitespace-separated words of a line, with their byte offsets. A word that is not
+/// UTF-8 becomes U+FFFD. The line is validated once: ASCII whitespace never falls inside a
+/// multi-byte character, so every word of a valid line is valid.
 fn words(line: &[u8]) -> impl Iterator<Item = (usize, &str)> {
+    let text = std::str::from_utf8(line).ok();
     let mut i = 0;
     std::iter::from_fn(move || {
         while i < line.len() && line[i].is_ascii_whitespace() {
@@ -86,10 +90,11 @@ fn words(line: &[u8]) -> impl Iterator<Item = (usize, &str)> {
         while i < line.len() && !line[i].is_ascii_whitespace() {
             i += 1;
         }
-        Some((
-            start,
-            std::str::from_utf8(&line[start..i]).unwrap_or("\u{fffd}"),
-        ))
+        let word = match text {
+            Some(t) => t.get(start..i),
+            None => std::str::from_utf8(&line[start..i]).ok(),
+        };
+        Some((start, word.unwrap_or("\u{fffd}")))
     })
 }
 
@@ -103,7 +108,7 @@ impl Mapper for WordCountMap {
     type Value = u64;
     fn map(&self, r: Record<'_>, out: &mut MapOutput<'_, u64>) {
         for (_, w) in words(r.line) {
-            out.emit(w, 1);
+            out.emit_str(w, 1);
         }
     }
 }
