@@ -103,6 +103,10 @@ struct RunArgs {
     /// PageRank: at most this many iterations.
     #[arg(long, default_value = "50", value_parser = clap::value_parser!(u32).range(1..=10_000))]
     max_iterations: u32,
+    /// PageRank: checkpoint the ranks every this many iterations (0: never), so that a
+    /// worker that dies costs at most this many iterations.
+    #[arg(long, default_value = "5", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    checkpoint_every: u32,
     /// Log analysis: how many top URLs to report.
     #[arg(long, default_value = "10", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     top_k: u32,
@@ -572,6 +576,7 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
             a.damping,
             a.tolerance,
             a.max_iterations,
+            a.checkpoint_every,
             &mut |job, params, input, output, label| {
                 let r = run_stage(
                     &Stage {

@@ -348,6 +348,104 @@ fn restarted_master_resumes_the_job() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// PageRank's iterations run in one job of persistent workers that checkpoint their ranks
+/// every 3 supersteps. A worker SIGKILLed after a checkpoint and before the end: the master
+/// reassigns its partitions from the checkpoint, and the ranks are byte-identical to a
+/// clean run's.
+#[test]
+fn pagerank_worker_sigkill_mid_iterations_resumes_from_a_checkpoint() {
+    let dir = scratch("mapreduce", "pr-kill");
+    let input = dir.join("graph");
+    let (code, _, err) = synod(&[
+        "job",
+        "gen",
+        "graph",
+        "--scale",
+        "11",
+        "--edges",
+        "20000",
+        "--files",
+        "2",
+        "--output",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let common_args = [
+        "--reduces",
+        "3",
+        "--max-iterations",
+        "12",
+        "--tolerance",
+        "1e-300",
+        "--checkpoint-every",
+        "3",
+        "--quiet",
+    ];
+    let clean = dir.join("clean");
+    let mut args = vec!["job", "run", "pagerank", "--workers", "2"];
+    args.extend(common_args);
+    args.extend(["--input", input.to_str().unwrap()]);
+    args.extend(["--output", clean.to_str().unwrap()]);
+    let (code, _, err) = synod(&args);
+    assert_eq!(code, 0, "{err}");
+
+    let out = dir.join("faulty");
+    let mut m = synod_cmd()
+        .args(["job", "run", "pagerank", "--workers", "0"])
+        .args(common_args)
+        .args([
+            "--worker-timeout",
+            "1s",
+            "--listen",
+            "127.0.0.1:0",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start master");
+    let stderr = m.stderr.take().expect("stderr");
+    let mut line = String::new();
+    BufReader::new(stderr)
+        .read_line(&mut line)
+        .expect("master prints its address");
+    let addr = line
+        .split_whitespace()
+        .nth(3)
+        .map(|s| s.trim_end_matches(';').to_string())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let mut procs = Procs(vec![m]);
+    procs.0.push(worker(&addr, &dir.join("w0"), "150ms"));
+    procs.0.push(worker(&addr, &dir.join("w1"), "150ms"));
+    // After the first checkpoint of every partition, before the final ranks.
+    let checkpoint = out.join("final/_checkpoint/iter-00003");
+    wait_for("the first checkpoint", Duration::from_secs(60), || {
+        (0..3).all(|q| checkpoint.join(format!("part-{q:05}")).exists())
+    });
+    assert!(
+        parts(&out.join("final")).len() < 3,
+        "the iterations already ended"
+    );
+    sigkill(&mut procs.0[2]);
+    procs.0.push(worker(&addr, &dir.join("w2"), "150ms"));
+    let master = &mut procs.0[0];
+    let status = wait_exit(master, Duration::from_secs(90));
+    let mut summary = String::new();
+    std::io::Read::read_to_string(master.stdout.as_mut().expect("stdout"), &mut summary).ok();
+    assert!(status.success(), "{summary}");
+    assert!(summary.contains("12 iterations"), "{summary}");
+    assert!(!summary.contains(" 0 dead workers"), "{summary}");
+    assert_eq!(
+        parts(&out.join("ranks")),
+        parts(&clean.join("ranks")),
+        "ranks differ after a worker was killed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Map output files (`*.idx`) anywhere under `dir`.
 fn count_idx_under(dir: &Path) -> usize {
     std::fs::read_dir(dir)

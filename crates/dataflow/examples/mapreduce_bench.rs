@@ -168,6 +168,7 @@ fn main() -> anyhow::Result<()> {
             0.85,
             1e-300,
             iterations,
+            5,
             &mut |j, p, i, o, _| session.stage(j, p, i, o),
         )?;
         session.close();

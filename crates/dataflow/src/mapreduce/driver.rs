@@ -52,6 +52,9 @@ struct StateFile {
 
 struct Shared {
     master: Master,
+    /// The iterations' master, when the job is [`super::iterate::JOB`] (then `master` is
+    /// idle).
+    iter: Option<super::iterate::IterMaster>,
     spec: JobSpec,
     started: Instant,
     state_path: PathBuf,
@@ -126,6 +129,14 @@ fn serve(shared: &Mutex<Shared>, stream: TcpStream) -> io::Result<()> {
                     let now = s.now();
                     FromMaster::Resp(s.master.on_request(now, req))
                 }
+                ToMaster::Iter(job, req) => {
+                    let now = s.now();
+                    let current = job == s.spec.tag();
+                    match s.iter.as_mut() {
+                        Some(it) if current => FromMaster::Iter(it.on_request(now, req)),
+                        _ => FromMaster::Iter(super::iterate::IterResponse::Finished),
+                    }
+                }
             };
             if let Err(e) = s.persist() {
                 s.error = Some(format!("persisting master state: {e}"));
@@ -141,7 +152,11 @@ impl MasterServer {
     /// The master and spec for `opts`: resumed from the output directory's state file, or
     /// new.
     fn load(opts: &JobOptions) -> anyhow::Result<(Master, JobSpec, bool, PathBuf)> {
-        jobs::build(&opts.job, &opts.params)?;
+        if opts.job == super::iterate::JOB {
+            super::iterate::IterParams::parse(&opts.params)?;
+        } else {
+            jobs::build(&opts.job, &opts.params)?;
+        }
         if opts.reduces == 0 {
             bail!("--reduces must be at least 1");
         }
@@ -200,6 +215,21 @@ impl MasterServer {
         Ok((master, spec, resumed, state_path))
     }
 
+    /// The iterations' master for an iterations job.
+    fn iter_master(
+        opts: &JobOptions,
+        spec: &JobSpec,
+        expected_workers: u32,
+    ) -> Option<super::iterate::IterMaster> {
+        (opts.job == super::iterate::JOB).then(|| {
+            super::iterate::IterMaster::new(super::iterate::IterConfig {
+                partitions: spec.splits.len() as u32,
+                worker_timeout: opts.master.worker_timeout,
+                expected_workers,
+            })
+        })
+    }
+
     /// Start (or resume, if the output directory holds a state file for the same job)
     /// a master for `opts`.
     pub fn start(opts: &JobOptions) -> anyhow::Result<Self> {
@@ -207,8 +237,10 @@ impl MasterServer {
         let listener =
             TcpListener::bind(opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
         let addr = listener.local_addr()?;
+        let iter = Self::iter_master(opts, &spec, 1);
         let mut shared = Shared {
             master,
+            iter,
             spec,
             started: Instant::now(),
             state_path,
@@ -245,6 +277,12 @@ impl MasterServer {
         let mut snapshot = master.snapshot().clone();
         snapshot.next_attempt = snapshot.next_attempt.max(s.master.snapshot().next_attempt);
         let master = Master::restore(opts.master.clone(), snapshot, synod_core::Instant(0));
+        // The iterations start once the workers of the previous job have come over.
+        let workers = match &s.iter {
+            Some(it) => it.progress().2,
+            None => s.master.progress().workers,
+        };
+        s.iter = Self::iter_master(opts, &spec, workers);
         s.master = master;
         s.spec = spec;
         s.started = Instant::now();
@@ -278,12 +316,27 @@ impl MasterServer {
         let now = s.now();
         s.master.on_tick(now);
         s.persist()?;
+        if let Some(it) = s.iter.as_mut() {
+            it.on_tick(now);
+            let (done, parts, workers, dead) = it.progress();
+            return Ok(Progress {
+                reduces_done: done,
+                reduces: parts,
+                workers,
+                dead_workers: dead,
+                ..Progress::default()
+            });
+        }
         Ok(s.master.progress())
     }
 
     /// Whether every reduce task is committed.
     pub fn finished(&self) -> bool {
-        lock(&self.shared).master.finished()
+        let s = lock(&self.shared);
+        match &s.iter {
+            Some(it) => it.finished(),
+            None => s.master.finished(),
+        }
     }
 
     /// Number of map tasks.
@@ -294,6 +347,9 @@ impl MasterServer {
     /// The job's counters: the sum over committed reduce attempts, in partition order.
     pub fn counters(&self) -> Counters {
         let s = lock(&self.shared);
+        if let Some(it) = &s.iter {
+            return it.counters();
+        }
         let mut total = Counters::new();
         for (_, summary) in s.master.committed().values() {
             if let Ok(c) = synod_core::codec::decode::<Counters>(summary) {

@@ -990,7 +990,7 @@ pub fn parse_rank_line(line: &[u8], n: f64) -> Option<(u64, f64, Vec<u64>)> {
     Some((node, rank, outs))
 }
 
-fn read_partition(path: &Path) -> io::Result<Vec<u8>> {
+pub(crate) fn read_partition(path: &Path) -> io::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
@@ -1034,20 +1034,20 @@ pub mod rank_file {
 
 /// Where one node's record lies in its partition's bytes.
 #[derive(Clone, Copy, Debug)]
-struct NodeAt {
-    id: u64,
-    rank: f64,
-    key: (usize, usize),
-    links: usize,
-    degree: usize,
+pub(crate) struct NodeAt {
+    pub(crate) id: u64,
+    pub(crate) rank: f64,
+    pub(crate) key: (usize, usize),
+    pub(crate) links: usize,
+    pub(crate) degree: usize,
 }
 
 /// A graph partition read and parsed: its bytes, its destination table, and where each
 /// node's key and out-links are.
 pub(crate) struct GraphPartition {
     bytes: Vec<u8>,
-    dests: Vec<u64>,
-    nodes: Vec<NodeAt>,
+    pub(crate) dests: Vec<u64>,
+    pub(crate) nodes: Vec<NodeAt>,
 }
 
 impl GraphPartition {
@@ -1073,17 +1073,17 @@ impl GraphPartition {
         })
     }
 
-    fn key(&self, node: &NodeAt) -> &[u8] {
+    pub(crate) fn key(&self, node: &NodeAt) -> &[u8] {
         &self.bytes[node.key.0..node.key.1]
     }
 
-    fn links(&self, node: &NodeAt) -> impl Iterator<Item = u32> + '_ {
+    pub(crate) fn links(&self, node: &NodeAt) -> impl Iterator<Item = u32> + '_ {
         graph_file::out_links(&self.bytes[node.links..node.links + node.degree * 4])
     }
 
     /// Every node's rank: from the rank file at `ranks` if given, else the partition's own
     /// (1/n where not yet ranked).
-    fn ranks(&self, ranks: Option<&Path>, n: f64) -> io::Result<Vec<f64>> {
+    pub(crate) fn ranks(&self, ranks: Option<&Path>, n: f64) -> io::Result<Vec<f64>> {
         match ranks {
             Some(path) => rank_file::read(&read_partition(path)?, self.nodes.len())
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
@@ -1118,7 +1118,7 @@ static PARTITIONS: std::sync::Mutex<Vec<(std::path::PathBuf, FileStamp, Arc<Grap
 /// same length, inode and modification time (a rewritten file is read again); the cache
 /// holds one graph directory at a time. It is a cache only: a worker that never read the
 /// partition, or a new worker after a crash, reads the file.
-fn cached_partition(path: &Path) -> io::Result<Arc<GraphPartition>> {
+pub(crate) fn cached_partition(path: &Path) -> io::Result<Arc<GraphPartition>> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
@@ -1343,7 +1343,7 @@ fn segment_record<'a>(data: &'a [u8], at: &mut usize) -> io::Result<(&'a [u8], &
 
 /// Whether a job reads whole input files as its splits (binary inputs).
 pub fn whole_file_input(job: &str) -> bool {
-    job == "pagerank"
+    job == "pagerank" || job == super::iterate::JOB
 }
 
 /// Write the binary partitions of `graph`, with the ranks of the rank files in `ranks`
@@ -1479,15 +1479,18 @@ pub struct PageRankRun {
 pub type StageRunner<'a> =
     dyn FnMut(&str, Params, &Path, &Path, &str) -> anyhow::Result<super::task::Counters> + 'a;
 
-/// PageRank as a chain of jobs: build the partitioned binary graph, then iterate until the
-/// L1 change is below `tolerance` or `max_iterations` pass, then write the ranks as text.
-/// Stage outputs go under `output` (`graph`, `iter-001`, ..., and `ranks`).
+/// PageRank in two stages of one session: build the partitioned binary graph, then run
+/// every iteration in one job of persistent workers ([`super::iterate`]) until the L1
+/// change is below `tolerance` or `max_iterations` pass, checkpointing the ranks every
+/// `checkpoint_every` iterations; then write the ranks as text. Stage outputs go under
+/// `output` (`graph`, `final`, and `ranks`).
 pub fn run_pagerank(
     input: &Path,
     output: &Path,
     damping: f64,
     tolerance: f64,
     max_iterations: u32,
+    checkpoint_every: u32,
     stage: &mut StageRunner<'_>,
 ) -> anyhow::Result<PageRankRun> {
     std::fs::create_dir_all(output)?;
@@ -1497,41 +1500,28 @@ pub fn run_pagerank(
     if nodes < 1.0 {
         anyhow::bail!("the graph in {} has no edges", input.display());
     }
-    let mut dangling = built.get("dangling_nodes").copied().unwrap_or(0.0) / nodes;
-    // Iteration k reads the rank files of iteration k-1 (the build's partitions, with
-    // no ranks yet, for k = 1) and the structure from the build's partitions.
-    let mut current = graph.clone();
-    let mut iterations = 0;
-    let mut delta = f64::INFINITY;
-    while iterations < max_iterations && delta >= tolerance {
-        iterations += 1;
-        let out = output.join(format!("iter-{iterations:03}"));
-        let mut params: Params = [
-            ("nodes".to_string(), format!("{nodes}")),
-            ("damping".to_string(), format!("{damping}")),
-            ("dangling".to_string(), format!("{dangling}")),
-            ("graph".to_string(), graph.to_string_lossy().into_owned()),
-        ]
-        .into_iter()
-        .collect();
-        if iterations > 1 {
-            params.insert("ranks".into(), current.to_string_lossy().into_owned());
-        }
-        let c = stage(
-            "pagerank",
-            params,
-            &current,
-            &out,
-            &format!("iter {iterations}"),
-        )?;
-        delta = c.get("delta").copied().unwrap_or(0.0);
-        dangling = c.get("dangling").copied().unwrap_or(0.0);
-        current = out;
-    }
+    // The build's ranks are 1/N each, so the rank on dangling nodes is their share.
+    let dangling = built.get("dangling_nodes").copied().unwrap_or(0.0) / nodes;
+    let params: Params = [
+        ("nodes", format!("{nodes}")),
+        ("damping", format!("{damping}")),
+        ("dangling", format!("{dangling}")),
+        ("tolerance", format!("{tolerance}")),
+        ("max_iterations", format!("{max_iterations}")),
+        ("checkpoint_every", format!("{checkpoint_every}")),
+        ("graph", graph.to_string_lossy().into_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let last = output.join("final");
+    let c = stage(super::iterate::JOB, params, &graph, &last, "iterations")?;
+    let iterations = c.get("iterations").copied().unwrap_or(0.0) as u32;
+    let delta = c.get("delta").copied().unwrap_or(0.0);
     let ranks = output.join("ranks");
     write_rank_text(
         &graph,
-        (iterations > 0).then_some(current.as_path()),
+        (iterations > 0).then_some(last.as_path()),
         &ranks,
         nodes,
     )?;

@@ -31,11 +31,11 @@
 //! values (associative and commutative), not a general function. One master and its
 //! workers may run several jobs in a row (a session: PageRank's build and iterations), with
 //! requests and map output tagged by job. PageRank keeps its graph in binary partitions
-//! that are not shuffled: each reducer merge-joins rank contributions with its partition
-//! and the previous ranks (Lin & Schatz, "Design Patterns for Efficient Graph Algorithms in
-//! MapReduce", MLG 2010), maps combine into a dense array, iterations write only ranks, and
-//! each worker process caches the parsed, loop-invariant partitions (HaLoop, Bu et al.,
-//! VLDB 2010).
+//! that are not shuffled (Lin & Schatz, "Design Patterns for Efficient Graph Algorithms in
+//! MapReduce", MLG 2010) and runs all its iterations in one job of persistent workers that
+//! keep their partitions in memory and exchange only rank contributions, in supersteps
+//! with checkpoints ([`iterate`]; as Pregel, Malewicz et al., SIGMOD 2010); each worker
+//! process caches the parsed, loop-invariant partitions (HaLoop, Bu et al., VLDB 2010).
 
 pub mod master;
 
@@ -44,6 +44,7 @@ pub mod driver;
 pub mod gen;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
+pub mod iterate;
 pub mod jobs;
 pub mod shuffle;
 pub mod task;

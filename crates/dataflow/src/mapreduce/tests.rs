@@ -202,6 +202,7 @@ fn pagerank_equals_reference() {
         0.85,
         1e-8,
         100,
+        3,
         &mut |job, params, i, o, _| {
             let opts = JobOptions {
                 job: job.to_string(),
@@ -379,5 +380,79 @@ fn pagerank_build_is_the_same_in_memory_and_spilling() {
         (big.records_in, big.emitted),
         (small.records_in, small.emitted)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The iterations job (persistent workers exchanging contributions, checkpointing every 2
+/// supersteps) computes the same ranks, bit for bit, as one MapReduce job per iteration
+/// (the `pagerank` job: a map per partition and a reduce-side merge-join, Lin & Schatz
+/// 2010): both add each node's contributions in partition order.
+#[test]
+fn pagerank_iterations_job_equals_one_job_per_iteration() {
+    let dir = scratch("prsame");
+    let input = dir.join("in");
+    gen::rmat(&input, 10, 6000, 2, 7).unwrap();
+    let graph = dir.join("graph");
+    let built = run_stage(
+        "pagerank-build",
+        Params::new(),
+        &input,
+        &graph,
+        2,
+        3,
+        20_000,
+        1 << 20,
+    )
+    .unwrap();
+    let nodes = built["nodes"];
+    let params = |dangling: f64| -> Params {
+        [
+            ("nodes", format!("{nodes}")),
+            ("damping", "0.85".to_string()),
+            ("dangling", format!("{dangling}")),
+            ("graph", graph.to_string_lossy().into_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    };
+    let mut dangling = built["dangling_nodes"] / nodes;
+    let mut current = graph.clone();
+    for k in 1..=6 {
+        let mut p = params(dangling);
+        if k > 1 {
+            p.insert("ranks".into(), current.to_string_lossy().into_owned());
+        }
+        let out = dir.join(format!("iter-{k}"));
+        let c = run_stage("pagerank", p, &current, &out, 2, 3, 1 << 20, 1 << 20).unwrap();
+        dangling = c["dangling"];
+        current = out;
+    }
+    let mut p = params(built["dangling_nodes"] / nodes);
+    for (k, v) in [
+        ("tolerance", "0"),
+        ("max_iterations", "6"),
+        ("checkpoint_every", "2"),
+    ] {
+        p.insert(k.into(), v.into());
+    }
+    let last = dir.join("final");
+    let c = run_stage(
+        super::iterate::JOB,
+        p,
+        &graph,
+        &last,
+        2,
+        3,
+        1 << 20,
+        1 << 20,
+    )
+    .unwrap();
+    assert_eq!(c["iterations"], 6.0);
+    assert_eq!(c["dangling"], dangling);
+    let (per_job, one_job) = (part_files(&current), part_files(&last));
+    assert_eq!(per_job.len(), 3);
+    assert_eq!(per_job, one_job, "ranks differ");
+    assert!(last.join("_checkpoint/iter-00004/part-00002").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

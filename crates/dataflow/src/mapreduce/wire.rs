@@ -49,6 +49,8 @@ pub enum ToMaster {
     /// A request for the state machine, about the job with this [`JobSpec::tag`]. A
     /// request about another job (the master has moved on) is answered "finished".
     Req(u64, Request),
+    /// A request of the iterations' job ([`super::iterate`]), about the job with this tag.
+    Iter(u64, super::iterate::IterRequest),
 }
 
 /// Master → worker.
@@ -58,6 +60,8 @@ pub enum FromMaster {
     Job(JobSpec),
     /// The state machine's response.
     Resp(Response),
+    /// The iteration master's response.
+    Iter(super::iterate::IterResponse),
     /// The master runs no more jobs: the worker may exit.
     Done,
 }

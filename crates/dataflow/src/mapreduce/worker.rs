@@ -31,7 +31,8 @@ pub struct WorkerOptions {
     pub heartbeat: Duration,
     /// How long to keep retrying when the master is unreachable (it may be restarting).
     pub master_grace: Duration,
-    /// Testing aid: sleep this long at the start of every attempt.
+    /// Testing aid: sleep this long at the start of every attempt (and of every superstep
+    /// of PageRank's iterations).
     pub task_delay: Duration,
     /// The address the map-output server binds (port chosen by the OS) and that reducers
     /// are told: loopback for local workers, a node's peer address on a cluster.
@@ -338,6 +339,7 @@ pub fn run_worker(opts: &WorkerOptions) -> anyhow::Result<()> {
             FromMaster::Job(spec) => Arc::new(spec),
             FromMaster::Done => return Ok(()),
             FromMaster::Resp(r) => bail!("master answered hello with {r:?}"),
+            FromMaster::Iter(r) => bail!("master answered hello with {r:?}"),
         };
         if finished.as_ref() == Some(&spec.output) {
             // The master has not moved on to its next job yet.
@@ -350,8 +352,44 @@ pub fn run_worker(opts: &WorkerOptions) -> anyhow::Result<()> {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        run_job(opts, &mut conn, worker, data_addr, &spec)?;
+        if spec.job == super::iterate::JOB {
+            let mut link = IterLink {
+                conn: &mut conn,
+                tag: spec.tag(),
+            };
+            super::iterate::run_iterations(
+                &mut link,
+                worker,
+                spec.tag(),
+                &spec.params,
+                &spec.output,
+                opts.data_ip,
+                opts.heartbeat,
+                opts.task_delay,
+            )?;
+        } else {
+            run_job(opts, &mut conn, worker, data_addr, &spec)?;
+        }
         finished = Some(spec.output.clone());
+    }
+}
+
+/// The iterations' polls over the worker's master connection.
+struct IterLink<'a> {
+    conn: &'a mut Connection,
+    tag: u64,
+}
+
+impl super::iterate::IterMasterLink for IterLink<'_> {
+    fn poll(
+        &mut self,
+        req: super::iterate::IterRequest,
+    ) -> anyhow::Result<super::iterate::IterResponse> {
+        match self.conn.call(&ToMaster::Iter(self.tag, req))? {
+            FromMaster::Iter(r) => Ok(r),
+            FromMaster::Done | FromMaster::Resp(_) => Ok(super::iterate::IterResponse::Finished),
+            FromMaster::Job(_) => bail!("master sent a job spec to a poll"),
+        }
     }
 }
 
@@ -416,7 +454,7 @@ fn run_job(
         };
         let resp = match conn.call(&ToMaster::Req(spec.tag(), poll))? {
             FromMaster::Resp(r) => r,
-            FromMaster::Done => Response::Finished,
+            FromMaster::Done | FromMaster::Iter(_) => Response::Finished,
             FromMaster::Job(_) => bail!("master sent a job spec to a poll"),
         };
         let (work, abort) = match resp {
