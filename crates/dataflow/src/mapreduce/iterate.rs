@@ -818,7 +818,7 @@ impl Epoch<'_> {
             delta = new_delta;
             k = next;
             let every = self.params.checkpoint_every;
-            if every > 0 && k % every == 0 && k < self.params.max_iterations {
+            if every > 0 && k.is_multiple_of(every) && k < self.params.max_iterations {
                 let dir = checkpoint_dir(self.output, k);
                 for &q in &mine {
                     let mut bytes = Vec::new();
@@ -873,6 +873,7 @@ pub(crate) trait IterMasterLink {
 }
 
 /// Run the iterations' job on this worker until the master says it is finished.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_iterations(
     link: &mut dyn IterMasterLink,
     worker: WorkerId,
