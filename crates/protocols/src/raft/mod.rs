@@ -184,7 +184,7 @@ mod tests;
 
 pub use kv::{KvCommand, KvOutput, KvStateMachine};
 pub use msg::{Entry, EntryPayload, Membership, MembershipChange, RaftMsg, SessionId, Term};
-pub use state::{Raft, RaftTimer, Role};
+pub use state::{Raft, RaftTimer, Role, SEED_INDEX};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

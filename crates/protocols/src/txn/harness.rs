@@ -1287,6 +1287,10 @@ pub fn test_config(nodes: u32, split_max_keys: usize) -> TxnConfig {
     config.raft.heartbeat_interval = Duration::from_millis(20);
     config.raft.max_entries_per_append = 16;
     config.raft.max_in_flight = 4;
+    // Small, so that every scenario snapshots, compacts and sends InstallSnapshot, in
+    // several chunks, to lagging and restarted replicas and across splits.
+    config.raft.snapshot_threshold = 16;
+    config.raft.snapshot_chunk_bytes = 512;
     config
 }
 

@@ -137,5 +137,5 @@ pub use msg::{
     u64_value, value_u64, Event, Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput,
     RangeRaftMsg, RangeResult, Route, Row, Timestamp, TxnId, TxnMeta, TxnMsg, TxnStatus, Value,
 };
-pub use node::{TxnConfig, TxnNode, TxnTimer};
+pub use node::{TxnConfig, TxnNode, TxnTimer, DEFAULT_SNAPSHOT_THRESHOLD};
 pub use range::{Intent, RangeSm, RangeState, Version};

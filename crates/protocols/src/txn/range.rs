@@ -144,7 +144,7 @@ impl RangeSm {
 }
 
 impl RangeState {
-    fn empty(desc: RangeDescriptor) -> Self {
+    pub(crate) fn empty(desc: RangeDescriptor) -> Self {
         RangeState {
             desc,
             versions: BTreeMap::new(),
