@@ -82,6 +82,11 @@ pub struct TxnNode {
     groups: BTreeMap<RangeId, Group>,
     split_session: SessionId,
     split_seq: u64,
+    /// Ranges this node learned of from a parent's snapshot (hosted uninitialized).
+    children_from_snapshots: u64,
+    /// In `on_start`, before every listed group runs: a parent's children may simply
+    /// not be started yet.
+    starting: bool,
 }
 
 type NodeCtx<'a> = Ctx<'a, TxnMsg, TxnTimer>;
@@ -94,12 +99,20 @@ impl TxnNode {
             groups: BTreeMap::new(),
             split_session: SessionId(0),
             split_seq: 0,
+            children_from_snapshots: 0,
+            starting: false,
         }
     }
 
     /// The Raft replicas this node hosts.
     pub fn groups(&self) -> impl Iterator<Item = (RangeId, &Raft<RangeSm>)> {
         self.groups.iter().map(|(id, g)| (*id, &g.raft))
+    }
+
+    /// How many ranges this node learned of from a parent's snapshot rather than by
+    /// applying the split (since it was built; a restart does not reset it).
+    pub fn children_from_snapshots(&self) -> u64 {
+        self.children_from_snapshots
     }
 
     /// One hosted replica.
@@ -172,6 +185,7 @@ impl TxnNode {
             .filter(|child| !self.groups.contains_key(child))
             .collect();
         for child in missing {
+            self.children_from_snapshots += 1;
             self.create_child(ctx, child, None);
         }
     }
@@ -227,7 +241,9 @@ impl TxnNode {
         for child in children {
             self.create_child(ctx, child.desc.id, Some(child));
         }
-        self.ensure_children(ctx, id);
+        if !self.starting {
+            self.ensure_children(ctx, id);
+        }
     }
 
     /// The local range that serves `route`, by this node's applied descriptors.
@@ -288,6 +304,7 @@ impl Actor for TxnNode {
         self.split_session = SessionId(ctx.rng().gen());
         self.split_seq = 0;
         let ids: Option<Vec<RangeId>> = ctx.storage().get_value(GROUPS_KEY).ok().flatten();
+        self.starting = true;
         match ids {
             None => {
                 self.create_group(ctx, RangeSm::meta());
@@ -304,12 +321,14 @@ impl Actor for TxnNode {
                     }
                 }
                 // A parent's snapshot may be past a split whose child was not listed yet.
+                self.starting = false;
                 let ids: Vec<RangeId> = self.groups.keys().copied().collect();
                 for id in ids {
                     self.ensure_children(ctx, id);
                 }
             }
         }
+        self.starting = false;
         ctx.set_timer(TxnTimer::SplitCheck, self.config.split_check_interval);
     }
 

@@ -18,7 +18,11 @@ impl<S: StateMachine> Raft<S> {
     /// snapshot of its parent, TiKV's "uninitialized peer") has an empty log: its leader
     /// finds no term at index 0 and sends the snapshot (§7). Such a replica must not
     /// campaign until it holds a snapshot; the host withholds its election timer.
+    /// A storage that already holds a snapshot (the group ran here before) is left alone.
     pub fn seed_snapshot(config: &RaftConfig, storage: &mut dyn Storage, state: Vec<u8>) {
+        if storage.get_blob(SNAPSHOT_KEY).is_some() {
+            return;
+        }
         let membership = Membership {
             voters: config.voters.iter().copied().collect(),
             learners: Default::default(),
