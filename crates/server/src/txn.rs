@@ -984,18 +984,26 @@ impl TxnHost {
         }
     }
 
-    /// Best effort: whatever is left, readers resolve through the record.
+    /// Best effort: whatever is left, readers resolve through the record. Once every
+    /// intent is resolved (each acknowledged), nobody can meet one and ask about the
+    /// transaction any more, so its decided record is garbage-collected (`ForgetTxn`).
     async fn resolve_all(&self, meta: &TxnMeta, keys: &[Key], status: TxnStatus) {
         if status == TxnStatus::Pending {
             return;
         }
+        let mut all = true;
         for key in keys {
             let resolve = RangeCommand::Resolve {
                 txn: meta.id,
                 key: key.clone(),
                 status,
             };
-            let _ = self.request(Route::Key(key.clone()), resolve).await;
+            let done = self.request(Route::Key(key.clone()), resolve).await;
+            all &= done.is_ok_and(|o| o.result == RangeResult::Resolved);
+        }
+        if all {
+            let forget = RangeCommand::ForgetTxn { txn: meta.clone() };
+            let _ = self.request(Route::Key(meta.anchor.clone()), forget).await;
         }
     }
 }
