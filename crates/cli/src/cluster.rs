@@ -44,6 +44,18 @@ pub(crate) struct UpCommand {
     /// With --ranges: a range splits when it holds more keys than this.
     #[arg(long, default_value = "64", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     range_split_keys: u32,
+    /// With --ranges: entries a range applies between snapshots, after which its Raft
+    /// log is discarded up to the snapshot (0: never compact range logs).
+    #[arg(long, default_value_t = synod_protocols::txn::DEFAULT_SNAPSHOT_THRESHOLD)]
+    range_snapshot_entries: u64,
+    /// etcd's --auto-compaction-mode: `periodic` or `revision` (with
+    /// --auto-compaction-retention).
+    #[arg(long, value_parser = ["periodic", "revision"])]
+    auto_compaction_mode: Option<String>,
+    /// etcd's --auto-compaction-retention: periodic: a duration (72h, 30m, 10s; a bare
+    /// number is hours); revision: a number of revisions to keep. 0: off (the default).
+    #[arg(long)]
+    auto_compaction_retention: Option<String>,
     /// Peer port of n1; n2 gets the next one, and so on.
     #[arg(long, default_value = "7001")]
     peer_port: u16,
@@ -230,7 +242,10 @@ fn write_config(u: &UpCommand) -> Result<ClusterConfig> {
         ap: u.ap,
         ranges: u.ranges.then_some(synod_server::txn::RangesConfig {
             split_keys: u.range_split_keys as usize,
+            snapshot_entries: u.range_snapshot_entries,
         }),
+        auto_compaction_mode: u.auto_compaction_mode.clone(),
+        auto_compaction_retention: u.auto_compaction_retention.clone(),
         certs_dir: PathBuf::from("certs"),
         tuning: Tuning::default(),
         nodes,

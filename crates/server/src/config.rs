@@ -91,6 +91,8 @@ pub struct Tuning {
     /// Applied entries between Raft snapshots, after which the log before them is
     /// discarded (etcd's `--snapshot-count`).
     pub snapshot_entries: u64,
+    /// How often `auto_compaction_mode = "revision"` compacts (etcd: fixed 5 minutes).
+    pub auto_compaction_revision_check_ms: u64,
 }
 
 impl Default for Tuning {
@@ -108,6 +110,7 @@ impl Default for Tuning {
             request_timeout_ms: 7000,
             watch_progress_notify_ms: 600_000,
             snapshot_entries: 100_000,
+            auto_compaction_revision_check_ms: 300_000,
         }
     }
 }
@@ -143,6 +146,14 @@ pub struct ClusterConfig {
     /// Run the multi-Raft ranges and cross-range transactions (`synod up --ranges`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ranges: Option<crate::txn::RangesConfig>,
+    /// etcd's `--auto-compaction-mode`: `periodic` (the default) or `revision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_compaction_mode: Option<String>,
+    /// etcd's `--auto-compaction-retention`: in periodic mode a duration (`72h`, `30m`;
+    /// a bare number is hours), in revision mode a number of revisions; `0` or absent:
+    /// no automatic compaction. See `synod_server::etcd::compactor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_compaction_retention: Option<String>,
     /// Directory of `ca.pem` and `n<id>.pem`/`n<id>.key`, relative to the cluster file.
     #[serde(default = "default_certs_dir")]
     pub certs_dir: PathBuf,
@@ -242,7 +253,18 @@ impl ClusterConfig {
         {
             return Err(invalid("tuning values must be positive".into()));
         }
+        self.auto_compaction().map_err(invalid)?;
         Ok(())
+    }
+
+    /// The automatic compaction the file asks for (`None`: off).
+    pub fn auto_compaction(&self) -> Result<Option<crate::etcd::AutoCompaction>, String> {
+        match (&self.auto_compaction_mode, &self.auto_compaction_retention) {
+            (_, None) => Ok(None),
+            (mode, Some(retention)) => {
+                crate::etcd::AutoCompaction::parse(mode.as_deref(), retention)
+            }
+        }
     }
 
     /// The entry for `node`.
@@ -295,6 +317,29 @@ data_dir = "n2"
         assert_eq!(c.tuning, Tuning::default());
         let again = ClusterConfig::parse(&c.to_toml(), Path::new("c.toml")).unwrap();
         assert_eq!(again.nodes, c.nodes);
+        assert_eq!(c.auto_compaction(), Ok(None));
+    }
+
+    #[test]
+    fn auto_compaction_reads_etcds_two_settings() {
+        let text = format!(
+            "auto_compaction_mode = \"revision\"\nauto_compaction_retention = \"1000\"\n{GOOD}"
+        );
+        let c = ClusterConfig::parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(
+            c.auto_compaction(),
+            Ok(Some(crate::etcd::AutoCompaction::Revision(1000)))
+        );
+        let again = ClusterConfig::parse(&c.to_toml(), Path::new("c.toml")).unwrap();
+        assert_eq!(again.auto_compaction(), c.auto_compaction());
+        let text = format!("auto_compaction_retention = \"72h\"\n{GOOD}");
+        let c = ClusterConfig::parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(
+            c.auto_compaction(),
+            Ok(Some(crate::etcd::AutoCompaction::Periodic(
+                std::time::Duration::from_secs(72 * 3600)
+            )))
+        );
     }
 
     #[test]
@@ -310,6 +355,10 @@ data_dir = "n2"
         let same = GOOD.replace("127.0.0.1:9002", "127.0.0.1:9001");
         let e = ClusterConfig::parse(&same, Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("used twice"), "{e}");
+        let bad_mode =
+            format!("auto_compaction_mode = \"hourly\"\nauto_compaction_retention = \"1\"\n{GOOD}");
+        let e = ClusterConfig::parse(&bad_mode, Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("periodic` or `revision"), "{e}");
         let typo = GOOD.replace("insecure", "insecur");
         assert!(ClusterConfig::parse(&typo, Path::new("c.toml")).is_err());
     }

@@ -81,29 +81,38 @@ pub struct RangesConfig {
     /// A range with more distinct keys than this splits at its median key.
     #[serde(default = "default_split_keys")]
     pub split_keys: usize,
+    /// Entries a range applies past its last snapshot before it takes another and
+    /// discards its log up to it (0: never; the log then grows without bound).
+    #[serde(default = "default_snapshot_entries")]
+    pub snapshot_entries: u64,
 }
 
 fn default_split_keys() -> usize {
     64
 }
 
+fn default_snapshot_entries() -> u64 {
+    synod_protocols::txn::DEFAULT_SNAPSHOT_THRESHOLD
+}
+
 impl Default for RangesConfig {
     fn default() -> Self {
         RangesConfig {
             split_keys: default_split_keys(),
+            snapshot_entries: default_snapshot_entries(),
         }
     }
 }
 
 /// The actor every node runs: every range replicated on all `nodes`, Raft timing from the
-/// cluster's tuning, and log compaction off (see `TxnConfig::new`).
+/// cluster's tuning, a snapshot every `snapshot_entries` applied entries per range.
 pub fn actor(nodes: Vec<NodeId>, ranges: &RangesConfig, tuning: &crate::config::Tuning) -> TxnNode {
     let mut config = TxnConfig::new(1, ranges.split_keys.max(1));
     let mut raft = synod_protocols::raft::RaftConfig::new(nodes);
     raft.election_timeout = Duration::from_millis(tuning.election_ms);
     raft.election_timeout_spread = Duration::from_millis(tuning.election_ms);
     raft.heartbeat_interval = Duration::from_millis(tuning.raft_heartbeat_ms);
-    raft.snapshot_threshold = 0;
+    raft.snapshot_threshold = ranges.snapshot_entries;
     config.raft = raft;
     TxnNode::new(config)
 }
@@ -975,18 +984,26 @@ impl TxnHost {
         }
     }
 
-    /// Best effort: whatever is left, readers resolve through the record.
+    /// Best effort: whatever is left, readers resolve through the record. Once every
+    /// intent is resolved (each acknowledged), nobody can meet one and ask about the
+    /// transaction any more, so its decided record is garbage-collected (`ForgetTxn`).
     async fn resolve_all(&self, meta: &TxnMeta, keys: &[Key], status: TxnStatus) {
         if status == TxnStatus::Pending {
             return;
         }
+        let mut all = true;
         for key in keys {
             let resolve = RangeCommand::Resolve {
                 txn: meta.id,
                 key: key.clone(),
                 status,
             };
-            let _ = self.request(Route::Key(key.clone()), resolve).await;
+            let done = self.request(Route::Key(key.clone()), resolve).await;
+            all &= done.is_ok_and(|o| o.result == RangeResult::Resolved);
+        }
+        if all {
+            let forget = RangeCommand::ForgetTxn { txn: meta.clone() };
+            let _ = self.request(Route::Key(meta.anchor.clone()), forget).await;
         }
     }
 }
@@ -1241,6 +1258,10 @@ async fn ranges(State(state): State<Arc<NodeState>>) -> Answer {
                             "applied": raft.last_applied().0,
                             "keys": s.versions.len(),
                             "intents": s.intents.len(),
+                            "records": s.records.len(),
+                            "read_cache": s.max_read.len(),
+                            "snapshot_index": raft.snapshot_index().0,
+                            "log_entries": raft.last_log_index().0 - raft.snapshot_index().0,
                         })
                     })
                     .collect::<Vec<_>>()

@@ -114,6 +114,11 @@
 //! log after the snapshot if it holds the snapshot's last entry, else discards it, and
 //! acknowledges only once the snapshot is durable.
 //!
+//! A group may also be born with a state: `Raft::seed_snapshot` stores it as the
+//! snapshot at index 1, term 0, before the first `on_start` (multi-Raft splits, in
+//! `txn`). A replica of the group that was not seeded has an empty log, so its leader
+//! finds no term at index 0 and sends it the snapshot.
+//!
 //! ## Membership changes (thesis ch. 4)
 //!
 //! Single-server changes, with learners. A `Config` entry takes effect on every server
@@ -184,7 +189,7 @@ mod tests;
 
 pub use kv::{KvCommand, KvOutput, KvStateMachine};
 pub use msg::{Entry, EntryPayload, Membership, MembershipChange, RaftMsg, SessionId, Term};
-pub use state::{Raft, RaftTimer, Role};
+pub use state::{Raft, RaftTimer, Role, SEED_INDEX};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

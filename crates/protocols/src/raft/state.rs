@@ -14,8 +14,11 @@ use synod_core::{duration_nanos, Actor, ClientId, Ctx, Endpoint, Instant, LogInd
 
 mod membership;
 mod reads;
+mod seed;
 mod sessions;
 mod snapshot;
+
+pub use seed::SEED_INDEX;
 
 use sessions::Sessions;
 

@@ -62,6 +62,9 @@ pub struct BankConfig {
     /// Clients that watch every account from the first revision (merged rangefeeds
     /// over closed timestamps); checked by [`check_watch`].
     pub watch_clients: u64,
+    /// Planted bug: forget the transaction record right after the decision, before the
+    /// intents are resolved (the check must catch it).
+    pub forget_before_resolving: bool,
 }
 
 impl Default for BankConfig {
@@ -78,6 +81,7 @@ impl Default for BankConfig {
             fast_path: true,
             timeout: Duration::from_millis(50),
             watch_clients: 0,
+            forget_before_resolving: false,
         }
     }
 }
@@ -119,6 +123,8 @@ enum Phase {
     Resolve(usize),
     Push,
     ResolveOther(TxnStatus),
+    /// Garbage-collect the decided record once every intent is resolved.
+    Forget,
 }
 
 /// Whether the transaction's writes took effect, as far as the client knows.
@@ -560,6 +566,12 @@ impl BankClients {
                     },
                 )
             }
+            Phase::Forget => (
+                Route::Key(t.meta.anchor.clone()),
+                RangeCommand::ForgetTxn {
+                    txn: t.meta.clone(),
+                },
+            ),
             Phase::Push => {
                 let Some((meta, _)) = t.blocker.clone() else {
                     return;
@@ -655,6 +667,7 @@ impl BankClients {
         let fast_path = self.config.fast_path;
         let abandon = self.config.abandon;
         let abandon_roll = ctl.rng().gen_bool(abandon);
+        let forget_early = self.config.forget_before_resolving;
         let Some(t) = self.txn(client) else { return };
         if t.recent.len() >= 8 {
             t.recent.remove(0);
@@ -760,7 +773,12 @@ impl BankClients {
                     // Committed, then gone before resolving: readers must resolve.
                     t.prewritten.clear();
                 }
-                if t.prewritten.is_empty() || status == TxnStatus::Pending {
+                if status == TxnStatus::Pending {
+                    self.finish(ctl, client);
+                } else if forget_early {
+                    self.goto(ctl, client, Phase::Forget);
+                } else if t.prewritten.is_empty() {
+                    // Abandoned before resolving: its record must stay for the pushers.
                     self.finish(ctl, client);
                 } else {
                     self.goto(ctl, client, Phase::Resolve(0));
@@ -769,6 +787,17 @@ impl BankClients {
             (Phase::Resolve(i), R::Resolved) => {
                 if i + 1 < t.prewritten.len() {
                     self.goto(ctl, client, Phase::Resolve(i + 1));
+                } else if forget_early {
+                    self.finish(ctl, client);
+                } else {
+                    // Every intent it laid is resolved (each acknowledged): nobody can
+                    // meet one and ask about this transaction any more.
+                    self.goto(ctl, client, Phase::Forget);
+                }
+            }
+            (Phase::Forget, R::Resolved) => {
+                if forget_early && !t.prewritten.is_empty() {
+                    self.goto(ctl, client, Phase::Resolve(0));
                 } else {
                     self.finish(ctl, client);
                 }
@@ -1287,6 +1316,10 @@ pub fn test_config(nodes: u32, split_max_keys: usize) -> TxnConfig {
     config.raft.heartbeat_interval = Duration::from_millis(20);
     config.raft.max_entries_per_append = 16;
     config.raft.max_in_flight = 4;
+    // Small, so that every scenario snapshots, compacts and sends InstallSnapshot, in
+    // several chunks, to lagging and restarted replicas and across splits.
+    config.raft.snapshot_threshold = 16;
+    config.raft.snapshot_chunk_bytes = 512;
     config
 }
 

@@ -34,8 +34,18 @@
 //!   records anchored there, read-cache entries) into a new range whose id is derived
 //!   from the parent's (`id | 1 << depth`, unique without an allocator); the node writes
 //!   that initial state durably and starts the new group. The generation makes a split
-//!   proposed twice apply once. Because a new range is born from its parent's log, Raft
-//!   log compaction is off for now (see "Not done").
+//!   proposed twice apply once.
+//! - **Log compaction with splits.** Every range snapshots and truncates its log (§7).
+//!   A range born from a split stores its initial state as its Raft snapshot at index 1
+//!   (`Raft::seed_snapshot`), so the split travels like any snapshot: a replica that
+//!   installs a parent's snapshot taken after a split never applies the split entry,
+//!   learns the children from the parent's descriptor (the split at depth `d` created
+//!   `id | 1 << d`) and hosts them *uninitialized* — empty log, no keys served, no
+//!   election timer — until the child's leader, finding no entry at index 0 to match,
+//!   sends its snapshot (TiKV's uninitialized peers, created on demand and filled by a
+//!   snapshot). An uninitialized replica never campaigns: elected by other uninitialized
+//!   replicas it would overwrite the seeded state. It still votes, as a follower with an
+//!   empty log does, which the election restriction (§5.4.1) already covers.
 //!
 //! ## Transactions: snapshot isolation with a timestamp oracle
 //!
@@ -109,13 +119,32 @@
 //! Checked by [`harness::watch_scenario`] against the replicas' final history over many
 //! seeds, with a planted bug (closing over intents) that the check catches.
 //!
+//! ## Garbage collection
+//!
+//! - **Transaction records.** A coordinator that learned the decision and had every
+//!   intent it laid resolved (each `Resolve` acknowledged) sends `ForgetTxn`, which
+//!   deletes the decided record (never a pending one). Why no later question can be
+//!   answered differently: questions about a transaction `T` come from (1) `T`'s own
+//!   coordinator, which is done (a network duplicate of its `EndTxn` is answered by the
+//!   Raft session table), and (2) pushers and watchers that met an intent of `T`. After
+//!   the resolution no intent of `T` exists: a committed `T` had all its prewrites
+//!   acknowledged, hence all resolved; a late duplicate `Prewrite` of a committed `T`
+//!   finds its own version and lays nothing. A pusher that saw an intent before the
+//!   resolution and asks after the GC finds no record and gets the presumed-abort answer
+//!   (pending, then aborted after expiry); the `Resolve(aborted)` it then sends is a
+//!   no-op, since the key holds no intent of `T`. An aborted `T` may leave intents whose
+//!   prewrite was never acknowledged: presumed abort decides them aborted, as before.
+//!   Records of coordinators that vanished stay (a pusher decided them); CockroachDB
+//!   collects those in a GC queue, not done here.
+//! - **Read-timestamp cache.** Entries at or below `max(closed, compacted)` are dropped
+//!   whenever either rises: a one-phase commit at or below either is refused anyway, so
+//!   such an entry refuses nothing more.
+//!
 //! ## Not done
 //!
 //! Parallel commits (the record's STAGING state), transaction heartbeats (a record
-//! expires a fixed time after the transaction started), garbage collection of old
-//! versions and records, snapshots/log compaction for ranges (needs splits carried in
-//! snapshots), range merges and rebalancing replicas across nodes,
-//! leases. On a live cluster (`synod up --ranges`) this actor runs unchanged as node
+//! expires a fixed time after the transaction started), GC of the records of vanished
+//! coordinators, range merges and rebalancing replicas across nodes, leases. On a live cluster (`synod up --ranges`) this actor runs unchanged as node
 //! service 13; see `synod_server::txn` and docs/multiraft.md.
 //!
 //! ## Differences from the chapter's sketch
@@ -137,5 +166,5 @@ pub use msg::{
     u64_value, value_u64, Event, Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput,
     RangeRaftMsg, RangeResult, Route, Row, Timestamp, TxnId, TxnMeta, TxnMsg, TxnStatus, Value,
 };
-pub use node::{TxnConfig, TxnNode, TxnTimer};
+pub use node::{TxnConfig, TxnNode, TxnTimer, DEFAULT_SNAPSHOT_THRESHOLD};
 pub use range::{Intent, RangeSm, RangeState, Version};

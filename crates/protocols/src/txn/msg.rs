@@ -255,6 +255,16 @@ pub enum RangeCommand {
         /// The compact revision.
         revision: Timestamp,
     },
+    /// Garbage-collect `txn`'s record (in the range of `txn.anchor`) if it is decided;
+    /// a pending record stays. Sent by the transaction's own coordinator once it has
+    /// learned the decision and every one of its intents was resolved (acknowledged),
+    /// so no intent of `txn` remains for anyone to push. Answers `Resolved`. See the
+    /// module header ("Garbage collection") for why a later question cannot be answered
+    /// differently.
+    ForgetTxn {
+        /// The transaction.
+        txn: TxnMeta,
+    },
     /// Split this range at `split_key`; proposed by the leader when the range is too big.
     Split {
         /// The generation the split was planned against.

@@ -7,9 +7,9 @@
 //! [`TxnTimer::Raft`]). One node crash therefore takes every replica on it down at once,
 //! as on a real machine.
 
-use super::msg::{RangeCommand, RangeId, RangeRaftMsg, Route, TxnMsg};
+use super::msg::{RangeCommand, RangeDescriptor, RangeId, RangeRaftMsg, Route, TxnMsg};
 use super::range::{RangeSm, RangeState};
-use crate::raft::{Raft, RaftConfig, RaftMsg, RaftTimer, Role, SessionId};
+use crate::raft::{Raft, RaftConfig, RaftMsg, RaftTimer, Role, SessionId, SEED_INDEX};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,10 +38,11 @@ impl TxnConfig {
     /// Ranges on every node of `nodes`, split past `split_max_keys` keys.
     pub fn new(nodes: u32, split_max_keys: usize) -> Self {
         let mut raft = RaftConfig::new((0..nodes).map(NodeId).collect());
-        // A range is created from its parent's applied state at the split; a follower
-        // that missed the split entry because the parent compacted it away would never
-        // learn of the new range. Until splits travel in snapshots too, keep logs whole.
-        raft.snapshot_threshold = 0;
+        // Every range snapshots and compacts its log (§7). A split travels in snapshots:
+        // a range born from a split starts from a seeded snapshot, and a replica that
+        // learns of it from its parent's snapshot waits for the range's own (see
+        // `TxnNode::ensure_children`).
+        raft.snapshot_threshold = DEFAULT_SNAPSHOT_THRESHOLD;
         TxnConfig {
             raft,
             split_max_keys,
@@ -63,6 +64,9 @@ pub enum TxnTimer {
     SplitCheck,
 }
 
+/// Entries a range applies past its last snapshot before it takes the next one.
+pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 1024;
+
 /// The pseudo-client id under which the node proposes splits; its replies are dropped.
 const SPLIT_CLIENT: ClientId = ClientId(u64::MAX);
 const GROUPS_KEY: &[u8] = b"txn/groups";
@@ -78,6 +82,11 @@ pub struct TxnNode {
     groups: BTreeMap<RangeId, Group>,
     split_session: SessionId,
     split_seq: u64,
+    /// Ranges this node learned of from a parent's snapshot (hosted uninitialized).
+    children_from_snapshots: u64,
+    /// In `on_start`, before every listed group runs: a parent's children may simply
+    /// not be started yet.
+    starting: bool,
 }
 
 type NodeCtx<'a> = Ctx<'a, TxnMsg, TxnTimer>;
@@ -90,12 +99,20 @@ impl TxnNode {
             groups: BTreeMap::new(),
             split_session: SessionId(0),
             split_seq: 0,
+            children_from_snapshots: 0,
+            starting: false,
         }
     }
 
     /// The Raft replicas this node hosts.
     pub fn groups(&self) -> impl Iterator<Item = (RangeId, &Raft<RangeSm>)> {
         self.groups.iter().map(|(id, g)| (*id, &g.raft))
+    }
+
+    /// How many ranges this node learned of from a parent's snapshot rather than by
+    /// applying the split (since it was built; a restart does not reset it).
+    pub fn children_from_snapshots(&self) -> u64 {
+        self.children_from_snapshots
     }
 
     /// One hosted replica.
@@ -109,17 +126,68 @@ impl TxnNode {
 
     /// Host a new range: write its initial state, then the group list (in that order, so
     /// a crash that keeps a prefix of the writes never lists a range without a state).
+    /// Only the two initial ranges start from an empty log; see [`Self::create_child`].
     fn create_group(&mut self, ctx: &mut NodeCtx<'_>, state: RangeState) {
         let id = state.desc.id;
         if self.groups.contains_key(&id) {
             return;
         }
         ctx.storage().put_value(&Self::init_key(id), &state);
+        self.list_group(ctx, id);
+        self.start_group(ctx, id, state);
+    }
+
+    fn list_group(&mut self, ctx: &mut NodeCtx<'_>, id: RangeId) {
         let mut ids: Vec<RangeId> = self.groups.keys().copied().collect();
         ids.push(id);
         ids.sort();
+        ids.dedup();
         ctx.storage().put_value(GROUPS_KEY, &ids);
-        self.start_group(ctx, id, state);
+    }
+
+    /// Host a range born from a split. With `state` (this replica applied the split) the
+    /// state is stored as the group's seeded Raft snapshot, so the range's leader can send
+    /// it to replicas that never applied the split. Without (this replica learned of the
+    /// range from its parent's snapshot) the group starts uninitialized: no state, no
+    /// keys served, no elections, until the range's leader installs a snapshot.
+    fn create_child(&mut self, ctx: &mut NodeCtx<'_>, id: RangeId, state: Option<RangeState>) {
+        let hosted = self.groups.get(&id).map(|g| initialized(id, &g.raft));
+        match (hosted, &state) {
+            (Some(true), _) | (Some(false), None) => return,
+            _ => {}
+        }
+        ctx.storage()
+            .put_value(&Self::init_key(id), &uninitialized_state(id));
+        if let Some(state) = state {
+            let mut storage = GroupStorage::new(ctx.storage(), id);
+            Raft::<RangeSm>::seed_snapshot(&self.config.raft, &mut storage, codec::encode(&state));
+        }
+        if hosted.is_none() {
+            self.list_group(ctx, id);
+        }
+        self.start_group(ctx, id, uninitialized_state(id));
+    }
+
+    /// The ranges split off `id` that this node does not host yet, hosted uninitialized.
+    /// A replica that installs a snapshot taken after a split never applies the split
+    /// entry; the parent's descriptor tells which children exist (the split at depth `d`
+    /// created `id | 1 << d`).
+    fn ensure_children(&mut self, ctx: &mut NodeCtx<'_>, id: RangeId) {
+        let Some(group) = self.groups.get(&id) else {
+            return;
+        };
+        let desc = &group.raft.state_machine().state().desc;
+        if !desc.serves_keys {
+            return;
+        }
+        let missing: Vec<RangeId> = (birth_depth(id)..desc.depth.min(63))
+            .map(|d| RangeId(id.0 | (1 << d)))
+            .filter(|child| !self.groups.contains_key(child))
+            .collect();
+        for child in missing {
+            self.children_from_snapshots += 1;
+            self.create_child(ctx, child, None);
+        }
     }
 
     fn start_group(&mut self, ctx: &mut NodeCtx<'_>, id: RangeId, state: RangeState) {
@@ -171,7 +239,10 @@ impl TxnNode {
             }
         }
         for child in children {
-            self.create_group(ctx, child);
+            self.create_child(ctx, child.desc.id, Some(child));
+        }
+        if !self.starting {
+            self.ensure_children(ctx, id);
         }
     }
 
@@ -233,6 +304,7 @@ impl Actor for TxnNode {
         self.split_session = SessionId(ctx.rng().gen());
         self.split_seq = 0;
         let ids: Option<Vec<RangeId>> = ctx.storage().get_value(GROUPS_KEY).ok().flatten();
+        self.starting = true;
         match ids {
             None => {
                 self.create_group(ctx, RangeSm::meta());
@@ -248,8 +320,15 @@ impl Actor for TxnNode {
                         self.start_group(ctx, id, state);
                     }
                 }
+                // A parent's snapshot may be past a split whose child was not listed yet.
+                self.starting = false;
+                let ids: Vec<RangeId> = self.groups.keys().copied().collect();
+                for id in ids {
+                    self.ensure_children(ctx, id);
+                }
             }
         }
+        self.starting = false;
         ctx.set_timer(TxnTimer::SplitCheck, self.config.split_check_interval);
     }
 
@@ -283,12 +362,47 @@ impl Actor for TxnNode {
 
     fn on_timer(&mut self, ctx: &mut NodeCtx<'_>, timer: TxnTimer) {
         match timer {
+            TxnTimer::Raft(range, RaftTimer::Election)
+                if self
+                    .groups
+                    .get(&range)
+                    .is_some_and(|g| !initialized(range, &g.raft)) =>
+            {
+                // An uninitialized replica has an empty log: were it elected (by other
+                // uninitialized replicas) it would overwrite the range's seeded state.
+                // It waits for its leader's snapshot, whose heartbeats re-arm the timer.
+            }
             TxnTimer::Raft(range, timer) => {
                 self.with_group(ctx, range, |raft, sub| raft.on_timer(sub, timer))
             }
             TxnTimer::SplitCheck => self.on_split_check(ctx),
         }
     }
+}
+
+/// Whether a replica holds its range's state: the two initial ranges always do, a range
+/// born from a split once it holds a snapshot (seeded or installed).
+fn initialized(id: RangeId, raft: &Raft<RangeSm>) -> bool {
+    id == RangeId::META || id == RangeId::ROOT || raft.snapshot_index() >= SEED_INDEX
+}
+
+/// The depth at which range `id` was created: one past its highest set bit (the root,
+/// id 1, has depth 1; the meta group, id 0, has none).
+fn birth_depth(id: RangeId) -> u32 {
+    64 - id.0.leading_zeros()
+}
+
+/// The state an uninitialized replica holds until a snapshot replaces it: it serves no
+/// key (so nothing is routed to it) and has no children.
+fn uninitialized_state(id: RangeId) -> RangeState {
+    RangeState::empty(RangeDescriptor {
+        id,
+        start: String::new(),
+        end: Some(String::new()),
+        generation: 0,
+        depth: birth_depth(id),
+        serves_keys: false,
+    })
 }
 
 /// One group's view of the node's storage: its keys under `g/<id>/k/`, and its log as

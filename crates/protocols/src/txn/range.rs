@@ -144,7 +144,7 @@ impl RangeSm {
 }
 
 impl RangeState {
-    fn empty(desc: RangeDescriptor) -> Self {
+    pub(crate) fn empty(desc: RangeDescriptor) -> Self {
         RangeState {
             desc,
             versions: BTreeMap::new(),
@@ -223,7 +223,7 @@ impl RangeState {
             // The meta group serves no key but records the cluster's compact revision.
             C::Compact { start, .. } => self.desc.serves_keys.then_some(start),
             C::Get { key, .. } | C::Prewrite { key, .. } | C::Resolve { key, .. } => Some(key),
-            C::EndTxn { txn, .. } | C::Push { txn, .. } => Some(&txn.anchor),
+            C::EndTxn { txn, .. } | C::Push { txn, .. } | C::ForgetTxn { txn } => Some(&txn.anchor),
             C::OnePhase { writes, .. } => {
                 if writes.iter().any(|(k, _)| !self.desc.contains(k)) {
                     return R::RangeMismatch;
@@ -381,6 +381,17 @@ impl RangeState {
                 }
                 R::Status(*slot)
             }
+            C::ForgetTxn { txn } => {
+                let key = (txn.anchor.clone(), txn.id);
+                if self
+                    .records
+                    .get(&key)
+                    .is_some_and(|s| *s != TxnStatus::Pending)
+                {
+                    self.records.remove(&key);
+                }
+                R::Resolved
+            }
             C::Resolve { txn, key, status } => {
                 if self.intents.get(key).is_some_and(|i| i.txn.id == *txn) {
                     if let Some(intent) = self.intents.remove(key) {
@@ -468,12 +479,22 @@ impl RangeState {
         }
     }
 
+    /// Drop the read-cache entries at or below the closed and compact timestamps. An
+    /// entry `max_read[k] = r` only refuses one-phase commits of `k` at or below `r`, and
+    /// every commit at or below `closed` or `compacted` is refused anyway (`TooOld`), so
+    /// such an entry refuses nothing more and its removal changes no answer.
+    fn collect_read_cache(&mut self) {
+        let horizon = self.closed.max(self.compacted);
+        self.max_read.retain(|_, read| *read > horizon);
+    }
+
     /// `RangeCommand::Compact`: etcd's MVCC compaction rule, key by key.
     fn compact(&mut self, revision: Timestamp) {
         if revision <= self.compacted {
             return;
         }
         self.compacted = revision;
+        self.collect_read_cache();
         let keys: Vec<Key> = self.versions.keys().cloned().collect();
         for key in keys {
             let Some(kept) = self
@@ -536,7 +557,10 @@ impl RangeState {
         if let Some((meta, _)) = blocker.as_ref().filter(|_| close_below_intents) {
             target = target.min(Timestamp(meta.start_ts.0.saturating_sub(1)));
         }
-        self.closed = self.closed.max(target);
+        if target > self.closed {
+            self.closed = target;
+            self.collect_read_cache();
+        }
         let blocker = blocker.filter(|_| self.closed < close_ts);
         let upper = match (end, &self.desc.end) {
             (Some(a), Some(b)) => Some(a.min(b).clone()),

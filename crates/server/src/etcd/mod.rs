@@ -10,6 +10,7 @@
 // tonic::Status is the error type of every gRPC handler.
 #![allow(clippy::result_large_err)]
 
+pub mod compactor;
 mod convert;
 mod election;
 mod kv;
@@ -25,6 +26,7 @@ mod watch;
 
 use crate::config::ClusterConfig;
 use crate::gateway::{Gateway, GatewayError};
+pub use compactor::AutoCompaction;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -161,6 +163,9 @@ impl EtcdNode {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         tokio::spawn(Arc::clone(&self).background());
+        if let (Some(policy), Some(host)) = (self.auto_compaction(), self.ranges()) {
+            tokio::spawn(Arc::clone(&self).compact_ranges(Arc::clone(host), policy));
+        }
         // Lock and Election are clients of this node's own KV, Lease and Watch API.
         let recipes = self.peers.get(&self.me).cloned().map(recipes::Recipes::new);
         let nodelay = perf::env_flag("SYNOD_ETCD_NODELAY");
@@ -210,6 +215,11 @@ impl EtcdNode {
         let progress_every =
             Duration::from_millis(self.config.tuning.watch_progress_notify_ms.max(1));
         let mut last_progress = std::time::Instant::now();
+        // With --ranges the ranges are compacted instead (`compact_ranges`).
+        let mut compactor = self
+            .auto_compaction()
+            .filter(|_| self.ranges().is_none())
+            .map(|policy| compactor::Compactor::new(policy, self.revision_check()));
         loop {
             tick.tick().await;
             let now = self.now();
@@ -246,7 +256,7 @@ impl EtcdNode {
                     (
                         r.current_term().0,
                         leader,
-                        sm.revision().0,
+                        (sm.revision().0, sm.compacted_revision().0),
                         proposals,
                         events,
                     )
@@ -255,7 +265,10 @@ impl EtcdNode {
             else {
                 return;
             };
-            let (term, leader, revision, (expired, checkpoints), events) = found;
+            let (term, leader, (revision, compacted), (expired, checkpoints), events) = found;
+            if let Some(c) = compactor.as_mut() {
+                self.auto_compact(c, leader == Some(me), revision, compacted);
+            }
             self.term.store(term, Ordering::Relaxed);
             self.leader
                 .store(leader.map_or(0, |l| u64::from(l.0)), Ordering::Relaxed);
@@ -280,6 +293,93 @@ impl EtcdNode {
                         .write(synod_protocols::mvcc::MvccCommand::LeaseCheckpoint { checkpoints })
                         .await;
                 });
+            }
+        }
+    }
+}
+
+impl EtcdNode {
+    /// The automatic compaction the cluster file asks for (validated when it was read).
+    fn auto_compaction(&self) -> Option<AutoCompaction> {
+        self.config.auto_compaction().ok().flatten()
+    }
+
+    fn revision_check(&self) -> Duration {
+        Duration::from_millis(self.config.tuning.auto_compaction_revision_check_ms.max(1))
+    }
+
+    /// One step of the single group's compactor: on the leader, propose `Compact` through
+    /// the log when a run is due (etcd's compactor calls its own server's Compact).
+    fn auto_compact(
+        &self,
+        compactor: &mut compactor::Compactor,
+        leading: bool,
+        revision: i64,
+        compacted: i64,
+    ) {
+        if !leading {
+            return compactor.pause();
+        }
+        compactor.compacted_at(compacted);
+        let Some(at) = compactor.tick(self.epoch.elapsed(), revision) else {
+            return;
+        };
+        let gateway = Arc::clone(&self.gateway);
+        tokio::spawn(async move {
+            let command = synod_protocols::mvcc::MvccCommand::Compact(
+                synod_protocols::mvcc::CompactionRequest {
+                    revision: at,
+                    physical: false,
+                },
+            );
+            match gateway.write(command).await {
+                Ok(Ok(_)) => tracing::info!(revision = at, "auto-compaction finished"),
+                // Already compacted past it, or no leader now: the next run tries again.
+                other => tracing::info!(revision = at, outcome = ?other, "auto-compaction skipped"),
+            }
+        });
+    }
+
+    /// The compactor over the ranges: runs on the node that leads the meta group (which
+    /// keeps the timestamp oracle, whose counter is the revision, and the cluster's
+    /// compact revision), reading both from its own replica; a due run compacts every
+    /// range as the Compact RPC does.
+    async fn compact_ranges(
+        self: Arc<Self>,
+        host: Arc<crate::txn::TxnHost>,
+        policy: AutoCompaction,
+    ) {
+        use synod_protocols::txn::{RangeId, Timestamp};
+        let mut compactor = compactor::Compactor::new(policy, self.revision_check());
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(meta) = host
+                .node()
+                .inspect(|node| {
+                    node.group(RangeId::META).map(|r| {
+                        let s = r.state_machine().state();
+                        (r.role() == Role::Leader, s.oracle.0, s.compacted.0)
+                    })
+                })
+                .await
+            else {
+                return;
+            };
+            let Some((true, oracle, compacted)) = meta else {
+                compactor.pause();
+                continue;
+            };
+            let as_revision = |t: u64| i64::try_from(t).unwrap_or(i64::MAX);
+            compactor.compacted_at(as_revision(compacted));
+            let Some(at) = compactor.tick(self.epoch.elapsed(), as_revision(oracle)) else {
+                continue;
+            };
+            let at = Timestamp(u64::try_from(at).unwrap_or(0));
+            match host.compact(at).await {
+                Ok(_) => tracing::info!(revision = at.0, "auto-compaction of the ranges finished"),
+                Err(e) => tracing::info!(revision = at.0, error = %e, "auto-compaction skipped"),
             }
         }
     }
