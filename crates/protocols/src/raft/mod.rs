@@ -209,7 +209,16 @@ pub trait StateMachine: Send + 'static {
     fn read(&self, command: &Self::Command) -> Self::Output;
     /// The whole state, for a snapshot.
     fn snapshot(&self) -> Vec<u8>;
-    /// Replace the state with a snapshot's. An error means the snapshot is corrupt.
+    /// A frozen view of the state as of now, to be encoded later on another thread into
+    /// exactly what [`StateMachine::snapshot`] would return now. Taking it must be cheap
+    /// (shared, copy-on-write data), since it runs on the write path; the default encodes
+    /// at once.
+    fn snapshot_view(&self) -> Box<dyn FnOnce() -> Vec<u8> + Send> {
+        let bytes = self.snapshot();
+        Box::new(move || bytes)
+    }
+    /// Replace the state with a snapshot's. An error means the snapshot is corrupt, and
+    /// must leave the state as it was.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
     /// A cheap estimate of [`StateMachine::snapshot`]'s size in bytes, if the state
     /// machine keeps one. Raft consults it against [`RaftConfig::max_snapshot_bytes`]
