@@ -105,10 +105,17 @@
 //! ## Snapshots (§7, Figure 13)
 //!
 //! Once `snapshot_threshold` entries have applied past the last snapshot, a server
-//! stores the state machine's snapshot together with the session table under one
-//! storage key, then compacts the storage log. The snapshot is written first, so a crash
-//! between the two leaves a snapshot and a log that overlap; `on_start` finishes the
-//! compaction. A leader that no longer holds the entries a follower needs sends the
+//! snapshots the state machine together with the session table and the membership,
+//! **off the write path**: it takes a cheap frozen view of the state at the applied index
+//! ([`StateMachine::snapshot_view`]) and hands it to the driver as background work
+//! (`Effect::Background`), which encodes it and writes it as a durable blob of its own
+//! on another thread, as etcd snapshots its bbolt backend without stopping apply. The
+//! result comes back as [`RaftMsg::SnapshotWritten`] carrying the index, term and hash
+//! fixed when it was asked for; only then does the server point at the new blob and
+//! compact the log, in one batch. A crash before that loses only the work: the old
+//! snapshot and its log are intact (a restart may leave the unreferenced blob behind).
+//! One snapshot is in flight at a time, and one that an installed snapshot overtook is
+//! dropped. A leader that no longer holds the entries a follower needs sends the
 //! snapshot with `InstallSnapshot` in chunks of `snapshot_chunk_bytes` (an offset and a
 //! done flag, as in Figure 13), one chunk in flight at a time; the follower keeps the
 //! log after the snapshot if it holds the snapshot's last entry, else discards it, and

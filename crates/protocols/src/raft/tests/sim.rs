@@ -180,7 +180,11 @@ fn snapshot_in_flight_crash_scenario(seed: u64, tweak: Tweak) -> Result<u64, Str
         *watch = alive;
         Ok(())
     });
-    sim.set_workload(KvClients::new(4, Duration::from_secs(4), seed % 2 == 0));
+    sim.set_workload(KvClients::new(
+        4,
+        Duration::from_secs(4),
+        seed.is_multiple_of(2),
+    ));
     sim.run_for(Duration::from_secs(4))
         .map_err(|f| f.to_string())?;
     sim.heal_all();
