@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The random number generator every actor draws from: a ChaCha8 stream derived by the
@@ -82,6 +83,92 @@ pub enum Effect<M, T> {
         /// The timer's key.
         key: T,
     },
+    /// Run work away from the actor's thread (see [`Background`]).
+    Background(Background<M>),
+}
+
+/// The work a [`Background`] carries: build the bytes, then turn them into the input that
+/// reports completion.
+pub type BackgroundWork<M> = (
+    Box<dyn FnOnce() -> Vec<u8> + Send>,
+    Box<dyn FnOnce(Vec<u8>) -> M + Send>,
+);
+
+/// Work a handler hands to its driver so that it does not stall the actor: build a blob
+/// (a Raft snapshot, say) from a view the handler froze, store it durably under its name,
+/// then deliver the completion message to the actor as a message from its own node.
+///
+/// The real driver runs it on a blocking thread and writes the blob with its own fsync;
+/// the simulator runs it as an event at a later virtual time, so it stays deterministic.
+/// A crash before completion loses it: the actor never hears back and must not depend on
+/// it, and a blob written before the crash may be left unreferenced. The actor must not
+/// write the same blob name itself, since the two writes are not ordered.
+pub struct Background<M> {
+    blob: Vec<u8>,
+    work: Arc<Mutex<Option<BackgroundWork<M>>>>,
+}
+
+impl<M> Background<M> {
+    /// `build` makes the blob's bytes off the actor's thread; once they are durable under
+    /// `blob`, `done` turns them into the message delivered back to the actor.
+    pub fn new(
+        blob: Vec<u8>,
+        build: impl FnOnce() -> Vec<u8> + Send + 'static,
+        done: impl FnOnce(Vec<u8>) -> M + Send + 'static,
+    ) -> Self {
+        Background {
+            blob,
+            work: Arc::new(Mutex::new(Some((Box::new(build), Box::new(done))))),
+        }
+    }
+
+    /// The blob name the result is stored under.
+    pub fn blob(&self) -> &[u8] {
+        &self.blob
+    }
+
+    /// Take the work out to run it. Clones share it: only the first taker gets it.
+    pub fn take(&self) -> Option<BackgroundWork<M>> {
+        match self.work.lock() {
+            Ok(mut work) => work.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+
+    /// Run it here and now: build, store with `store`, and return the completion message.
+    /// For drivers without threads (unit tests, the simulator's event).
+    pub fn run(&self, store: impl FnOnce(&[u8], &[u8])) -> Option<M> {
+        let (build, done) = self.take()?;
+        let bytes = build();
+        store(&self.blob, &bytes);
+        Some(done(bytes))
+    }
+}
+
+impl<M> Clone for Background<M> {
+    fn clone(&self) -> Self {
+        Background {
+            blob: self.blob.clone(),
+            work: Arc::clone(&self.work),
+        }
+    }
+}
+
+impl<M> PartialEq for Background<M> {
+    /// The same task (clones of one), not equal-looking work.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.work, &other.work)
+    }
+}
+
+impl<M> Eq for Background<M> {}
+
+impl<M> std::fmt::Debug for Background<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Background")
+            .field("blob", &String::from_utf8_lossy(&self.blob))
+            .finish_non_exhaustive()
+    }
 }
 
 /// The handle a handler gets: it records effects and offers time, randomness and storage.
@@ -169,6 +256,12 @@ impl<'a, M, T> Ctx<'a, M, T> {
     /// Disarm timer `key`.
     pub fn cancel_timer(&mut self, key: T) {
         self.effects.push(Effect::CancelTimer { key });
+    }
+
+    /// Run `task` away from the actor's thread; its completion comes back as a message
+    /// from this node.
+    pub fn background(&mut self, task: Background<M>) {
+        self.effects.push(Effect::Background(task));
     }
 
     /// The effects recorded so far in this step.

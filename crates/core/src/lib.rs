@@ -90,7 +90,7 @@ mod storage;
 pub mod testing;
 mod time;
 
-pub use actor::{Actor, ActorRng, Ctx, Effect};
+pub use actor::{Actor, ActorRng, Background, BackgroundWork, Ctx, Effect};
 pub use codec::CodecError;
 pub use ids::{ClientId, Endpoint, NodeId};
 pub use storage::{LogIndex, MemStorage, Storage, StorageExt};

@@ -86,6 +86,11 @@ pub trait Storage {
     fn get_blob(&self, name: &[u8]) -> Option<Vec<u8>> {
         self.get(name)
     }
+
+    /// Remove the blob `name`, once the step's other writes are durable.
+    fn delete_blob(&mut self, name: &[u8]) {
+        self.delete(name);
+    }
 }
 
 /// Typed helpers over any [`Storage`], encoding with the project codec.
@@ -213,6 +218,21 @@ impl MemStorage {
         }
         self.pending.clear();
         self.bytes_pending = 0;
+    }
+
+    /// Store `value` under `key` as already durable: a blob that background work wrote
+    /// and fsynced on its own ([`crate::Background`]). A crash keeps it.
+    pub fn put_durable(&mut self, key: &[u8], value: &[u8]) {
+        self.kv.insert(key.to_vec(), value.to_vec());
+        // An unsynced write of the same key undone by a crash falls back to this value.
+        for undo in &mut self.pending {
+            if let Undo::Put { key: k, previous } = undo {
+                if k.as_slice() == key {
+                    *previous = Some(value.to_vec());
+                    break;
+                }
+            }
+        }
     }
 
     /// Every key-value pair, in key order (for inspection in tests and tools).

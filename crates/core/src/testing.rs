@@ -75,6 +75,22 @@ impl<A: Actor> TestNode<A> {
         self.step(|a, ctx| a.on_timer(ctx, timer))
     }
 
+    /// Run the [`Effect::Background`] tasks among `effects` to completion: build each
+    /// blob, store it as durable, and deliver its completion message. Returns the effects
+    /// of those deliveries (which may hold more background work).
+    pub fn finish_background(&mut self, effects: &Effects<A>) -> Effects<A> {
+        let mut out = Vec::new();
+        for effect in effects {
+            if let Effect::Background(task) = effect {
+                let storage = &mut self.storage;
+                if let Some(msg) = task.run(|name, bytes| storage.put_durable(name, bytes)) {
+                    out.extend(self.deliver(self.me, msg));
+                }
+            }
+        }
+        out
+    }
+
     /// Crash the node keeping only synced storage, rebuild the actor with `fresh`, and call
     /// [`Actor::on_start`] on it.
     pub fn crash_and_restart(&mut self, fresh: A) -> Effects<A> {

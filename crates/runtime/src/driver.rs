@@ -32,13 +32,35 @@ pub trait SyncStorage: Storage + Send {
     /// a store that failed on a read or a refused write stops the node before the batch's
     /// output leaves. An error is fatal for the node.
     fn sync(&mut self) -> std::io::Result<bool>;
+
+    /// A writer that makes a blob durable from another thread, for
+    /// [`Effect::Background`] work; `None` if only the actor's thread can write.
+    fn blob_writer(&self) -> Option<BlobWriter> {
+        None
+    }
+
+    /// Make a blob durable at once, on the actor's thread: background work's blob, for a
+    /// store without a [`SyncStorage::blob_writer`]. By default: write it and sync (which
+    /// makes the batch so far durable early, never late).
+    fn put_blob_durably(&mut self, name: &[u8], data: &[u8]) -> std::io::Result<()> {
+        self.put_blob(name, data);
+        self.sync().map(|_| ())
+    }
 }
+
+/// Writes a blob durably (fsynced) from any thread.
+pub type BlobWriter = Arc<dyn Fn(&[u8], &[u8]) -> std::io::Result<()> + Send + Sync>;
 
 impl SyncStorage for synod_core::MemStorage {
     fn sync(&mut self) -> std::io::Result<bool> {
         let wrote = self.pending_writes() > 0;
         synod_core::MemStorage::sync(self);
         Ok(wrote)
+    }
+
+    fn put_blob_durably(&mut self, name: &[u8], data: &[u8]) -> std::io::Result<()> {
+        self.put_durable(name, data);
+        Ok(())
     }
 }
 
@@ -116,6 +138,13 @@ enum Command<M> {
         reply: oneshot::Sender<M>,
     },
     Inspect(Probe),
+    /// Background work finished: its bytes, whether they are durable already (or the
+    /// error that stops the node), and the completion message to build.
+    BackgroundDone {
+        blob: Vec<u8>,
+        outcome: std::io::Result<(Vec<u8>, bool)>,
+        done: Box<dyn FnOnce(Vec<u8>) -> M + Send>,
+    },
 }
 
 /// A handle to a running actor: deliver peer messages, make client calls, inspect state.
@@ -337,6 +366,8 @@ pub fn spawn_actor<A: Actor>(
     let task = ActorTask {
         me,
         service,
+        own_inbox: handle.tx.downgrade(),
+        failure: None,
         actor,
         storage,
         rng,
@@ -359,6 +390,11 @@ pub fn spawn_actor<A: Actor>(
 struct ActorTask<A: Actor> {
     me: NodeId,
     service: u16,
+    /// Where background work reports back; weak, so the task still ends when every
+    /// handle is dropped.
+    own_inbox: mpsc::WeakSender<Command<A::Msg>>,
+    /// A background blob write failed: the next commit stops the node.
+    failure: Option<std::io::Error>,
     actor: A,
     storage: Box<dyn SyncStorage>,
     rng: ActorRng,
@@ -451,7 +487,53 @@ impl<A: Actor> ActorTask<A> {
             }
             // Probes see only durable state: they run after this batch's sync.
             Command::Inspect(probe) => self.probes.push(probe),
+            Command::BackgroundDone {
+                blob,
+                outcome,
+                done,
+            } => {
+                let outcome = outcome.and_then(|(bytes, durable)| {
+                    if !durable {
+                        self.storage.put_blob_durably(&blob, &bytes)?;
+                    }
+                    Ok(bytes)
+                });
+                match outcome {
+                    Ok(bytes) => {
+                        let msg = done(bytes);
+                        let me = self.me;
+                        self.handle(|a, ctx| a.on_message(ctx, Endpoint::Node(me), msg));
+                    }
+                    Err(error) => self.failure = Some(error),
+                }
+            }
         }
+    }
+
+    /// Run background work on a blocking thread: build the bytes, write them durably if
+    /// the store can from there, and report back through the inbox.
+    fn spawn_background(&mut self, task: synod_core::Background<A::Msg>) {
+        let Some((build, done)) = task.take() else {
+            return;
+        };
+        let blob = task.blob().to_vec();
+        let writer = self.storage.blob_writer();
+        let inbox = self.own_inbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let bytes = build();
+            let outcome = match writer {
+                Some(write) => write(&blob, &bytes).map(|()| (bytes, true)),
+                None => Ok((bytes, false)),
+            };
+            if let Some(inbox) = inbox.upgrade() {
+                // The actor may have stopped meanwhile; then nobody waits for this.
+                let _ = inbox.blocking_send(Command::BackgroundDone {
+                    blob,
+                    outcome,
+                    done,
+                });
+            }
+        });
     }
 
     fn fire_due_timers(&mut self) {
@@ -497,6 +579,7 @@ impl<A: Actor> ActorTask<A> {
                 Effect::CancelTimer { key } => {
                     self.timers.remove(&key);
                 }
+                Effect::Background(task) => self.spawn_background(task),
             }
         }
         self.effects = effects;
@@ -505,6 +588,13 @@ impl<A: Actor> ActorTask<A> {
     /// Make the batch durable, then release its held output.
     fn commit(&mut self) -> Result<(), DriverError> {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        if let Some(source) = self.failure.take() {
+            tracing::error!(service = self.service, error = %source, "background blob write failed; stopping");
+            return Err(DriverError::Storage {
+                service: self.service,
+                source,
+            });
+        }
         let started = std::time::Instant::now();
         // fdatasync blocks; keep the other actors' worker threads running meanwhile.
         let result = tokio::task::block_in_place(|| self.storage.sync());
@@ -587,6 +677,14 @@ impl SyncStorage for crate::storage::DiskStorage {
         metrics::counter!("synod_wal_bytes_total").increment(stats.bytes);
         metrics::counter!("synod_wal_records_total").increment(stats.records);
         Ok(stats.records > 0 || stats.blobs > 0)
+    }
+
+    fn blob_writer(&self) -> Option<BlobWriter> {
+        Some(Arc::new(crate::storage::DiskStorage::blob_writer(self)))
+    }
+
+    fn put_blob_durably(&mut self, name: &[u8], data: &[u8]) -> std::io::Result<()> {
+        crate::storage::DiskStorage::blob_writer(self)(name, data)
     }
 }
 
@@ -737,6 +835,70 @@ mod tests {
                 "the reply for entry {expected} left while only entries below {durable_next} were durable"
             );
         }
+    }
+
+    /// On a client `Write`, builds a 3 MB blob in the background; answers the client
+    /// with the blob's length once the completion comes back from its own node.
+    #[derive(Default)]
+    struct Snapper {
+        waiting: Option<ClientId>,
+    }
+
+    impl Actor for Snapper {
+        type Msg = Msg;
+        type Timer = ();
+        fn on_start(&mut self, _ctx: &mut Ctx<'_, Msg, ()>) {}
+        fn on_message(&mut self, ctx: &mut Ctx<'_, Msg, ()>, from: Endpoint, msg: Msg) {
+            match (from, msg) {
+                (Endpoint::Client(client), Msg::Write) => {
+                    self.waiting = Some(client);
+                    ctx.background(synod_core::Background::new(
+                        b"snap".to_vec(),
+                        || vec![7u8; 3 << 20],
+                        |bytes| Msg::Done(bytes.len() as u64),
+                    ));
+                }
+                (Endpoint::Node(node), Msg::Done(n)) if node == ctx.me() => {
+                    if let Some(client) = self.waiting.take() {
+                        ctx.reply(client, Msg::Done(n));
+                    }
+                }
+                _ => {}
+            }
+        }
+        fn on_timer(&mut self, _ctx: &mut Ctx<'_, Msg, ()>, _t: ()) {}
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_work_runs_off_the_actor_and_its_blob_is_durable_before_it_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            crate::storage::DiskStorage::open(dir.path(), crate::storage::DiskOptions::default())
+                .unwrap();
+        let placement = ActorPlacement {
+            me: NodeId(1),
+            service: 9,
+            seed: 1,
+            config: DriverConfig::default(),
+        };
+        let (handle, _task) = spawn_actor(
+            placement,
+            Snapper::default(),
+            Box::new(storage),
+            Arc::new(Nowhere),
+            Arc::new(ActorStats::default()),
+        );
+        let reply = handle
+            .call(Msg::Write, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(reply, Msg::Done(3 << 20));
+        // The blob was written by the background thread, not by a batch: a fresh open of
+        // the same directory (as after a crash) reads it whole.
+        let reopened =
+            crate::storage::DiskStorage::open(dir.path(), crate::storage::DiskOptions::default())
+                .unwrap();
+        assert_eq!(reopened.get_blob(b"snap"), Some(vec![7u8; 3 << 20]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,6 +240,10 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     // no bound but memory's: the state machine is in memory anyway.
     raft_cfg.snapshot_threshold = config.tuning.snapshot_entries.max(1);
     raft_cfg.max_snapshot_bytes = None;
+    // A snapshot of hundreds of MB in 64 KiB chunks, one in flight, takes thousands of
+    // round trips; 1 MiB chunks stay far below the 16 MiB frame bound and keep each
+    // message's copy on the leader's actor short.
+    raft_cfg.snapshot_chunk_bytes = 1 << 20;
     raft_cfg.follower_proposals = crate::node_runtime::follower_proposals();
     let raft = services.spawn(
         "raft",

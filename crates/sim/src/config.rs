@@ -62,6 +62,10 @@ pub struct DiskConfig {
     /// Probability that an fsync fails. The node stops, as DESIGN.md requires, and the
     /// fault plan restarts it later.
     pub io_error: f64,
+    /// Background work (`Effect::Background`: encoding and writing a snapshot) takes a
+    /// uniform time from one fsync to this; long enough that crashes and new writes
+    /// land while it is in flight.
+    pub background_work: Duration,
 }
 
 impl Default for DiskConfig {
@@ -70,6 +74,7 @@ impl Default for DiskConfig {
             min_sync: Duration::from_micros(200),
             sync_jitter: Duration::from_micros(300),
             io_error: 0.0,
+            background_work: Duration::from_millis(20),
         }
     }
 }

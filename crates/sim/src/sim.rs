@@ -11,7 +11,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 use synod_core::{
-    duration_nanos, Actor, ActorRng, ClientId, Ctx, Effect, Endpoint, Instant, MemStorage, NodeId,
+    duration_nanos, Actor, ActorRng, Background, ClientId, Ctx, Effect, Endpoint, Instant,
+    MemStorage, NodeId,
 };
 
 /// Independent random streams, one per concern, all derived from the run seed. Adding a
@@ -142,6 +143,12 @@ enum EventKind<A: Actor> {
         batch: u64,
         writes: usize,
     },
+    /// A node's background work finishes (lost if the node crashed meanwhile).
+    Background {
+        node: NodeId,
+        incarnation: u32,
+        task: Background<A::Msg>,
+    },
     Restart {
         node: NodeId,
         incarnation: u32,
@@ -161,7 +168,9 @@ impl<A: Actor> EventKind<A> {
     fn node(&self) -> Option<NodeId> {
         match self {
             EventKind::Deliver { to, .. } => Some(*to),
-            EventKind::Timer { node, .. } | EventKind::SyncDone { node, .. } => Some(*node),
+            EventKind::Timer { node, .. }
+            | EventKind::SyncDone { node, .. }
+            | EventKind::Background { node, .. } => Some(*node),
             _ => None,
         }
     }
@@ -743,6 +752,21 @@ impl<A: Actor> Sim<A> {
                 Effect::CancelTimer { key } => {
                     self.nodes[i].timers.remove(&key);
                 }
+                Effect::Background(task) => {
+                    let disk = &self.cfg.disk;
+                    let least = duration_nanos(disk.min_sync);
+                    let most = duration_nanos(disk.background_work).max(least);
+                    let took = self.disk_rng.gen_range(least..=most);
+                    let incarnation = self.nodes[i].incarnation;
+                    self.push(
+                        self.now + took,
+                        EventKind::Background {
+                            node: from,
+                            incarnation,
+                            task,
+                        },
+                    );
+                }
             }
         }
         self.effects = effects;
@@ -1043,6 +1067,23 @@ impl<A: Actor> Sim<A> {
                 if self.nodes[node.index()].incarnation == incarnation {
                     self.restart(node);
                 }
+            }
+            EventKind::Background {
+                node,
+                incarnation,
+                task,
+            } => {
+                let i = node.index();
+                let slot = &mut self.nodes[i];
+                if slot.incarnation != incarnation || slot.actor.is_none() {
+                    return; // the work died with the process
+                }
+                // The work fsyncs its blob itself: durable before the actor hears of it.
+                let storage = &mut slot.storage;
+                let Some(msg) = task.run(|name, bytes| storage.put_durable(name, bytes)) else {
+                    return;
+                };
+                self.run_handler(i, |a, ctx| a.on_message(ctx, Endpoint::Node(node), msg));
             }
             EventKind::Nemesis => {
                 if self.nemesis_on {

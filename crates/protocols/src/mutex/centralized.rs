@@ -207,7 +207,8 @@ impl Centralized {
                     ctx.set_timer(CentralizedTimer::Election(key), after)
                 }
                 Effect::CancelTimer { key } => ctx.cancel_timer(CentralizedTimer::Election(key)),
-                Effect::Reply { .. } => {}
+                // The bully election neither replies nor runs background work.
+                Effect::Reply { .. } | Effect::Background(_) => {}
             }
         }
         let after = recovery.bully.leader();

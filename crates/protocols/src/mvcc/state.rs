@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
+use std::sync::Arc;
 use synod_core::{codec, LogIndex};
 
 /// etcd's `MaxLeaseTTL`: 9,000,000,000 seconds.
@@ -258,12 +259,17 @@ pub enum EventSource {
     Journal,
 }
 
+/// Every key with its history. Keys and histories are shared (`Arc`), so that a snapshot
+/// view is a copy of pointers, not of the data; a write to a key whose history a view
+/// still holds copies that one history first ([`Arc::make_mut`]).
+type KeyIndex = BTreeMap<Arc<[u8]>, Arc<KeyHistory>>;
+
 /// The replicated MVCC key-value store with leases: etcd v3.4's `mvcc` package and the
 /// replicated half of its `lease` package, as a deterministic [`StateMachine`].
 #[derive(Clone, Debug)]
 pub struct MvccStateMachine {
     config: MvccConfig,
-    keys: BTreeMap<Vec<u8>, KeyHistory>,
+    keys: KeyIndex,
     /// Every change after the compacted revision, in revision order, naming its key.
     changes: BTreeMap<Rev, Vec<u8>>,
     current: i64,
@@ -286,12 +292,32 @@ pub struct MvccStateMachine {
 }
 
 /// The replicated part of the state, as a snapshot stores it.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct SnapshotData {
     current: i64,
     compacted: i64,
-    keys: BTreeMap<Vec<u8>, KeyHistory>,
+    keys: BTreeMap<serde_bytes::ByteBuf, KeyHistory>,
     leases: BTreeMap<LeaseId, Lease>,
+}
+
+/// The replicated part of the state frozen at one revision, sharing the store's keys and
+/// histories: what [`MvccStateMachine::snapshot_view`] hands to another thread. It
+/// encodes as [`SnapshotData`].
+#[derive(Serialize)]
+struct SnapshotView {
+    current: i64,
+    compacted: i64,
+    #[serde(serialize_with = "serialize_keys")]
+    keys: KeyIndex,
+    leases: BTreeMap<LeaseId, Lease>,
+}
+
+/// Keys as byte strings (one length and one copy), as [`SnapshotData`] decodes them.
+fn serialize_keys<Ser: serde::Serializer>(keys: &KeyIndex, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+    s.collect_map(
+        keys.iter()
+            .map(|(k, h)| (serde_bytes::Bytes::new(k), h.as_ref())),
+    )
 }
 
 impl PartialEq for MvccStateMachine {
@@ -602,7 +628,11 @@ impl MvccStateMachine {
     /// Whether the Put can run against the current state (etcd's `checkRequestPut`).
     fn check_put_state(&self, req: &PutRequest) -> Result<(), MvccError> {
         if (req.ignore_value || req.ignore_lease)
-            && self.keys.get(&req.key).and_then(KeyHistory::live).is_none()
+            && self
+                .keys
+                .get(req.key.as_slice())
+                .and_then(|h| h.live())
+                .is_none()
         {
             return Err(MvccError::KeyNotFound);
         }
@@ -620,8 +650,8 @@ impl MvccStateMachine {
         w.sub += 1;
         let key_len = req.key.len() as u64;
         let history = match self.keys.get_mut(req.key.as_slice()) {
-            Some(h) => h,
-            None => self.keys.entry(req.key.clone()).or_default(),
+            Some(h) => Arc::make_mut(h),
+            None => Arc::make_mut(self.keys.entry(Arc::from(req.key.as_slice())).or_default()),
         };
         let prev = history
             .live()
@@ -697,7 +727,7 @@ impl MvccStateMachine {
                 .keys
                 .range::<[u8], _>(bounds)
                 .filter(|(_, h)| h.at(at).is_some())
-                .map(|(k, _)| k.clone())
+                .map(|(k, _)| k.to_vec())
                 .collect(),
             None => Vec::new(),
         };
@@ -708,7 +738,7 @@ impl MvccStateMachine {
                 sub: w.sub,
             };
             w.sub += 1;
-            let Some(history) = self.keys.get_mut(key) else {
+            let Some(history) = self.keys.get_mut(key.as_slice()).map(Arc::make_mut) else {
                 continue;
             };
             let Some(generation) = history.generations.last_mut() else {
@@ -883,12 +913,12 @@ impl MvccStateMachine {
             .into_values()
             .collect();
         for key in touched {
-            let Some(history) = self.keys.get_mut(&key) else {
+            let Some(history) = self.keys.get_mut(key.as_slice()).map(Arc::make_mut) else {
                 continue;
             };
             self.db_size -= history.compact(key.len() as u64, at);
             if history.generations.is_empty() {
-                self.keys.remove(&key);
+                self.keys.remove(key.as_slice());
             }
         }
         self.compacted = at;
@@ -986,7 +1016,7 @@ impl MvccStateMachine {
             .changes
             .range(from..=to)
             .filter(|(_, k)| in_range(k, key, range_end))
-            .filter_map(|(rev, k)| self.keys.get(k)?.event_at(k, *rev))
+            .filter_map(|(rev, k)| self.keys.get(k.as_slice())?.event_at(k, *rev))
             .collect())
     }
 
@@ -1030,20 +1060,20 @@ impl MvccStateMachine {
         Ok((events, EventSource::Journal))
     }
 
-    fn to_snapshot(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Borrowed<'a> {
-            current: i64,
-            compacted: i64,
-            keys: &'a BTreeMap<Vec<u8>, KeyHistory>,
-            leases: &'a BTreeMap<LeaseId, Lease>,
-        }
-        codec::encode(&Borrowed {
+    /// The replicated state as of now, sharing the keys and their histories: a copy of
+    /// one pointer pair per key (no key or value bytes), so it is cheap enough for the
+    /// write path. Leases are copied whole; they are few beside the keys.
+    fn view(&self) -> SnapshotView {
+        SnapshotView {
             current: self.current,
             compacted: self.compacted,
-            keys: &self.keys,
-            leases: &self.leases,
-        })
+            keys: self.keys.clone(),
+            leases: self.leases.clone(),
+        }
+    }
+
+    fn to_snapshot(&self) -> Vec<u8> {
+        codec::encode(&self.view())
     }
 
     fn restore_snapshot(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -1056,7 +1086,9 @@ impl MvccStateMachine {
             ));
         }
         let mut changes = BTreeMap::new();
-        for (key, history) in &data.keys {
+        let mut keys = KeyIndex::new();
+        for (key, history) in data.keys {
+            let key: Arc<[u8]> = Arc::from(key.into_vec());
             let mut last: Option<Rev> = None;
             for (i, generation) in history.generations.iter().enumerate() {
                 if generation.versions.is_empty() {
@@ -1085,14 +1117,15 @@ impl MvccStateMachine {
                         ));
                     }
                     if rev.main > data.compacted {
-                        changes.insert(rev, key.clone());
+                        changes.insert(rev, key.to_vec());
                     }
                 }
             }
+            keys.insert(key, Arc::new(history));
         }
         self.current = data.current;
         self.compacted = data.compacted;
-        self.keys = data.keys;
+        self.keys = keys;
         self.leases = data.leases;
         self.changes = changes;
         self.db_size = self.recomputed_db_size();
@@ -1113,7 +1146,7 @@ impl MvccStateMachine {
         }
         for (id, lease) in &self.leases {
             for key in &lease.keys {
-                let live = self.keys.get(key).and_then(KeyHistory::live);
+                let live = self.keys.get(key.as_slice()).and_then(|h| h.live());
                 let attached = live.and_then(|g| g.versions.last()).map(|v| v.lease);
                 if attached != Some(*id) {
                     return Err(format!("lease {id} lists a key attached to {attached:?}"));
@@ -1309,6 +1342,11 @@ impl StateMachine for MvccStateMachine {
 
     fn snapshot(&self) -> Vec<u8> {
         self.to_snapshot()
+    }
+
+    fn snapshot_view(&self) -> Box<dyn FnOnce() -> Vec<u8> + Send> {
+        let view = self.view();
+        Box::new(move || codec::encode(&view))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {

@@ -72,6 +72,7 @@ fn disk(slow: bool) -> DiskConfig {
             min_sync: Duration::from_millis(20),
             sync_jitter: Duration::from_millis(20),
             io_error: 0.0,
+            ..DiskConfig::default()
         }
     } else {
         DiskConfig::default()

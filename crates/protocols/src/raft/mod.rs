@@ -105,10 +105,17 @@
 //! ## Snapshots (§7, Figure 13)
 //!
 //! Once `snapshot_threshold` entries have applied past the last snapshot, a server
-//! stores the state machine's snapshot together with the session table under one
-//! storage key, then compacts the storage log. The snapshot is written first, so a crash
-//! between the two leaves a snapshot and a log that overlap; `on_start` finishes the
-//! compaction. A leader that no longer holds the entries a follower needs sends the
+//! snapshots the state machine together with the session table and the membership,
+//! **off the write path**: it takes a cheap frozen view of the state at the applied index
+//! ([`StateMachine::snapshot_view`]) and hands it to the driver as background work
+//! (`Effect::Background`), which encodes it and writes it as a durable blob of its own
+//! on another thread, as etcd snapshots its bbolt backend without stopping apply. The
+//! result comes back as [`RaftMsg::SnapshotWritten`] carrying the index, term and hash
+//! fixed when it was asked for; only then does the server point at the new blob and
+//! compact the log, in one batch. A crash before that loses only the work: the old
+//! snapshot and its log are intact (a restart may leave the unreferenced blob behind).
+//! One snapshot is in flight at a time, and one that an installed snapshot overtook is
+//! dropped. A leader that no longer holds the entries a follower needs sends the
 //! snapshot with `InstallSnapshot` in chunks of `snapshot_chunk_bytes` (an offset and a
 //! done flag, as in Figure 13), one chunk in flight at a time; the follower keeps the
 //! log after the snapshot if it holds the snapshot's last entry, else discards it, and
@@ -214,7 +221,16 @@ pub trait StateMachine: Send + 'static {
     fn read(&self, command: &Self::Command) -> Self::Output;
     /// The whole state, for a snapshot.
     fn snapshot(&self) -> Vec<u8>;
-    /// Replace the state with a snapshot's. An error means the snapshot is corrupt.
+    /// A frozen view of the state as of now, to be encoded later on another thread into
+    /// exactly what [`StateMachine::snapshot`] would return now. Taking it must be cheap
+    /// (shared, copy-on-write data), since it runs on the write path; the default encodes
+    /// at once.
+    fn snapshot_view(&self) -> Box<dyn FnOnce() -> Vec<u8> + Send> {
+        let bytes = self.snapshot();
+        Box::new(move || bytes)
+    }
+    /// Replace the state with a snapshot's. An error means the snapshot is corrupt, and
+    /// must leave the state as it was.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
     /// A cheap estimate of [`StateMachine::snapshot`]'s size in bytes, if the state
     /// machine keeps one. Raft consults it against [`RaftConfig::max_snapshot_bytes`]

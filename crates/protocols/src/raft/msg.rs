@@ -175,6 +175,7 @@ pub enum RaftMsg<C, O> {
         /// Byte offset of this chunk in the snapshot.
         offset: u64,
         /// The chunk's bytes.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         /// True if this is the last chunk.
         done: bool,
@@ -202,6 +203,19 @@ pub enum RaftMsg<C, O> {
         term: Term,
         /// Every entry up to here is durable.
         index: LogIndex,
+    },
+    /// A server to itself, from the driver's background work: the snapshot it asked for
+    /// at `index` is encoded and durable as a blob (§7). Only then is the log compacted.
+    SnapshotWritten {
+        /// The last entry the snapshot covers (the applied index when it was asked for).
+        index: LogIndex,
+        /// Term of `index`, fixed when it was asked for.
+        term: Term,
+        /// The log hash at `index`, fixed when it was asked for.
+        hash: u64,
+        /// The snapshot: `(state machine snapshot, session table, membership)`.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
     },
     /// Follower → leader, with [`super::RaftConfig::follower_proposals`]: append this
     /// client write (etcd's `MsgProp`). The follower answers its client itself once the

@@ -81,6 +81,8 @@ pub(crate) enum Bug {
     /// A follower answers a proposed write at once, from its own (stale) state, instead
     /// of when the entry applies (implies follower proposals).
     AnswerProposalOnSend,
+    /// Compact the log when a snapshot is asked for, not once it is durable.
+    CompactBeforeSnapshotDurable,
 }
 
 /// What the leader knows about one follower's log.
@@ -201,6 +203,8 @@ pub struct Raft<S: StateMachine> {
     membership_index: LogIndex,
     base_membership: Membership,
     snapshot: Option<Snapshot>,
+    /// A snapshot being built in the background: its index and the membership as of it.
+    snapshot_in_flight: Option<(LogIndex, Membership)>,
     /// No snapshot is attempted before this index is applied (set when one was too large).
     snapshot_deferred_until: LogIndex,
     incoming: Option<IncomingSnapshot>,
@@ -247,6 +251,7 @@ impl<S: StateMachine> Raft<S> {
             membership_index: LogIndex::ZERO,
             base_membership: initial,
             snapshot: None,
+            snapshot_in_flight: None,
             snapshot_deferred_until: LogIndex::ZERO,
             incoming: None,
             fault: None,
@@ -300,6 +305,11 @@ impl<S: StateMachine> Raft<S> {
     /// The membership this server uses: the latest in its log (thesis §4.1).
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// The index of the snapshot being encoded and written in the background, if any.
+    pub fn snapshot_in_flight(&self) -> Option<LogIndex> {
+        self.snapshot_in_flight.as_ref().map(|(index, _)| *index)
     }
 
     /// The last index covered by this server's snapshot (0: none).
@@ -737,6 +747,7 @@ impl<S: StateMachine> Raft<S> {
         if threshold > 0
             && self.last_applied.0 >= self.log.base_index().0 + threshold
             && self.last_applied >= self.snapshot_deferred_until
+            && self.snapshot_in_flight.is_none()
         {
             self.take_snapshot(ctx);
         }
@@ -1307,10 +1318,9 @@ impl<S: StateMachine> Actor for Raft<S> {
             Ok(None) => {}
             Err(e) => return self.set_fault(ctx, format!("hard state does not decode: {e}")),
         }
-        let snapshot = ctx.storage().get_blob(SNAPSHOT_KEY);
-        let snapshot = match snapshot.map(|b| codec::decode::<Snapshot>(&b)).transpose() {
+        let snapshot = match Self::load_snapshot(ctx.storage()) {
             Ok(snapshot) => snapshot,
-            Err(e) => return self.set_fault(ctx, format!("snapshot does not decode: {e}")),
+            Err(why) => return self.set_fault(ctx, why),
         };
         let base = snapshot.as_ref().map(|s| (s.index, s.term, s.hash));
         match RaftLog::load(ctx.storage(), base) {
@@ -1369,8 +1379,15 @@ impl<S: StateMachine> Actor for Raft<S> {
             Endpoint::Node(node) => node,
         };
         if node == self.me {
-            if let RaftMsg::LocalDurable { term, index } = msg {
-                self.on_local_durable(ctx, term, index);
+            match msg {
+                RaftMsg::LocalDurable { term, index } => self.on_local_durable(ctx, term, index),
+                RaftMsg::SnapshotWritten {
+                    index,
+                    term,
+                    hash,
+                    data,
+                } => self.on_snapshot_written(ctx, (index, term, hash), data),
+                _ => {}
             }
             return;
         }

@@ -366,6 +366,7 @@ impl FaultMix {
             min_sync: Duration::from_millis(1),
             sync_jitter: Duration::from_millis(4),
             io_error: 0.002,
+            ..DiskConfig::default()
         };
         match self {
             FaultMix::None => {}

@@ -236,6 +236,10 @@ impl TxnNode {
                 }
                 Effect::SetTimer { key, after } => ctx.set_timer(TxnTimer::Raft(id, key), after),
                 Effect::CancelTimer { key } => ctx.cancel_timer(TxnTimer::Raft(id, key)),
+                // Range groups never snapshot (`snapshot_threshold = 0` in `new`), the only
+                // background work Raft asks for; a group's blobs would also need its
+                // storage prefix, which the driver's background writer does not apply.
+                Effect::Background(_) => {}
             }
         }
         for child in children {

@@ -134,6 +134,9 @@ pub struct DiskStorage {
     repairs: Vec<TailRepair>,
     /// Blobs written since the last sync, by name; the sync writes them before the batch.
     pending_blobs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Blobs deleted since the last sync; the sync removes them after the batch, so a
+    /// batch that stops referring to a blob is durable before the blob goes.
+    doomed_blobs: Vec<Vec<u8>>,
 }
 
 struct Segment {
@@ -246,6 +249,7 @@ impl DiskStorage {
             snapshots,
             repairs: recovered.repairs,
             pending_blobs: BTreeMap::new(),
+            doomed_blobs: Vec::new(),
         })
     }
 
@@ -264,6 +268,13 @@ impl DiskStorage {
         let started = Instant::now();
         let mut stats = SyncStats::default();
         self.write_pending(&mut stats)?;
+        let blob_dir = self.dir.join(BLOB_DIR);
+        for name in std::mem::take(&mut self.doomed_blobs) {
+            // A blob left behind by a crash here is only wasted space.
+            if let Err(error) = super::fsutil::remove_if_exists(&blob_dir.join(blob_file(&name))) {
+                return Err(self.fail(io::Error::other(error.to_string())));
+            }
+        }
         if let Err(error) = self.delete_compacted_segments(&mut stats) {
             return Err(self.fail(io::Error::other(format!(
                 "deleting compacted segments: {error}"
@@ -721,6 +732,12 @@ impl Storage for DiskStorage {
         self.delete(name);
     }
 
+    fn delete_blob(&mut self, name: &[u8]) {
+        self.pending_blobs.remove(name);
+        self.doomed_blobs.push(name.to_vec());
+        self.delete(name);
+    }
+
     fn get_blob(&self, name: &[u8]) -> Option<Vec<u8>> {
         if let Some(data) = self.pending_blobs.get(name) {
             return Some(data.clone());
@@ -733,6 +750,18 @@ impl Storage for DiskStorage {
                 self.fail(io::Error::other(error.to_string()));
                 None
             }
+        }
+    }
+}
+
+impl DiskStorage {
+    /// A writer that stores a blob durably from any thread (temporary file, fsync, rename,
+    /// directory fsync), for background work; it bypasses the batch, so the caller
+    /// orders it against the batch itself.
+    pub fn blob_writer(&self) -> impl Fn(&[u8], &[u8]) -> io::Result<()> + Send + Sync + 'static {
+        let dir = self.dir.join(BLOB_DIR);
+        move |name: &[u8], data: &[u8]| {
+            write_blob(&dir, name, data).map_err(|e| io::Error::other(e.to_string()))
         }
     }
 }

@@ -2,6 +2,26 @@
 
 use super::sessions::SessionEntry;
 use super::*;
+use synod_core::{Background, Storage};
+
+/// Storage key of the current snapshot's [`SnapshotMeta`].
+pub(crate) const SNAPSHOT_META_KEY: &[u8] = b"raft/snapshot-meta";
+
+/// Where the current snapshot is: its last entry and the blob holding its data. The data
+/// is a blob of its own, named by its index, so a snapshot being written in the
+/// background never overwrites the one a crash would fall back to.
+#[derive(Serialize, Deserialize)]
+struct SnapshotMeta {
+    index: LogIndex,
+    term: Term,
+    hash: u64,
+    blob: Vec<u8>,
+}
+
+/// The blob name of the snapshot whose last entry is `index`.
+fn snapshot_blob(index: LogIndex) -> Vec<u8> {
+    format!("raft/snapshot/{:020}", index.0).into_bytes()
+}
 
 impl<S: StateMachine> Raft<S> {
     /// Send `peer` the next chunk of the current snapshot (Figure 13), one at a time.
@@ -37,29 +57,76 @@ impl<S: StateMachine> Raft<S> {
         ctx.send_unsynced(peer, msg);
     }
 
-    /// §7: store the applied state as a snapshot, then discard the log it covers. The
-    /// snapshot is written before the compaction, so a crash never loses both.
+    /// §7: snapshot the applied state without stalling the write path. The state machine
+    /// hands over a frozen view at the applied index (cheap: shared, copy-on-write); the
+    /// driver encodes it and writes it as a durable blob on another thread, and reports
+    /// back with [`RaftMsg::SnapshotWritten`]. The index, term and hash are fixed here.
     pub(super) fn take_snapshot(&mut self, ctx: &mut RaftCtx<'_, S>) {
         let index = self.last_applied;
         let (Some(term), Some(hash)) = (self.log.term_at(index), self.log.hash_at(index)) else {
             return;
         };
         let max = self.config.max_snapshot_bytes.unwrap_or(u64::MAX);
-        let defer = |this: &mut Self| {
-            this.snapshot_deferred_until = LogIndex(index.0 + this.config.snapshot_threshold);
-        };
         if self
             .state_machine
             .snapshot_size_hint()
             .is_some_and(|n| n > max)
         {
-            return defer(self);
+            self.snapshot_deferred_until = LogIndex(index.0 + self.config.snapshot_threshold);
+            return;
         }
+        let view = self.state_machine.snapshot_view();
         let sessions = self.sessions.entries();
         let (_, membership) = self.membership_at(index);
-        let data = codec::encode(&(self.state_machine.snapshot(), sessions, membership.clone()));
-        if data.len() as u64 > max {
-            return defer(self);
+        self.snapshot_in_flight = Some((index, membership.clone()));
+        let build = move || {
+            let state = view();
+            codec::encode(&(serde_bytes::Bytes::new(&state), sessions, membership))
+        };
+        let done = move |data| RaftMsg::SnapshotWritten {
+            index,
+            term,
+            hash,
+            data,
+        };
+        ctx.background(Background::new(snapshot_blob(index), build, done));
+        #[cfg(test)]
+        if self.bug == Some(Bug::CompactBeforeSnapshotDurable) {
+            self.log.compact(ctx.storage(), index);
+        }
+    }
+
+    /// The background snapshot asked for at `index` is durable: point at it, compact the
+    /// log it covers, and drop the previous snapshot's blob. The pointer and the
+    /// compaction go into one batch, after the blob is durable, so a crash leaves either
+    /// the old snapshot with its log or the new one with (at least) its log.
+    pub(super) fn on_snapshot_written(
+        &mut self,
+        ctx: &mut RaftCtx<'_, S>,
+        (index, term, hash): (LogIndex, Term, u64),
+        data: Vec<u8>,
+    ) {
+        let pending = match self.snapshot_in_flight.take() {
+            Some((at, membership)) if at == index => membership,
+            other => {
+                // Not the one asked for (a restart forgot it): its blob is garbage.
+                self.snapshot_in_flight = other;
+                if self.snapshot.as_ref().is_none_or(|s| s.index != index) {
+                    ctx.storage().delete_blob(&snapshot_blob(index));
+                }
+                return;
+            }
+        };
+        let max = self.config.max_snapshot_bytes.unwrap_or(u64::MAX);
+        // A snapshot installed from the leader meanwhile may already cover more.
+        let stale = self.snapshot.as_ref().is_some_and(|s| s.index >= index)
+            || self.log.term_at(index) != Some(term);
+        if stale || data.len() as u64 > max {
+            if data.len() as u64 > max {
+                self.snapshot_deferred_until = LogIndex(index.0 + self.config.snapshot_threshold);
+            }
+            ctx.storage().delete_blob(&snapshot_blob(index));
+            return;
         }
         let snapshot = Snapshot {
             index,
@@ -67,16 +134,68 @@ impl<S: StateMachine> Raft<S> {
             hash,
             data,
         };
-        ctx.storage()
-            .put_blob(SNAPSHOT_KEY, &codec::encode(&snapshot));
+        self.store_snapshot_pointer(ctx, &snapshot);
         self.log.compact(ctx.storage(), index);
-        self.base_membership = membership;
+        self.base_membership = pending;
         self.snapshot = Some(snapshot);
     }
 
+    /// Make `snapshot` (already durable as its blob, or written in this batch) the
+    /// current one, and drop the previous one's blob once this batch is durable.
+    fn store_snapshot_pointer(&mut self, ctx: &mut RaftCtx<'_, S>, snapshot: &Snapshot) {
+        let meta = SnapshotMeta {
+            index: snapshot.index,
+            term: snapshot.term,
+            hash: snapshot.hash,
+            blob: snapshot_blob(snapshot.index),
+        };
+        ctx.storage().put_value(SNAPSHOT_META_KEY, &meta);
+        if let Some(old) = &self.snapshot {
+            if old.index != snapshot.index {
+                ctx.storage().delete_blob(&snapshot_blob(old.index));
+            }
+        }
+        // A store from before snapshot pointers kept the whole snapshot under one name.
+        if ctx.storage().get_blob(SNAPSHOT_KEY).is_some() {
+            ctx.storage().delete_blob(SNAPSHOT_KEY);
+        }
+    }
+
+    /// The snapshot `on_start` recovers: the one the pointer names, or one stored whole
+    /// by an older version.
+    pub(super) fn load_snapshot(storage: &mut dyn Storage) -> Result<Option<Snapshot>, String> {
+        match storage.get_value::<SnapshotMeta>(SNAPSHOT_META_KEY) {
+            Ok(Some(meta)) => {
+                let data = storage.get_blob(&meta.blob).ok_or_else(|| {
+                    format!(
+                        "snapshot blob {} is missing",
+                        String::from_utf8_lossy(&meta.blob)
+                    )
+                })?;
+                Ok(Some(Snapshot {
+                    index: meta.index,
+                    term: meta.term,
+                    hash: meta.hash,
+                    data,
+                }))
+            }
+            Ok(None) => storage
+                .get_blob(SNAPSHOT_KEY)
+                .map(|b| codec::decode::<Snapshot>(&b))
+                .transpose()
+                .map_err(|e| format!("snapshot does not decode: {e}")),
+            Err(e) => Err(format!("snapshot pointer does not decode: {e}")),
+        }
+    }
+
     /// Replace the state machine, session table and base membership with a snapshot's.
+    /// On an error nothing has changed.
     pub(super) fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        type Contents<O> = (Vec<u8>, Vec<(SessionId, SessionEntry<O>)>, Membership);
+        type Contents<O> = (
+            serde_bytes::ByteBuf,
+            Vec<(SessionId, SessionEntry<O>)>,
+            Membership,
+        );
         let (state, sessions, membership): Contents<S::Output> =
             codec::decode(data).map_err(|e| format!("snapshot does not decode: {e}"))?;
         self.state_machine.restore(&state)?;
@@ -158,18 +277,9 @@ impl<S: StateMachine> Raft<S> {
             return;
         };
         // Rule 8: reset the state machine from the snapshot. Bytes that do not decode
-        // came from the network; drop them and let the leader start over.
-        let previous = (
-            std::mem::replace(&mut self.sessions, Sessions::new()),
-            self.state_machine.snapshot(),
-            self.base_membership.clone(),
-        );
+        // came from the network; drop them (restore changes nothing then) and let the
+        // leader start over.
         if self.restore(&incoming.data).is_err() {
-            self.sessions = previous.0;
-            self.base_membership = previous.2;
-            if let Err(why) = self.state_machine.restore(&previous.1) {
-                return self.set_fault(ctx, why);
-            }
             let msg = respond(self, 0, false);
             return ctx.send(from, msg);
         }
@@ -179,9 +289,11 @@ impl<S: StateMachine> Raft<S> {
             hash: incoming.hash,
             data: incoming.data,
         };
-        // Rule 5: save the snapshot; rules 6-7: keep or discard the log after it.
+        // Rule 5: save the snapshot (the blob is written before the batch that points
+        // at it); rules 6-7: keep or discard the log after it.
         ctx.storage()
-            .put_blob(SNAPSHOT_KEY, &codec::encode(&snapshot));
+            .put_blob(&snapshot_blob(snapshot.index), &snapshot.data);
+        self.store_snapshot_pointer(ctx, &snapshot);
         self.log
             .install_snapshot(ctx.storage(), snapshot.index, snapshot.term, snapshot.hash);
         self.refresh_membership();

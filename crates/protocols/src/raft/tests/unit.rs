@@ -779,10 +779,14 @@ fn an_applied_prefix_is_snapshotted_compacted_and_restored_after_a_crash() {
         7,
     );
     node.start();
-    node.deliver(
+    let effects = node.deliver(
         NodeId(0),
         append(1, (0, 0), vec![put(1, 1, 5), put(1, 2, 6)], 2),
     );
+    // The snapshot is built off the write path: nothing is compacted until it is durable.
+    assert_eq!(node.actor.snapshot_index(), LogIndex::ZERO);
+    assert_eq!(node.storage.log_bounds().0, LogIndex(1));
+    node.finish_background(&effects);
     // §7: the applied prefix went into a snapshot and out of the log.
     assert_eq!(node.actor.snapshot_index(), LogIndex(2));
     assert_eq!(node.storage.log_bounds().0, LogIndex(3));
@@ -811,10 +815,11 @@ fn a_snapshot_over_the_size_bound_is_not_stored_and_the_log_is_kept() {
     config.max_snapshot_bytes = Some(1 << 20);
     node.storage.sync();
     node.crash_and_restart(Raft::new(config, KvStateMachine::default()));
-    node.deliver(
+    let effects = node.deliver(
         NodeId(0),
         append(1, (2, 1), vec![put(1, 3, 7), put(1, 4, 8)], 4),
     );
+    node.finish_background(&effects);
     assert_eq!(node.actor.snapshot_index(), LogIndex(4));
 }
 
@@ -842,7 +847,8 @@ fn a_leader_sends_a_compacted_prefix_as_a_chunked_snapshot() {
         );
     }
     local_durable(&mut leader, 4);
-    leader.deliver(NodeId(1), ack(term, 4));
+    let effects = leader.deliver(NodeId(1), ack(term, 4));
+    leader.finish_background(&effects);
     assert!(leader.actor.snapshot_index() >= LogIndex(2));
 
     // Server 2 has nothing; the leader's log no longer holds what it needs.

@@ -362,6 +362,28 @@ fn blobs_live_outside_the_key_space_and_have_no_record_bound() {
 }
 
 #[test]
+fn a_deleted_blob_goes_only_once_its_batch_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions::default();
+    {
+        let mut s = open(dir.path(), &options);
+        // Written from "another thread" (the background writer), durable at once.
+        (s.blob_writer())(b"raft/snapshot/1", b"first").unwrap();
+        s.delete_blob(b"raft/snapshot/1");
+        // Dropped without sync: the crash. The delete was not durable, the blob stays.
+    }
+    {
+        let mut s = open(dir.path(), &options);
+        assert_eq!(s.get_blob(b"raft/snapshot/1"), Some(b"first".to_vec()));
+        s.delete_blob(b"raft/snapshot/1");
+        s.sync().unwrap();
+        assert_eq!(s.get_blob(b"raft/snapshot/1"), None);
+    }
+    let s = open(dir.path(), &options);
+    assert_eq!(s.get_blob(b"raft/snapshot/1"), None);
+}
+
+#[test]
 fn a_blob_from_before_blobs_existed_is_read_from_the_key_space() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path(), &DiskOptions::default());
