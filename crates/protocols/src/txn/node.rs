@@ -223,6 +223,7 @@ impl TxnNode {
             f(&mut group.raft, &mut sub);
         }
         let children = group.raft.state_machine().take_children();
+        let mut finished = Vec::new();
         for effect in effects {
             match effect {
                 Effect::Send { to, msg } => ctx.send(to, TxnMsg::Raft { range: id, msg }),
@@ -236,10 +237,15 @@ impl TxnNode {
                 }
                 Effect::SetTimer { key, after } => ctx.set_timer(TxnTimer::Raft(id, key), after),
                 Effect::CancelTimer { key } => ctx.cancel_timer(TxnTimer::Raft(id, key)),
-                // Range groups never snapshot (`snapshot_threshold = 0` in `new`), the only
-                // background work Raft asks for; a group's blobs would also need its
-                // storage prefix, which the driver's background writer does not apply.
-                Effect::Background(_) => {}
+                // A range's snapshot is small (ranges split by size), and the driver's
+                // background writer would not apply the group's storage prefix: build and
+                // store it here, then hand Raft its completion as the driver would.
+                Effect::Background(task) => {
+                    let mut storage = GroupStorage::new(ctx.storage(), id);
+                    if let Some(msg) = task.run(|blob, bytes| storage.put_blob(blob, bytes)) {
+                        finished.push(msg);
+                    }
+                }
             }
         }
         for child in children {
@@ -247,6 +253,10 @@ impl TxnNode {
         }
         if !self.starting {
             self.ensure_children(ctx, id);
+        }
+        let me = Endpoint::Node(ctx.me());
+        for msg in finished {
+            self.with_group(ctx, id, |raft, sub| raft.on_message(sub, me, msg));
         }
     }
 

@@ -2,6 +2,7 @@
 //! snapshot at index 1, so that it travels like any other snapshot.
 
 use super::sessions::SessionEntry;
+use super::snapshot::{SnapshotMeta, SNAPSHOT_META_KEY};
 use super::*;
 use synod_core::Storage;
 
@@ -20,7 +21,12 @@ impl<S: StateMachine> Raft<S> {
     /// campaign until it holds a snapshot; the host withholds its election timer.
     /// A storage that already holds a snapshot (the group ran here before) is left alone.
     pub fn seed_snapshot(config: &RaftConfig, storage: &mut dyn Storage, state: Vec<u8>) {
-        if storage.get_blob(SNAPSHOT_KEY).is_some() {
+        if storage.get_blob(SNAPSHOT_KEY).is_some()
+            || !matches!(
+                storage.get_value::<SnapshotMeta>(SNAPSHOT_META_KEY),
+                Ok(None)
+            )
+        {
             return;
         }
         let membership = Membership {

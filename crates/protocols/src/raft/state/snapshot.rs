@@ -11,7 +11,7 @@ pub(crate) const SNAPSHOT_META_KEY: &[u8] = b"raft/snapshot-meta";
 /// is a blob of its own, named by its index, so a snapshot being written in the
 /// background never overwrites the one a crash would fall back to.
 #[derive(Serialize, Deserialize)]
-struct SnapshotMeta {
+pub(super) struct SnapshotMeta {
     index: LogIndex,
     term: Term,
     hash: u64,
