@@ -7,8 +7,10 @@
 //! [`TxnTimer::Raft`]). One node crash therefore takes every replica on it down at once,
 //! as on a real machine.
 
-use super::msg::{RangeCommand, RangeId, RangeRaftMsg, Route, TxnMsg};
+use super::lease::Lessor;
+use super::msg::{RangeCommand, RangeId, RangeRaftMsg, RangeResult, Route, TxnMsg};
 use super::range::{RangeSm, RangeState};
+use crate::mvcc::LeaseId;
 use crate::raft::{Raft, RaftConfig, RaftMsg, RaftTimer, Role, SessionId};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -26,6 +28,8 @@ pub struct TxnConfig {
     pub split_max_keys: usize,
     /// How often leaders look for ranges to split.
     pub split_check_interval: Duration,
+    /// How often the meta group's leader looks for expired leases.
+    pub lease_check_interval: Duration,
     /// Test-only planted bug (see `RangeSm::lost_updates`).
     #[cfg(test)]
     pub(crate) lost_updates: bool,
@@ -46,6 +50,7 @@ impl TxnConfig {
             raft,
             split_max_keys,
             split_check_interval: Duration::from_millis(50),
+            lease_check_interval: Duration::from_millis(100),
             #[cfg(test)]
             lost_updates: false,
             #[cfg(test)]
@@ -61,6 +66,8 @@ pub enum TxnTimer {
     Raft(RangeId, RaftTimer),
     /// Look for ranges to split.
     SplitCheck,
+    /// The meta group's leader: match lease deadlines to the lease table, list expired.
+    LeaseCheck,
 }
 
 /// The pseudo-client id under which the node proposes splits; its replies are dropped.
@@ -78,6 +85,7 @@ pub struct TxnNode {
     groups: BTreeMap<RangeId, Group>,
     split_session: SessionId,
     split_seq: u64,
+    lessor: Lessor,
 }
 
 type NodeCtx<'a> = Ctx<'a, TxnMsg, TxnTimer>;
@@ -90,7 +98,20 @@ impl TxnNode {
             groups: BTreeMap::new(),
             split_session: SessionId(0),
             split_seq: 0,
+            lessor: Lessor::default(),
         }
+    }
+
+    /// Leases whose deadline passed on this node, the meta group's leader, at its last
+    /// check (empty on other nodes). A coordinator on this node revokes them.
+    pub fn expired_leases(&self) -> Vec<LeaseId> {
+        self.lessor.expired().to_vec()
+    }
+
+    /// The meta group's term if this node leads it.
+    fn meta_leader_term(&self) -> Option<u64> {
+        let raft = &self.groups.get(&RangeId::META)?.raft;
+        (raft.role() == Role::Leader).then(|| raft.current_term().0)
     }
 
     /// The Raft replicas this node hosts.
@@ -155,7 +176,26 @@ impl TxnNode {
             f(&mut group.raft, &mut sub);
         }
         let children = group.raft.state_machine().take_children();
-        for effect in effects {
+        let renewals = group.raft.state_machine().take_renewals();
+        if id == RangeId::META {
+            self.lessor.set_leader(self.meta_leader_term());
+            for (lease, ttl) in renewals {
+                self.lessor.renew(now.0, lease, ttl);
+            }
+        }
+        for mut effect in effects {
+            // The remaining TTL is the leader's to tell (etcd's lessor on the primary).
+            if let Effect::Reply {
+                msg: RaftMsg::ClientReply { output, .. },
+                ..
+            } = &mut effect
+            {
+                if let RangeResult::Lease(Some(info)) = &mut output.result {
+                    if let Some(left) = self.lessor.remaining(now.0, info.id) {
+                        info.remaining = left;
+                    }
+                }
+            }
             match effect {
                 Effect::Send { to, msg } => ctx.send(to, TxnMsg::Raft { range: id, msg }),
                 Effect::SendUnsynced { to, msg } => {
@@ -251,6 +291,8 @@ impl Actor for TxnNode {
             }
         }
         ctx.set_timer(TxnTimer::SplitCheck, self.config.split_check_interval);
+        self.lessor = Lessor::default();
+        ctx.set_timer(TxnTimer::LeaseCheck, self.config.lease_check_interval);
     }
 
     fn on_message(&mut self, ctx: &mut NodeCtx<'_>, from: Endpoint, msg: TxnMsg) {
@@ -287,6 +329,14 @@ impl Actor for TxnNode {
                 self.with_group(ctx, range, |raft, sub| raft.on_timer(sub, timer))
             }
             TxnTimer::SplitCheck => self.on_split_check(ctx),
+            TxnTimer::LeaseCheck => {
+                ctx.set_timer(TxnTimer::LeaseCheck, self.config.lease_check_interval);
+                self.lessor.set_leader(self.meta_leader_term());
+                if let Some(meta) = self.groups.get(&RangeId::META) {
+                    self.lessor
+                        .check(ctx.now().0, meta.raft.state_machine().state());
+                }
+            }
         }
     }
 }
