@@ -19,6 +19,7 @@ mod maintenance;
 pub mod pb;
 mod perf;
 mod ranges;
+mod ranges_lease;
 mod ranges_watch;
 mod recipes;
 mod watch;
@@ -107,8 +108,8 @@ impl EtcdNode {
         })
     }
 
-    /// Serve KV and Watch over the multi-Raft ranges (`synod up --ranges`); Lease then
-    /// answers Unimplemented.
+    /// Serve KV, Watch and Lease (and so Lock and Election) over the multi-Raft ranges
+    /// (`synod up --ranges`).
     pub fn serve_over_ranges(&self, host: Arc<crate::txn::TxnHost>) {
         let _ = self.ranges.set(host);
     }
@@ -116,14 +117,6 @@ impl EtcdNode {
     /// The ranges' coordinator, if KV is served over the ranges.
     pub(crate) fn ranges(&self) -> Option<&Arc<crate::txn::TxnHost>> {
         self.ranges.get()
-    }
-
-    /// In `--ranges` mode: the Unimplemented error of a service the ranges lack.
-    pub(crate) fn check_not_ranges(&self, what: &str) -> Result<(), Status> {
-        match self.ranges.get() {
-            Some(_) => Err(ranges::unimplemented(what)),
-            None => Ok(()),
-        }
     }
 
     fn now(&self) -> synod_core::Instant {
@@ -161,6 +154,10 @@ impl EtcdNode {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         tokio::spawn(Arc::clone(&self).background());
+        if let Some(host) = self.ranges() {
+            // Revoke the leases the meta group's leader finds expired.
+            tokio::spawn(ranges_lease::reap(Arc::clone(host)));
+        }
         // Lock and Election are clients of this node's own KV, Lease and Watch API.
         let recipes = self.peers.get(&self.me).cloned().map(recipes::Recipes::new);
         let nodelay = perf::env_flag("SYNOD_ETCD_NODELAY");

@@ -250,5 +250,7 @@ impl Lessor {
     }
 }
 
+#[cfg(any(test, feature = "harness"))]
+pub mod sim;
 #[cfg(test)]
 mod tests;
