@@ -276,6 +276,9 @@ impl TxnHost {
     }
 
     fn range_of(&self, key: &str) -> Option<RangeId> {
+        if synod_protocols::txn::lease::is_lease_key(key) {
+            return Some(RangeId::META);
+        }
         let ranges = self.ranges.lock().unwrap_or_else(|e| e.into_inner());
         ranges.iter().find(|r| r.contains(key)).map(|r| r.id)
     }

@@ -1390,7 +1390,7 @@ pub const BANK_FAULTS: Duration = Duration::from_secs(3);
 
 /// The cluster every swarm scenario runs on: 3 or 5 nodes by the seed's parity, ranges
 /// splitting past 3 keys, the seed's fault mix and network, skewed drifting clocks.
-fn swarm_cluster(seed: u64, tweak: Tweak) -> Sim<Node> {
+pub(crate) fn swarm_cluster(seed: u64, tweak: Tweak) -> Sim<Node> {
     let nodes = if seed & 1 == 0 { 3 } else { 5 };
     let mut cfg = SimConfig::new(seed, nodes);
     cfg.faults = swarm_faults(seed);

@@ -156,6 +156,7 @@
 
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
+pub mod lease;
 mod msg;
 mod node;
 mod range;

@@ -1,6 +1,8 @@
 //! The types the transaction layer exchanges: ranges, timestamps, transaction metadata,
 //! the commands a range's Raft group applies, and the node-level envelope.
 
+use super::lease::LeaseInfo;
+use crate::mvcc::LeaseId;
 use crate::raft::RaftMsg;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -53,7 +55,7 @@ pub struct Event {
 }
 
 /// Identifies a range and the Raft group that serves it. Range 0 is the meta group,
-/// which serves no keys and runs the timestamp oracle.
+/// which runs the timestamp oracle and serves only the lease table (`super::lease`).
 #[derive(
     Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
 )]
@@ -113,6 +115,9 @@ pub struct RangeDescriptor {
 impl RangeDescriptor {
     /// Whether `key` falls in this range.
     pub fn contains(&self, key: &str) -> bool {
+        if let Some(served) = self.serves_lease_key(key) {
+            return served;
+        }
         let below_end = match self.end.as_deref() {
             Some(end) => key < end,
             None => true,
@@ -265,6 +270,26 @@ pub enum RangeCommand {
         /// The transaction.
         txn: TxnMeta,
     },
+    /// Meta group: create lease `id` with `ttl` seconds, as a version of its record at
+    /// a fresh oracle timestamp (`LeaseExists` if it is live; `Locked` behind an intent
+    /// on the record). Answers `Lease` with the grant's timestamp as `revision`.
+    LeaseGrant {
+        /// The lease (chosen by the caller; nonzero).
+        id: LeaseId,
+        /// Seconds.
+        ttl: i64,
+    },
+    /// Meta group: the lease's record, through the log; the leader that applies it
+    /// restarts the lease's deadline (etcd's `LeaseRenew`). `Lease(None)`: not found.
+    LeaseKeepAlive {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// Meta group: the lease's record and the leader's remaining TTL, through the log.
+    LeaseTimeToLive {
+        /// The lease.
+        id: LeaseId,
+    },
     /// Split this range at `split_key`; proposed by the leader when the range is too big.
     Split {
         /// The generation the split was planned against.
@@ -326,6 +351,10 @@ pub enum RangeResult {
     /// The answer to `Compact`, and to a read (`Get`, `Scan`) or `Feed` below the range's
     /// compact revision: the range's compact revision.
     Compacted(Timestamp),
+    /// A lease as the meta group's leader knows it (`None`: no such lease).
+    Lease(Option<LeaseInfo>),
+    /// `LeaseGrant` of a lease that exists.
+    LeaseExists,
     /// The key is not (or no longer) in this range: refresh routing and retry.
     RangeMismatch,
 }

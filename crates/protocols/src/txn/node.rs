@@ -7,8 +7,12 @@
 //! [`TxnTimer::Raft`]). One node crash therefore takes every replica on it down at once,
 //! as on a real machine.
 
-use super::msg::{RangeCommand, RangeDescriptor, RangeId, RangeRaftMsg, Route, TxnMsg};
+use super::lease::Lessor;
+use super::msg::{
+    RangeCommand, RangeDescriptor, RangeId, RangeRaftMsg, RangeResult, Route, TxnMsg,
+};
 use super::range::{RangeSm, RangeState};
+use crate::mvcc::LeaseId;
 use crate::raft::{Raft, RaftConfig, RaftMsg, RaftTimer, Role, SessionId, SEED_INDEX};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -26,6 +30,8 @@ pub struct TxnConfig {
     pub split_max_keys: usize,
     /// How often leaders look for ranges to split.
     pub split_check_interval: Duration,
+    /// How often the meta group's leader looks for expired leases.
+    pub lease_check_interval: Duration,
     /// Test-only planted bug (see `RangeSm::lost_updates`).
     #[cfg(test)]
     pub(crate) lost_updates: bool,
@@ -47,6 +53,7 @@ impl TxnConfig {
             raft,
             split_max_keys,
             split_check_interval: Duration::from_millis(50),
+            lease_check_interval: Duration::from_millis(100),
             #[cfg(test)]
             lost_updates: false,
             #[cfg(test)]
@@ -62,6 +69,8 @@ pub enum TxnTimer {
     Raft(RangeId, RaftTimer),
     /// Look for ranges to split.
     SplitCheck,
+    /// The meta group's leader: match lease deadlines to the lease table, list expired.
+    LeaseCheck,
 }
 
 /// Entries a range applies past its last snapshot before it takes the next one.
@@ -87,6 +96,7 @@ pub struct TxnNode {
     /// In `on_start`, before every listed group runs: a parent's children may simply
     /// not be started yet.
     starting: bool,
+    lessor: Lessor,
 }
 
 type NodeCtx<'a> = Ctx<'a, TxnMsg, TxnTimer>;
@@ -101,7 +111,20 @@ impl TxnNode {
             split_seq: 0,
             children_from_snapshots: 0,
             starting: false,
+            lessor: Lessor::default(),
         }
+    }
+
+    /// Leases whose deadline passed on this node, the meta group's leader, at its last
+    /// check (empty on other nodes). A coordinator on this node revokes them.
+    pub fn expired_leases(&self) -> Vec<LeaseId> {
+        self.lessor.expired().to_vec()
+    }
+
+    /// The meta group's term if this node leads it.
+    fn meta_leader_term(&self) -> Option<u64> {
+        let raft = &self.groups.get(&RangeId::META)?.raft;
+        (raft.role() == Role::Leader).then(|| raft.current_term().0)
     }
 
     /// The Raft replicas this node hosts.
@@ -223,8 +246,27 @@ impl TxnNode {
             f(&mut group.raft, &mut sub);
         }
         let children = group.raft.state_machine().take_children();
+        let renewals = group.raft.state_machine().take_renewals();
+        if id == RangeId::META {
+            self.lessor.set_leader(self.meta_leader_term());
+            for (lease, ttl) in renewals {
+                self.lessor.renew(now.0, lease, ttl);
+            }
+        }
         let mut finished = Vec::new();
-        for effect in effects {
+        for mut effect in effects {
+            // The remaining TTL is the leader's to tell (etcd's lessor on the primary).
+            if let Effect::Reply {
+                msg: RaftMsg::ClientReply { output, .. },
+                ..
+            } = &mut effect
+            {
+                if let RangeResult::Lease(Some(info)) = &mut output.result {
+                    if let Some(left) = self.lessor.remaining(now.0, info.id) {
+                        info.remaining = left;
+                    }
+                }
+            }
             match effect {
                 Effect::Send { to, msg } => ctx.send(to, TxnMsg::Raft { range: id, msg }),
                 Effect::SendUnsynced { to, msg } => {
@@ -344,6 +386,8 @@ impl Actor for TxnNode {
         }
         self.starting = false;
         ctx.set_timer(TxnTimer::SplitCheck, self.config.split_check_interval);
+        self.lessor = Lessor::default();
+        ctx.set_timer(TxnTimer::LeaseCheck, self.config.lease_check_interval);
     }
 
     fn on_message(&mut self, ctx: &mut NodeCtx<'_>, from: Endpoint, msg: TxnMsg) {
@@ -390,6 +434,14 @@ impl Actor for TxnNode {
                 self.with_group(ctx, range, |raft, sub| raft.on_timer(sub, timer))
             }
             TxnTimer::SplitCheck => self.on_split_check(ctx),
+            TxnTimer::LeaseCheck => {
+                ctx.set_timer(TxnTimer::LeaseCheck, self.config.lease_check_interval);
+                self.lessor.set_leader(self.meta_leader_term());
+                if let Some(meta) = self.groups.get(&RangeId::META) {
+                    self.lessor
+                        .check(ctx.now().0, meta.raft.state_machine().state());
+                }
+            }
         }
     }
 }

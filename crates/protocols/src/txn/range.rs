@@ -6,6 +6,7 @@ use super::msg::{
     Event, Key, RangeCommand, RangeDescriptor, RangeId, RangeOutput, RangeResult, Row, Timestamp,
     TxnId, TxnMeta, TxnStatus, Value,
 };
+use crate::mvcc::LeaseId;
 use crate::raft::StateMachine;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -70,6 +71,9 @@ pub struct RangeState {
 pub struct RangeSm {
     state: RangeState,
     children: RefCell<Vec<RangeState>>,
+    /// Leases granted or kept alive since the last call (id, TTL), for the leader's
+    /// lessor ([`RangeSm::take_renewals`]).
+    renewals: RefCell<Vec<(LeaseId, i64)>>,
     /// Test-only planted bug: skip the first-committer-wins check, so that lost
     /// updates happen; the bank test must catch it.
     #[cfg(test)]
@@ -86,6 +90,7 @@ impl RangeSm {
         RangeSm {
             state,
             children: RefCell::new(Vec::new()),
+            renewals: RefCell::new(Vec::new()),
             #[cfg(test)]
             lost_updates: false,
             #[cfg(test)]
@@ -125,6 +130,11 @@ impl RangeSm {
     /// Right halves produced by splits since the last call, for the node to host.
     pub fn take_children(&self) -> Vec<RangeState> {
         std::mem::take(&mut *self.children.borrow_mut())
+    }
+
+    /// Leases granted or kept alive since the last call, with their TTL.
+    pub(crate) fn take_renewals(&self) -> Vec<(LeaseId, i64)> {
+        std::mem::take(&mut *self.renewals.borrow_mut())
     }
 
     /// Where the range would split if it has more than `max_keys` keys: the median key.
@@ -218,7 +228,11 @@ impl RangeState {
         use RangeCommand as C;
         use RangeResult as R;
         let keyed = match command {
-            C::AllocTimestamp | C::Split { .. } => None,
+            C::AllocTimestamp
+            | C::Split { .. }
+            | C::LeaseGrant { .. }
+            | C::LeaseKeepAlive { .. }
+            | C::LeaseTimeToLive { .. } => None,
             C::Scan { start, .. } | C::Feed { start, .. } => Some(start),
             // The meta group serves no key but records the cluster's compact revision.
             C::Compact { start, .. } => self.desc.serves_keys.then_some(start),
@@ -475,6 +489,9 @@ impl RangeState {
                 *limit,
                 close_below_intents,
             ),
+            C::LeaseGrant { .. } | C::LeaseKeepAlive { .. } | C::LeaseTimeToLive { .. } => {
+                self.apply_lease(command)
+            }
             C::Split { .. } => R::Split,
         }
     }
@@ -664,6 +681,13 @@ impl StateMachine for RangeSm {
                 self.children.borrow_mut().push(child);
                 result = RangeResult::Split;
             }
+        }
+        if let (
+            RangeCommand::LeaseGrant { .. } | RangeCommand::LeaseKeepAlive { .. },
+            RangeResult::Lease(Some(info)),
+        ) = (command, &result)
+        {
+            self.renewals.borrow_mut().push((info.id, info.ttl));
         }
         RangeOutput {
             range: self.state.desc.clone(),

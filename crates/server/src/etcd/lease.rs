@@ -1,10 +1,11 @@
 //! etcdserverpb.Lease: grant and revoke go through the log; keep-alives and
 //! time-to-live are answered by the leader's lessor, which keeps the deadlines. A node
 //! that is not the leader forwards them to the leader's client port, as etcd forwards
-//! LeaseRenew to its leader.
+//! LeaseRenew to its leader. With `synod up --ranges` every call is served over the
+//! ranges' lease table instead (etcd/ranges_lease.rs).
 
 use super::pb::etcdserverpb as pb;
-use super::{gateway_status, mvcc_status, EtcdNode};
+use super::{gateway_status, mvcc_status, ranges_lease, EtcdNode};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -79,6 +80,9 @@ impl LeaseApi {
     }
 
     async fn renew(&self, id: i64) -> Result<i64, Status> {
+        if let Some(host) = self.0.ranges() {
+            return ranges_lease::keep_alive(host, id).await;
+        }
         if let Local::Answer(ttl) = self.renew_local(id).await? {
             return Ok(ttl);
         }
@@ -104,8 +108,12 @@ impl pb::lease_server::Lease for LeaseApi {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
-        self.0.check_not_ranges("lease")?;
         let req = request.into_inner();
+        if let Some(host) = self.0.ranges() {
+            return ranges_lease::grant(&self.0, host, req)
+                .await
+                .map(Response::new);
+        }
         let command = MvccCommand::LeaseGrant {
             id: LeaseId(req.id),
             ttl: req.ttl,
@@ -134,8 +142,12 @@ impl pb::lease_server::Lease for LeaseApi {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        self.0.check_not_ranges("lease")?;
         let id = LeaseId(request.into_inner().id);
+        if let Some(host) = self.0.ranges() {
+            return ranges_lease::revoke(&self.0, host, id.0)
+                .await
+                .map(Response::new);
+        }
         match self
             .0
             .gateway
@@ -157,7 +169,6 @@ impl pb::lease_server::Lease for LeaseApi {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        self.0.check_not_ranges("lease")?;
         let mut incoming = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let api = LeaseApi(Arc::clone(&self.0));
@@ -185,8 +196,12 @@ impl pb::lease_server::Lease for LeaseApi {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
-        self.0.check_not_ranges("lease")?;
         let req = request.into_inner();
+        if let Some(host) = self.0.ranges() {
+            return ranges_lease::time_to_live(&self.0, host, req)
+                .await
+                .map(Response::new);
+        }
         let lessor = Arc::clone(&self.0.lessor);
         let now = self.0.now();
         let (primary, found) = self
@@ -223,7 +238,9 @@ impl pb::lease_server::Lease for LeaseApi {
         &self,
         _request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
-        self.0.check_not_ranges("lease")?;
+        if let Some(host) = self.0.ranges() {
+            return ranges_lease::leases(&self.0, host).await.map(Response::new);
+        }
         let ids = self
             .0
             .raft

@@ -20,6 +20,7 @@ mod maintenance;
 pub mod pb;
 mod perf;
 mod ranges;
+mod ranges_lease;
 mod ranges_watch;
 mod recipes;
 mod watch;
@@ -109,8 +110,8 @@ impl EtcdNode {
         })
     }
 
-    /// Serve KV and Watch over the multi-Raft ranges (`synod up --ranges`); Lease then
-    /// answers Unimplemented.
+    /// Serve KV, Watch and Lease (and so Lock and Election) over the multi-Raft ranges
+    /// (`synod up --ranges`).
     pub fn serve_over_ranges(&self, host: Arc<crate::txn::TxnHost>) {
         let _ = self.ranges.set(host);
     }
@@ -118,14 +119,6 @@ impl EtcdNode {
     /// The ranges' coordinator, if KV is served over the ranges.
     pub(crate) fn ranges(&self) -> Option<&Arc<crate::txn::TxnHost>> {
         self.ranges.get()
-    }
-
-    /// In `--ranges` mode: the Unimplemented error of a service the ranges lack.
-    pub(crate) fn check_not_ranges(&self, what: &str) -> Result<(), Status> {
-        match self.ranges.get() {
-            Some(_) => Err(ranges::unimplemented(what)),
-            None => Ok(()),
-        }
     }
 
     fn now(&self) -> synod_core::Instant {
@@ -165,6 +158,10 @@ impl EtcdNode {
         tokio::spawn(Arc::clone(&self).background());
         if let (Some(policy), Some(host)) = (self.auto_compaction(), self.ranges()) {
             tokio::spawn(Arc::clone(&self).compact_ranges(Arc::clone(host), policy));
+        }
+        if let Some(host) = self.ranges() {
+            // Revoke the leases the meta group's leader finds expired.
+            tokio::spawn(ranges_lease::reap(Arc::clone(host)));
         }
         // Lock and Election are clients of this node's own KV, Lease and Watch API.
         let recipes = self.peers.get(&self.me).cloned().map(recipes::Recipes::new);

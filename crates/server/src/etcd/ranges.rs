@@ -31,8 +31,10 @@
 //! Differences from etcd, all documented in docs/multiraft.md: isolation is snapshot
 //! isolation, not etcd's serializability (two Txns whose compares read each other's
 //! writes can both commit: write skew; a Txn that writes the keys it compares is safe,
-//! since the writes conflict); reads inside a Txn see the snapshot, not the Txn's own
-//! earlier writes; no leases. Compact is served (`compact` below: etcd's MVCC rule in
+//! since the writes conflict); a Range inside a Txn sees the snapshot with the Txn's
+//! earlier writes laid over it (as in etcd), but compares read the snapshot only.
+//! Leases are in etcd/ranges_lease.rs (a put with a lease also writes the lease's
+//! record in the meta group). Compact is served (`compact` below: etcd's MVCC rule in
 //! every range's log). Watch over the ranges is in etcd/ranges_watch.rs.
 
 use super::pb::etcdserverpb as pb;
@@ -42,20 +44,38 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use synod_protocols::mvcc::LeaseId;
 use synod_protocols::mvcc::{
     Compare, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, KeyValue, MvccError,
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder,
     SortTarget, TxnRequest, TxnResponse,
 };
+use synod_protocols::txn::lease::{lease_key, LeaseRecord};
 use synod_protocols::txn::{Key, Row, Timestamp, Value};
-use tonic::{Code, Status};
+use tonic::Status;
 
 /// etcd's limit on operations in one Txn list (`--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
 /// The prefix of etcd's keys in the ranges' keyspace.
 const PREFIX: &str = "e/";
+/// The revision of a key this request writes, until the commit gives it one.
+const PENDING: i64 = i64::MAX;
 /// The first key after every etcd key (`'/' + 1 == '0'`).
 const END_OF_ETCD: &str = "e0";
+
+/// The guard key of the etcd interval `[start, end)` (both in the ranges' encoding):
+/// outside etcd's keyspace, so no etcd read or watch sees it. A Txn that writes and
+/// also read an interval writes its guard, which promotes the read to a write
+/// (Fekete et al., "Making Snapshot Isolation Serializable", TODS 2005, §3: promotion):
+/// two such Txns over the same interval then conflict (first committer wins) instead of
+/// both committing on snapshots that miss each other's keys — the write skew that would
+/// let two clientv3 Mutex contenders (`etcdctl lock`) both see themselves as the owner.
+fn guard_key(start: &str, end: &str) -> Key {
+    format!("{GUARD_PREFIX}{start}/{end}")
+}
+
+/// The prefix of guard keys (after `e0`, the end of etcd's keys).
+const GUARD_PREFIX: &str = "g/";
 
 /// The ranges' key of an etcd key.
 pub(crate) fn encode_key(key: &[u8]) -> Key {
@@ -95,11 +115,11 @@ pub(crate) fn interval(key: &[u8], range_end: &[u8]) -> Option<(Key, Key)> {
 }
 
 /// Anything that failed, as the gRPC status etcd clients expect.
-fn mvcc_error(e: MvccError) -> Status {
+pub(crate) fn mvcc_error(e: MvccError) -> Status {
     super::mvcc_status(e)
 }
 
-fn txn_status(e: TxnError) -> Status {
+pub(crate) fn txn_status(e: TxnError) -> Status {
     match e {
         TxnError::Timeout => Status::unavailable("etcdserver: request timed out"),
         TxnError::Aborted(n) => Status::aborted(format!(
@@ -113,29 +133,38 @@ fn txn_status(e: TxnError) -> Status {
     }
 }
 
-/// What `--ranges` does not serve.
-pub(crate) fn unimplemented(what: &str) -> Status {
-    Status::new(
-        Code::Unimplemented,
-        format!(
-            "{what} is not supported with synod up --ranges (the etcd API over ranges \
-             serves KV, Watch and Compact only; see docs/multiraft.md)"
-        ),
-    )
+/// The stored value of an etcd key: the key's lease id (8 bytes, big-endian; 0: none),
+/// then the value. Keeping the lease in the version makes it part of the MVCC history:
+/// reads at a revision and watch events carry the lease the key had then.
+pub(crate) fn stored_value(lease: i64, value: &[u8]) -> Value {
+    let mut out = Vec::with_capacity(8 + value.len());
+    out.extend_from_slice(&lease.to_be_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// A stored etcd value as (lease, value). Anything shorter than the lease header (a
+/// keys-only row) is no lease and an empty value.
+pub(crate) fn split_value(stored: &[u8]) -> (i64, &[u8]) {
+    match stored.split_first_chunk::<8>() {
+        Some((lease, value)) => (i64::from_be_bytes(*lease), value),
+        None => (0, &[]),
+    }
 }
 
 pub(crate) fn kv_of(row: Row) -> KeyValue {
+    let (lease, value) = split_value(&row.value);
     KeyValue {
         key: decode_key(&row.key).unwrap_or_default(),
         create_revision: i64::try_from(row.create_ts.0).unwrap_or(i64::MAX),
         mod_revision: i64::try_from(row.mod_ts.0).unwrap_or(i64::MAX),
         version: i64::try_from(row.version).unwrap_or(i64::MAX),
-        value: row.value,
-        lease: 0,
+        value: value.to_vec(),
+        lease,
     }
 }
 
-fn revision(ts: Timestamp) -> i64 {
+pub(crate) fn revision(ts: Timestamp) -> i64 {
     i64::try_from(ts.0).unwrap_or(i64::MAX)
 }
 
@@ -147,6 +176,9 @@ struct Eval<'a> {
     writes: BTreeMap<Key, Option<Value>>,
     /// Keys put so far (etcd refuses a Txn that puts a key twice).
     puts: Vec<Key>,
+    /// Intervals of more than one key read by Range operations and compares: a write
+    /// request promotes each to a write of its guard key (see [`guard_key`]).
+    read_intervals: std::sync::Mutex<std::collections::BTreeSet<(Key, Key)>>,
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send + 'a>>;
@@ -163,12 +195,17 @@ impl<'a> Eval<'a> {
         let Some((start, end)) = interval(key, range_end) else {
             return Ok((Vec::new(), 0));
         };
+        // Values are read even for keys only: the lease id is stored with the value.
         let (rows, count) = self
             .host
-            .scan(&start, Some(&end), at, limit, keys_only)
+            .scan(&start, Some(&end), at, limit, false)
             .await
             .map_err(txn_status)?;
-        Ok((rows.into_iter().map(kv_of).collect(), count))
+        let mut kvs: Vec<KeyValue> = rows.into_iter().map(kv_of).collect();
+        if keys_only {
+            kvs.iter_mut().for_each(|kv| kv.value.clear());
+        }
+        Ok((kvs, count))
     }
 
     /// The snapshot a read at `revision` (0: the request's own) uses.
@@ -195,16 +232,29 @@ impl<'a> Eval<'a> {
         let sorted = !(req.sort_target == SortTarget::Key
             && matches!(req.sort_order, SortOrder::None | SortOrder::Ascend));
         let limit = u64::try_from(req.limit.max(0)).unwrap_or(0);
-        // Filters and sorting need every key before the limit applies.
-        let scan_limit = if filtered || sorted || req.count_only {
+        self.note_read(&req.key, &req.range_end);
+        // A read of the current state inside a Txn sees the Txn's earlier writes.
+        let own_writes = interval(&req.key, &req.range_end).filter(|(start, end)| {
+            req.revision <= 0
+                && self
+                    .writes
+                    .range(start.clone()..end.clone())
+                    .next()
+                    .is_some()
+        });
+        // Filters, sorting and our own writes need every key before the limit applies.
+        let scan_limit = if filtered || sorted || req.count_only || own_writes.is_some() {
             0
         } else {
             limit
         };
         let keys_only = req.keys_only || req.count_only;
-        let (mut kvs, count) = self
+        let (mut kvs, mut count) = self
             .scan(&req.key, &req.range_end, at, scan_limit, keys_only)
             .await?;
+        if let Some((start, end)) = own_writes {
+            count = self.overlay(&mut kvs, &start, &end, keys_only);
+        }
         let keep = |kv: &KeyValue| {
             (req.min_mod_revision <= 0 || kv.mod_revision >= req.min_mod_revision)
                 && (req.max_mod_revision <= 0 || kv.mod_revision <= req.max_mod_revision)
@@ -244,6 +294,58 @@ impl<'a> Eval<'a> {
         })
     }
 
+    /// Remember an interval read (single keys need nothing: a Txn that depends on one
+    /// key's absence and writes it conflicts on that key already).
+    fn note_read(&self, key: &[u8], range_end: &[u8]) {
+        if range_end.is_empty() {
+            return;
+        }
+        if let Some(interval) = interval(key, range_end) {
+            let mut read = self
+                .read_intervals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            read.insert(interval);
+        }
+    }
+
+    /// Lay this request's buffered writes of `[start, end)` over a snapshot read, as
+    /// etcd's later operations of a Txn see its earlier ones (clientv3's Mutex reads the
+    /// lock's owner in the Txn that queues it). A key written here has its revisions
+    /// set to [`PENDING`], which sorts after every committed revision (the commit
+    /// timestamp is above the snapshot) and becomes the commit revision in [`stamp`].
+    /// Returns the new count.
+    fn overlay(&self, kvs: &mut Vec<KeyValue>, start: &Key, end: &Key, keys_only: bool) -> u64 {
+        let mut by_key: BTreeMap<Vec<u8>, KeyValue> =
+            kvs.drain(..).map(|kv| (kv.key.clone(), kv)).collect();
+        for (key, write) in self.writes.range(start.clone()..end.clone()) {
+            let Some(etcd_key) = decode_key(key) else {
+                continue;
+            };
+            let Some(stored) = write else {
+                by_key.remove(&etcd_key);
+                continue;
+            };
+            let (lease, value) = split_value(stored);
+            let before = by_key.get(&etcd_key);
+            let kv = KeyValue {
+                key: etcd_key.clone(),
+                create_revision: before.map_or(PENDING, |b| b.create_revision),
+                mod_revision: PENDING,
+                version: before.map_or(1, |b| b.version + 1),
+                value: if keys_only {
+                    Vec::new()
+                } else {
+                    value.to_vec()
+                },
+                lease,
+            };
+            by_key.insert(etcd_key, kv);
+        }
+        *kvs = by_key.into_values().collect();
+        kvs.len() as u64
+    }
+
     async fn put(&mut self, req: &PutRequest) -> Result<PutResponse, Status> {
         if req.key.is_empty() {
             return Err(mvcc_error(MvccError::EmptyKey));
@@ -253,9 +355,6 @@ impl<'a> Eval<'a> {
         }
         if req.ignore_lease && req.lease != 0 {
             return Err(mvcc_error(MvccError::LeaseProvided));
-        }
-        if req.lease != 0 {
-            return Err(unimplemented("a lease"));
         }
         let key = encode_key(&req.key);
         if self.puts.contains(&key) {
@@ -274,8 +373,15 @@ impl<'a> Eval<'a> {
             (Some(p), true) => p.value.clone(),
             _ => req.value.clone(),
         };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => req.lease,
+        };
+        if lease != 0 {
+            self.attach(lease, &key).await?;
+        }
         self.puts.push(key.clone());
-        self.writes.insert(key, Some(value));
+        self.writes.insert(key, Some(stored_value(lease, &value)));
         Ok(PutResponse {
             revision: 0,
             prev_kv: if req.prev_kv { prev } else { None },
@@ -304,9 +410,31 @@ impl<'a> Eval<'a> {
         })
     }
 
+    /// Attach `key` to `lease`: rewrite the lease's record (in the meta group) with the
+    /// key added, in this request's transaction. A revoke writes the record too, so the
+    /// two are ordered by first committer wins (see `synod_protocols::txn::lease`).
+    async fn attach(&mut self, lease: i64, key: &Key) -> Result<(), Status> {
+        let record_key = lease_key(LeaseId(lease));
+        let stored = match self.writes.get(&record_key) {
+            Some(buffered) => buffered.clone(),
+            None => self
+                .host
+                .read(&record_key, self.ts)
+                .await
+                .map_err(txn_status)?,
+        };
+        let Some(mut record) = stored.as_deref().and_then(LeaseRecord::decode) else {
+            return Err(mvcc_error(MvccError::LeaseNotFound));
+        };
+        record.keys.insert(key.clone());
+        self.writes.insert(record_key, Some(record.encode()));
+        Ok(())
+    }
+
     /// etcd's `applyCompare` at the snapshot: over an interval every key must hold; no
     /// key compares as a zero KeyValue, except that a value compare on nothing fails.
     async fn compare(&self, c: &Compare) -> Result<bool, Status> {
+        self.note_read(&c.key, &c.range_end);
         let (kvs, _) = self.scan(&c.key, &c.range_end, self.ts, 0, false).await?;
         if kvs.is_empty() {
             if matches!(c.target, CompareTarget::Value(_)) {
@@ -380,7 +508,17 @@ fn stamp(resp: &mut TxnResponse, rev: i64) {
     resp.revision = rev;
     for op in &mut resp.responses {
         match op {
-            ResponseOp::Range(r) => r.revision = rev,
+            ResponseOp::Range(r) => {
+                r.revision = rev;
+                for kv in &mut r.kvs {
+                    if kv.create_revision == PENDING {
+                        kv.create_revision = rev;
+                    }
+                    if kv.mod_revision == PENDING {
+                        kv.mod_revision = rev;
+                    }
+                }
+            }
             ResponseOp::Put(p) => p.revision = rev,
             ResponseOp::DeleteRange(d) => d.revision = rev,
             ResponseOp::Txn(t) => stamp(t, rev),
@@ -406,6 +544,7 @@ async fn run_write(host: &Arc<TxnHost>, write: &Write) -> Result<TxnResponse, St
             ts,
             writes: BTreeMap::new(),
             puts: Vec::new(),
+            read_intervals: Default::default(),
         };
         let mut resp = match write {
             Write::Put(p) => TxnResponse {
@@ -420,11 +559,21 @@ async fn run_write(host: &Arc<TxnHost>, write: &Write) -> Result<TxnResponse, St
             },
             Write::Txn(t) => eval.txn(t).await?,
         };
-        let writes: Vec<(Key, Option<Value>)> = eval.writes.into_iter().collect();
-        if writes.is_empty() {
+        if eval.writes.is_empty() {
             stamp(&mut resp, revision(ts));
             return Ok(resp);
         }
+        let read = std::mem::take(
+            &mut *eval
+                .read_intervals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (start, end) in read {
+            eval.writes
+                .insert(guard_key(&start, &end), Some(Vec::new()));
+        }
+        let writes: Vec<(Key, Option<Value>)> = eval.writes.into_iter().collect();
         if let Some(commit_ts) = host.commit_at(ts, &writes).await.map_err(txn_status)? {
             stamp(&mut resp, revision(commit_ts));
             // Reads inside a Txn answer for the snapshot; their header says which.
@@ -449,6 +598,7 @@ pub(crate) async fn range(
         ts,
         writes: BTreeMap::new(),
         puts: Vec::new(),
+        read_intervals: Default::default(),
     };
     let resp = eval.range(&req).await?;
     Ok(convert::range_to_pb(resp, &node.header_fn()))
