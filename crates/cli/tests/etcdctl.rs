@@ -227,36 +227,13 @@ fn etcdctl_works_against_a_three_node_cluster() {
     }
 
     // elect: an observer sees the leader change when the leader's process dies.
-    let observer = e
+    let mut observer = e
         .cmd()
         .args(["elect", "--listen", "the-election"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut first = e
-        .cmd()
-        .args(["elect", "--ttl=3", "the-election", "alpha"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
-    let second = e
-        .cmd()
-        .args(["elect", "the-election", "beta"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    // SIGKILL: alpha's session lease is never revoked, so the leader's lessor must
-    // expire it (--ttl=3) before beta takes over.
-    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
-    let _ = first.wait();
-    let started = Instant::now();
-    let mut out = String::new();
-    let mut observer = observer;
     let mut stdout = observer.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -268,11 +245,45 @@ fn etcdctl_works_against_a_three_node_cluster() {
             }
         }
     });
-    while started.elapsed() < Duration::from_secs(90) && !out.contains("beta") {
-        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
-            out.push_str(&String::from_utf8_lossy(&chunk));
+    let mut out = String::new();
+    let read_until = |out: &mut String, word: &str, limit: Duration| {
+        let started = Instant::now();
+        while started.elapsed() < limit && !out.contains(word) {
+            if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+                out.push_str(&String::from_utf8_lossy(&chunk));
+            }
         }
-    }
+    };
+    // etcdctl 3.4's elect has no --ttl: its session lease is the default 60 s.
+    let mut first = e
+        .cmd()
+        .args(["elect", "the-election", "alpha"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    read_until(&mut out, "alpha", Duration::from_secs(20));
+    assert!(
+        out.contains("alpha"),
+        "the observer never saw alpha lead: {out}"
+    );
+    let second = e
+        .cmd()
+        .args(["elect", "the-election", "beta"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    read_until(&mut out, "beta", Duration::from_secs(2));
+    assert!(
+        !out.contains("beta"),
+        "beta led while alpha still held the election: {out}"
+    );
+    // SIGKILL: alpha's session lease is never revoked, so the leader's lessor must
+    // expire it (60 s) before beta takes over.
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    let _ = first.wait();
+    read_until(&mut out, "beta", Duration::from_secs(100));
     for mut p in [observer, second] {
         let _ = p.kill();
         let _ = p.wait();
