@@ -296,8 +296,14 @@ impl TxnNode {
         if !self.starting {
             self.ensure_children(ctx, id);
         }
+        self.deliver_background(ctx, id, finished);
+    }
+
+    /// Hand group `id` the completions of its background work, as a driver would. Not
+    /// generic, so `with_group` calling it does not instantiate itself without end.
+    fn deliver_background(&mut self, ctx: &mut NodeCtx<'_>, id: RangeId, msgs: Vec<RangeRaftMsg>) {
         let me = Endpoint::Node(ctx.me());
-        for msg in finished {
+        for msg in msgs {
             self.with_group(ctx, id, |raft, sub| raft.on_message(sub, me, msg));
         }
     }
