@@ -19,36 +19,14 @@
 
 mod common;
 
-use common::{eventually, request, start_cluster_with};
+use common::etcd_ranges::{range_of, ranges};
+
+use common::{eventually, start_cluster_with};
 use etcd_client::{Client, ConnectOptions, WatchOptions};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The ranges' key of an etcd key (etcd/ranges.rs: `e/` + hex).
-fn stored(key: &str) -> String {
-    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("e/{hex}")
-}
-
-fn ranges(admin: SocketAddr) -> Vec<Value> {
-    request(admin, "GET", "/v1/txn/ranges", "", Duration::from_secs(3))
-        .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
-        .and_then(|v| v["ranges"].as_array().cloned())
-        .unwrap_or_default()
-}
-
-/// The id of the data range that holds etcd key `key`, as node `admin` sees it.
-fn range_of(admin: SocketAddr, key: &str) -> Option<u64> {
-    let k = stored(key);
-    ranges(admin).into_iter().find_map(|r| {
-        let holds = r["serves_keys"] == true
-            && r["start"].as_str().is_some_and(|s| k.as_str() >= s)
-            && r["end"].as_str().is_none_or(|e| k.as_str() < e);
-        holds.then(|| r["id"].as_u64()).flatten()
-    })
-}
 
 /// The node (1-based) whose meta-group replica is the leader.
 fn meta_leader(admin: &dyn Fn(u16) -> SocketAddr, alive: &[u16]) -> Option<u16> {
