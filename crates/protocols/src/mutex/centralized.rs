@@ -43,7 +43,7 @@
 //! ordinary node that sends itself messages (not counted as network messages), and a
 //! release from a node that is not the holder is ignored instead of freeing the lock.
 
-use super::{ClientMsg, ClientQueue, MutexCounters, MutualExclusion};
+use super::{client_face, ClientMsg, ClientQueue, MutexCounters};
 use crate::election::bully::{Bully, BullyConfig, BullyMsg, BullyTimer};
 use crate::election::LeaderElection;
 use serde::{Deserialize, Serialize};
@@ -317,23 +317,7 @@ impl Centralized {
     }
 }
 
-impl MutualExclusion for Centralized {
-    fn acquire_request() -> CentralizedMsg {
-        CentralizedMsg::Client(ClientMsg::Acquire)
-    }
-    fn release_request() -> CentralizedMsg {
-        CentralizedMsg::Client(ClientMsg::Release)
-    }
-    fn is_granted(msg: &CentralizedMsg) -> bool {
-        *msg == CentralizedMsg::Client(ClientMsg::Granted)
-    }
-    fn in_critical_section(&self) -> bool {
-        self.in_critical_section
-    }
-    fn counters(&self) -> MutexCounters {
-        self.counters
-    }
-}
+client_face!(Centralized, CentralizedMsg);
 
 impl Actor for Centralized {
     type Msg = CentralizedMsg;
@@ -467,6 +451,7 @@ impl Actor for Centralized {
 mod tests {
     use super::super::harness::{replay, run_mutex, Load};
     use super::*;
+    use crate::mutex::MutualExclusion;
     use synod_core::testing::{sent, TestNode};
     use synod_core::ClientId;
     use synod_sim::{assert_seeds, NetConfig};

@@ -30,7 +30,7 @@
 //! optimisation of omitting an ack when a later message was already sent is not applied,
 //! so the message count matches the textbook 3(N−1).
 
-use super::{ClientMsg, ClientQueue, FifoLinks, MutexCounters, MutualExclusion};
+use super::{client_face, ClientMsg, ClientQueue, FifoLinks, MutexCounters};
 use crate::clocks::{LamportClock, LamportTimestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -158,23 +158,7 @@ impl LamportMutex {
     }
 }
 
-impl MutualExclusion for LamportMutex {
-    fn acquire_request() -> LamportMsg {
-        LamportMsg::Client(ClientMsg::Acquire)
-    }
-    fn release_request() -> LamportMsg {
-        LamportMsg::Client(ClientMsg::Release)
-    }
-    fn is_granted(msg: &LamportMsg) -> bool {
-        *msg == LamportMsg::Client(ClientMsg::Granted)
-    }
-    fn in_critical_section(&self) -> bool {
-        self.in_critical_section
-    }
-    fn counters(&self) -> MutexCounters {
-        self.counters
-    }
-}
+client_face!(LamportMutex, LamportMsg);
 
 impl Actor for LamportMutex {
     type Msg = LamportMsg;
@@ -251,6 +235,7 @@ mod tests {
         fifo_lan, messages_per_entry, reordering_lan, replay, run_mutex, Load,
     };
     use super::*;
+    use crate::mutex::MutualExclusion;
     use synod_core::testing::TestNode;
     use synod_core::ClientId;
     use synod_sim::assert_seeds;

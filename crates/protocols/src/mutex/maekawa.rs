@@ -47,7 +47,7 @@
 //!
 //! Differences from the chapter: the chapter has no sketch of Maekawa's algorithm.
 
-use super::{ClientMsg, ClientQueue, FifoLinks, MutexCounters, MutualExclusion};
+use super::{client_face, ClientMsg, ClientQueue, FifoLinks, MutexCounters};
 use crate::clocks::{LamportClock, LamportTimestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -343,23 +343,7 @@ impl Maekawa {
     }
 }
 
-impl MutualExclusion for Maekawa {
-    fn acquire_request() -> MaekawaMsg {
-        MaekawaMsg::Client(ClientMsg::Acquire)
-    }
-    fn release_request() -> MaekawaMsg {
-        MaekawaMsg::Client(ClientMsg::Release)
-    }
-    fn is_granted(msg: &MaekawaMsg) -> bool {
-        *msg == MaekawaMsg::Client(ClientMsg::Granted)
-    }
-    fn in_critical_section(&self) -> bool {
-        self.in_critical_section
-    }
-    fn counters(&self) -> MutexCounters {
-        self.counters
-    }
-}
+client_face!(Maekawa, MaekawaMsg);
 
 impl Actor for Maekawa {
     type Msg = MaekawaMsg;
@@ -426,6 +410,7 @@ mod tests {
         fifo_lan, messages_per_entry, reordering_lan, replay, run_mutex, Load,
     };
     use super::*;
+    use crate::mutex::MutualExclusion;
     use synod_core::testing::TestNode;
     use synod_core::ClientId;
     use synod_sim::assert_seeds;

@@ -90,6 +90,32 @@ pub trait MutualExclusion: Actor {
     fn counters(&self) -> MutexCounters;
 }
 
+/// Implements [`MutualExclusion`] for an actor whose message enum wraps [`ClientMsg`] in a
+/// `Client` variant and which keeps `in_critical_section` and `counters` fields, as every
+/// algorithm here does.
+macro_rules! client_face {
+    ($actor:ty, $msg:ident) => {
+        impl $crate::mutex::MutualExclusion for $actor {
+            fn acquire_request() -> $msg {
+                $msg::Client($crate::mutex::ClientMsg::Acquire)
+            }
+            fn release_request() -> $msg {
+                $msg::Client($crate::mutex::ClientMsg::Release)
+            }
+            fn is_granted(msg: &$msg) -> bool {
+                *msg == $msg::Client($crate::mutex::ClientMsg::Granted)
+            }
+            fn in_critical_section(&self) -> bool {
+                self.in_critical_section
+            }
+            fn counters(&self) -> $crate::mutex::MutexCounters {
+                self.counters
+            }
+        }
+    };
+}
+use client_face;
+
 /// The clients waiting at one node, served one at a time in arrival order.
 #[derive(Clone, Debug, Default)]
 pub struct ClientQueue {

@@ -44,7 +44,7 @@
 //! == 0` as "not requesting"; here [`LamportClock`] does both rules and the requesting
 //! state is explicit.
 
-use super::{ClientMsg, ClientQueue, MutexCounters, MutualExclusion};
+use super::{client_face, ClientMsg, ClientQueue, MutexCounters};
 use crate::clocks::{LamportClock, LamportTimestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -207,23 +207,7 @@ impl RicartAgrawala {
     }
 }
 
-impl MutualExclusion for RicartAgrawala {
-    fn acquire_request() -> RicartAgrawalaMsg {
-        RicartAgrawalaMsg::Client(ClientMsg::Acquire)
-    }
-    fn release_request() -> RicartAgrawalaMsg {
-        RicartAgrawalaMsg::Client(ClientMsg::Release)
-    }
-    fn is_granted(msg: &RicartAgrawalaMsg) -> bool {
-        *msg == RicartAgrawalaMsg::Client(ClientMsg::Granted)
-    }
-    fn in_critical_section(&self) -> bool {
-        self.in_critical_section
-    }
-    fn counters(&self) -> MutexCounters {
-        self.counters
-    }
-}
+client_face!(RicartAgrawala, RicartAgrawalaMsg);
 
 impl Actor for RicartAgrawala {
     type Msg = RicartAgrawalaMsg;
@@ -330,6 +314,7 @@ impl Actor for RicartAgrawala {
 mod tests {
     use super::super::harness::{fifo_lan, messages_per_entry, replay, run_mutex, Load};
     use super::*;
+    use crate::mutex::MutualExclusion;
     use synod_core::testing::{sent, TestNode};
     use synod_core::ClientId;
     use synod_sim::{assert_seeds, NetConfig};

@@ -43,7 +43,7 @@
 //! sleep`), has no acknowledgements, and loses the token for good when its holder
 //! crashes.
 
-use super::{ClientMsg, ClientQueue, MutexCounters, MutualExclusion};
+use super::{client_face, ClientMsg, ClientQueue, MutexCounters};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -249,23 +249,7 @@ impl TokenRing {
     }
 }
 
-impl MutualExclusion for TokenRing {
-    fn acquire_request() -> TokenRingMsg {
-        TokenRingMsg::Client(ClientMsg::Acquire)
-    }
-    fn release_request() -> TokenRingMsg {
-        TokenRingMsg::Client(ClientMsg::Release)
-    }
-    fn is_granted(msg: &TokenRingMsg) -> bool {
-        *msg == TokenRingMsg::Client(ClientMsg::Granted)
-    }
-    fn in_critical_section(&self) -> bool {
-        self.in_critical_section
-    }
-    fn counters(&self) -> MutexCounters {
-        self.counters
-    }
-}
+client_face!(TokenRing, TokenRingMsg);
 
 impl Actor for TokenRing {
     type Msg = TokenRingMsg;
@@ -402,6 +386,7 @@ mod tests {
         every_request_granted, mutual_exclusion, replay, run_mutex, Load, MutexWorkload,
     };
     use super::*;
+    use crate::mutex::MutualExclusion;
     use std::sync::atomic::{AtomicU64, Ordering};
     use synod_core::testing::{sent, TestNode};
     use synod_core::ClientId;
