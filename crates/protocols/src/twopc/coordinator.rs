@@ -5,7 +5,7 @@
 //! `Outcome` or `Rejected` to clients, and `Decided`/`End` records in its log.
 
 use super::msg::{CoordinatorRecord, Decision, TwoPcMsg, TwoPcTimer, TxnId};
-use super::{Bug, CostBook, TwoPcConfig};
+use super::{log_counted, send_counted, Bug, CostBook, TwoPcConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use synod_core::{ClientId, Ctx, Endpoint, LogIndex, NodeId, StorageExt};
 
@@ -129,17 +129,11 @@ impl Coordinator {
     }
 
     fn send(&mut self, ctx: &mut Context<'_>, txn: TxnId, to: NodeId, msg: TwoPcMsg) {
-        self.costs.entry(txn).or_default().messages += 1;
-        ctx.send(to, msg);
+        send_counted(&mut self.costs, ctx, txn, to, msg);
     }
 
     fn log(&mut self, ctx: &mut Context<'_>, txn: TxnId, record: &CoordinatorRecord, forced: bool) {
-        let cost = self.costs.entry(txn).or_default();
-        cost.log_writes += 1;
-        if forced {
-            cost.forced_writes += 1;
-        }
-        ctx.storage().append_value(record);
+        log_counted(&mut self.costs, ctx, txn, record, forced);
     }
 
     pub(crate) fn on_start(&mut self, ctx: &mut Context<'_>) {

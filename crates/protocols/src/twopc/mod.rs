@@ -94,7 +94,7 @@ pub use participant::{Participant, ParticipantState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use synod_core::{Actor, Ctx, Endpoint, NodeId};
+use synod_core::{Actor, Ctx, Endpoint, NodeId, StorageExt};
 
 /// Settings shared by the coordinator and the participants.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,6 +184,35 @@ impl std::ops::Add for TxnCost {
 /// Per-transaction costs a node has recorded since it started. Volatile: a crash resets
 /// them, so they are meant for fault-free measurement runs.
 pub type CostBook = BTreeMap<TxnId, TxnCost>;
+
+/// Sends `msg` to `to` and counts it against `txn`.
+fn send_counted(
+    costs: &mut CostBook,
+    ctx: &mut Ctx<'_, TwoPcMsg, TwoPcTimer>,
+    txn: TxnId,
+    to: NodeId,
+    msg: TwoPcMsg,
+) {
+    costs.entry(txn).or_default().messages += 1;
+    ctx.send(to, msg);
+}
+
+/// Appends `record` to the node's log and counts the write, and whether the protocol
+/// forces it, against `txn`.
+fn log_counted<R: Serialize>(
+    costs: &mut CostBook,
+    ctx: &mut Ctx<'_, TwoPcMsg, TwoPcTimer>,
+    txn: TxnId,
+    record: &R,
+    forced: bool,
+) {
+    let cost = costs.entry(txn).or_default();
+    cost.log_writes += 1;
+    if forced {
+        cost.forced_writes += 1;
+    }
+    ctx.storage().append_value(record);
+}
 
 /// One simulated node: the coordinator or a participant. The simulator runs one actor
 /// type, so the two roles share this wrapper; on the network each is its own service.

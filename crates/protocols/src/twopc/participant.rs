@@ -7,7 +7,7 @@
 //! its log.
 
 use super::msg::{Decision, ParticipantRecord, PeerAnswer, TwoPcMsg, TwoPcTimer, TxnId};
-use super::{Bug, CostBook, TwoPcConfig};
+use super::{log_counted, send_counted, Bug, CostBook, TwoPcConfig};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -97,17 +97,11 @@ impl Participant {
     }
 
     fn send(&mut self, ctx: &mut Context<'_>, txn: TxnId, to: NodeId, msg: TwoPcMsg) {
-        self.costs.entry(txn).or_default().messages += 1;
-        ctx.send(to, msg);
+        send_counted(&mut self.costs, ctx, txn, to, msg);
     }
 
     fn log(&mut self, ctx: &mut Context<'_>, txn: TxnId, record: &ParticipantRecord, forced: bool) {
-        let cost = self.costs.entry(txn).or_default();
-        cost.log_writes += 1;
-        if forced {
-            cost.forced_writes += 1;
-        }
-        ctx.storage().append_value(record);
+        log_counted(&mut self.costs, ctx, txn, record, forced);
     }
 
     fn retry_delay(&self, ctx: &mut Context<'_>) -> Duration {
