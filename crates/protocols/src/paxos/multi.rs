@@ -702,6 +702,20 @@ impl MultiPaxos {
         self.reply_from_acceptor(ctx, from, MultiMsg::Promise { ballot, accepted });
     }
 
+    /// A message from the leader of `ballot`: nack it if this acceptor has promised a
+    /// higher ballot, else follow that leader. Returns whether the message may proceed.
+    fn follow(&mut self, ctx: &mut MultiCtx<'_>, from: NodeId, ballot: Ballot) -> bool {
+        if ballot < self.promised {
+            let promised = self.promised;
+            self.send(ctx, from, MultiMsg::Nack { ballot, promised });
+            return false;
+        }
+        self.step_down(ctx, ballot);
+        self.leader_hint = Some(ballot.node);
+        self.last_heard_leader = ctx.now();
+        true
+    }
+
     fn on_accept(
         &mut self,
         ctx: &mut MultiCtx<'_>,
@@ -710,13 +724,9 @@ impl MultiPaxos {
         slot: Slot,
         command: Command,
     ) {
-        if ballot < self.promised {
-            let promised = self.promised;
-            return self.send(ctx, from, MultiMsg::Nack { ballot, promised });
+        if !self.follow(ctx, from, ballot) {
+            return;
         }
-        self.step_down(ctx, ballot);
-        self.leader_hint = Some(ballot.node);
-        self.last_heard_leader = ctx.now();
         if self.accepted.get(&slot).map(|(b, _)| *b) != Some(ballot) {
             self.accept_locally(ctx, ballot, slot, command);
         }
@@ -740,13 +750,9 @@ impl MultiPaxos {
         ballot: Ballot,
         first_unchosen: Slot,
     ) {
-        if ballot < self.promised {
-            let promised = self.promised;
-            return self.send(ctx, from, MultiMsg::Nack { ballot, promised });
+        if !self.follow(ctx, from, ballot) {
+            return;
         }
-        self.step_down(ctx, ballot);
-        self.leader_hint = Some(ballot.node);
-        self.last_heard_leader = ctx.now();
         if self.first_unchosen() < first_unchosen {
             let from_slot = self.first_unchosen();
             self.send(ctx, from, MultiMsg::CatchUp { from: from_slot });
