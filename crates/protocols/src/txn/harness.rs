@@ -573,26 +573,16 @@ impl BankClients {
                 },
             ),
             Phase::Push => {
-                let Some((meta, _)) = t.blocker.clone() else {
+                let Some(push) = push_blocker(&t.blocker, now) else {
                     return;
                 };
-                (
-                    Route::Key(meta.anchor.clone()),
-                    RangeCommand::Push { txn: meta, now },
-                )
+                push
             }
             Phase::ResolveOther(status) => {
-                let Some((meta, key)) = t.blocker.clone() else {
+                let Some(resolve) = resolve_blocker(&t.blocker, status) else {
                     return;
                 };
-                (
-                    Route::Key(key.clone()),
-                    RangeCommand::Resolve {
-                        txn: meta.id,
-                        key,
-                        status,
-                    },
-                )
+                resolve
             }
         };
         self.send(ctl, client, route, command);
@@ -1387,6 +1377,35 @@ pub fn check_bank(sim: &Sim<Node>) -> Result<usize, String> {
 
 /// How long the faulty part of a bank run lasts.
 pub const BANK_FAULTS: Duration = Duration::from_secs(3);
+
+/// The command that pushes the record of the transaction whose intent blocked a client
+/// (`blocker`: its record and the key of the intent), sent to the record's range.
+pub(crate) fn push_blocker(
+    blocker: &Option<(TxnMeta, Key)>,
+    now: u64,
+) -> Option<(Route, RangeCommand)> {
+    let (meta, _) = blocker.clone()?;
+    Some((
+        Route::Key(meta.anchor.clone()),
+        RangeCommand::Push { txn: meta, now },
+    ))
+}
+
+/// The command that resolves the blocking intent as `status`, sent to the intent's range.
+pub(crate) fn resolve_blocker(
+    blocker: &Option<(TxnMeta, Key)>,
+    status: TxnStatus,
+) -> Option<(Route, RangeCommand)> {
+    let (meta, key) = blocker.clone()?;
+    Some((
+        Route::Key(key.clone()),
+        RangeCommand::Resolve {
+            txn: meta.id,
+            key,
+            status,
+        },
+    ))
+}
 
 /// The cluster every swarm scenario runs on: 3 or 5 nodes by the seed's parity, ranges
 /// splitting past 3 keys, the seed's fault mix and network, skewed drifting clocks.

@@ -18,7 +18,7 @@
 use super::{lease_key, lease_of_key, LeaseRecord, LEASE_END, LEASE_PREFIX};
 use crate::mvcc::LeaseId;
 use crate::raft::{RaftMsg, SessionId};
-use crate::txn::harness::{swarm_cluster, Node};
+use crate::txn::harness::{push_blocker, resolve_blocker, swarm_cluster, Node};
 use crate::txn::range::RangeState;
 use crate::txn::{
     Key, RangeCommand, RangeDescriptor, RangeId, RangeResult, Route, Timestamp, TxnId, TxnMeta,
@@ -372,27 +372,16 @@ impl LeaseClients {
                 )
             }
             Phase::Push => {
-                let Some((txn, _)) = op.blocker.clone() else {
+                let Some(push) = push_blocker(&op.blocker, ctl.now_nanos()) else {
                     return;
                 };
-                let now = ctl.now_nanos();
-                (
-                    Route::Key(txn.anchor.clone()),
-                    RangeCommand::Push { txn, now },
-                )
+                push
             }
             Phase::ResolveBlocker(status) => {
-                let Some((txn, key)) = op.blocker.clone() else {
+                let Some(resolve) = resolve_blocker(&op.blocker, status) else {
                     return;
                 };
-                (
-                    Route::Key(key.clone()),
-                    RangeCommand::Resolve {
-                        txn: txn.id,
-                        key,
-                        status,
-                    },
-                )
+                resolve
             }
         };
         self.send(ctl, id, route, command);
