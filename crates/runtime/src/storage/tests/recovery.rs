@@ -52,6 +52,17 @@ fn open_err(dir: &Path) -> StorageError {
     }
 }
 
+/// Twelve 60-byte records, each synced, in 256-byte segments; the segment files.
+fn twelve_synced_records(dir: &Path) -> Vec<PathBuf> {
+    let mut s = open(dir, &small_segments());
+    for i in 0..12u8 {
+        s.append(&[i; 60]);
+        s.sync().unwrap();
+    }
+    drop(s);
+    segment_files(dir)
+}
+
 #[test]
 fn a_torn_last_batch_is_cut_at_every_offset_and_nothing_synced_is_lost() {
     let base = tempfile::tempdir().unwrap();
@@ -248,14 +259,7 @@ fn a_damaged_length_field_in_the_middle_is_caught_by_the_marker_search() {
 #[test]
 fn damage_in_a_sealed_segment_is_an_error_even_at_its_end() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut s = open(dir.path(), &small_segments());
-        for i in 0..12u8 {
-            s.append(&[i; 60]);
-            s.sync().unwrap();
-        }
-    }
-    let files = segment_files(dir.path());
+    let files = twelve_synced_records(dir.path());
     assert!(files.len() >= 3);
     let sealed = &files[1];
     flip_byte(sealed, file_len(sealed) - 1);
@@ -377,14 +381,7 @@ fn a_crash_during_initialization_is_redone() {
 #[test]
 fn a_missing_segment_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut s = open(dir.path(), &small_segments());
-        for i in 0..12u8 {
-            s.append(&[i; 60]);
-            s.sync().unwrap();
-        }
-    }
-    let files = segment_files(dir.path());
+    let files = twelve_synced_records(dir.path());
     let missing = files[1].file_name().unwrap().to_str().unwrap().to_string();
     fs::remove_file(&files[1]).unwrap();
     match DiskStorage::open(dir.path(), small_segments()) {
@@ -404,14 +401,7 @@ fn a_missing_segment_is_an_error_naming_it() {
 #[test]
 fn swapped_or_emptied_segments_are_detected() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut s = open(dir.path(), &small_segments());
-        for i in 0..12u8 {
-            s.append(&[i; 60]);
-            s.sync().unwrap();
-        }
-    }
-    let files = segment_files(dir.path());
+    let files = twelve_synced_records(dir.path());
     let (a, b) = (fs::read(&files[1]).unwrap(), fs::read(&files[2]).unwrap());
     fs::write(&files[1], &b).unwrap();
     fs::write(&files[2], &a).unwrap();
