@@ -21,11 +21,12 @@ mod common;
 
 use common::etcd_ranges::{range_of, ranges};
 
+use common::etcdctl::{contending_locks_never_overlap, etcdctl_cmd};
 use common::{eventually, start_cluster_with};
 use etcd_client::{Client, ConnectOptions, WatchOptions};
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// The node (1-based) whose meta-group replica is the leader.
@@ -35,14 +36,6 @@ fn meta_leader(admin: &dyn Fn(u16) -> SocketAddr, alive: &[u16]) -> Option<u16> 
             .iter()
             .any(|r| r["serves_keys"] == false && r["role"] == "leader")
     })
-}
-
-fn etcdctl_cmd(endpoints: &str) -> Command {
-    let mut c = Command::new("etcdctl");
-    c.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg("--command-timeout=10s");
-    c
 }
 
 /// Run etcdctl; (success, stdout, stderr).
@@ -262,35 +255,7 @@ fn etcd_leases_locks_and_elections_work_over_ranges() {
     assert!(ttl.contains("already expired"), "{ttl}");
 
     // lock: two contending etcdctl lock processes never overlap.
-    let log = cluster.dir.join("lock.log");
-    let script = format!(
-        "echo in $$ >> {0}; sleep 0.5; echo out $$ >> {0}",
-        log.display()
-    );
-    let holders: Vec<Child> = (0..2)
-        .map(|_| {
-            etcdctl_cmd(e)
-                .args(["lock", "the-lock", "--", "sh", "-c", &script])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for h in holders {
-        assert!(h.wait_with_output().unwrap().status.success());
-    }
-    let entries = std::fs::read_to_string(&log).unwrap();
-    let entries: Vec<&str> = entries.lines().collect();
-    assert_eq!(entries.len(), 4, "{entries:?}");
-    for pair in entries.chunks(2) {
-        assert!(
-            pair[0].starts_with("in ")
-                && pair[1].starts_with("out ")
-                && pair[0][3..] == pair[1][4..],
-            "the critical sections overlap: {entries:?}"
-        );
-    }
+    contending_locks_never_overlap(e, &cluster.dir);
 
     // elect: the observer sees alpha, then beta when alpha resigns (SIGINT), then gamma
     // when beta's process is SIGKILLed (its session lease expires).

@@ -3,6 +3,7 @@
 
 // A driver-level test of real processes: wall-clock time is the point here.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+use common::etcdctl::{contending_locks_never_overlap, etcdctl_cmd};
 use common::start_cluster_ports;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,11 +16,7 @@ struct Etcdctl {
 
 impl Etcdctl {
     fn cmd(&self) -> Command {
-        let mut c = Command::new("etcdctl");
-        c.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoints))
-            .arg("--command-timeout=10s");
-        c
+        etcdctl_cmd(&self.endpoints)
     }
 
     /// Run etcdctl with `args` (and `stdin`), require success, return stdout.
@@ -197,34 +194,7 @@ fn etcdctl_works_against_a_three_node_cluster() {
     assert_eq!(text.matches("is healthy").count(), 3, "{text}");
 
     // lock: two contending etcdctl lock processes never overlap.
-    let log = cluster.dir.join("lock.log");
-    let script = format!(
-        "echo in $$ >> {0}; sleep 0.5; echo out $$ >> {0}",
-        log.display()
-    );
-    let holders: Vec<_> = (0..2)
-        .map(|_| {
-            e.cmd()
-                .args(["lock", "the-lock", "--", "sh", "-c", &script])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for h in holders {
-        assert!(h.wait_with_output().unwrap().status.success());
-    }
-    let entries = std::fs::read_to_string(&log).unwrap();
-    let entries: Vec<&str> = entries.lines().collect();
-    assert_eq!(entries.len(), 4, "{entries:?}");
-    for pair in entries.chunks(2) {
-        let (a, b) = (pair[0], pair[1]);
-        assert!(
-            a.starts_with("in ") && b.starts_with("out ") && a[3..] == b[4..],
-            "the critical sections overlap: {entries:?}"
-        );
-    }
+    contending_locks_never_overlap(&e.endpoints, &cluster.dir);
 
     // elect: an observer sees the leader change when the leader's process dies.
     let mut observer = e

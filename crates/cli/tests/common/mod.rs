@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub(crate) mod etcd_ranges;
+pub(crate) mod etcdctl;
 pub(crate) mod stream_job;
 
 /// A seed for a test's random schedule, from the clock; the test prints it so that a
