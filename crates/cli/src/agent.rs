@@ -315,12 +315,12 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/catalog/services", get(catalog_services))
-        .route("/v1/catalog/service/{name}", get(catalog_service))
+        .route("/v1/catalog/service/{name}", get(service_instances))
         .route(
             "/v1/catalog/service/{name}/{id}",
             put(register).delete(deregister),
         )
-        .route("/v1/health/service/{name}", get(health_service))
+        .route("/v1/health/service/{name}", get(service_instances))
         .route("/v1/agent/check/pass/{name}/{id}", put(check_pass))
         .route("/v1/agent/checks", get(agent_checks))
         .with_state(agent)
@@ -439,23 +439,9 @@ fn instances_json(agent: &Agent, name: &str, query: &BlockingQuery) -> serde_jso
     })
 }
 
-async fn catalog_service(
-    State(agent): State<Arc<Agent>>,
-    Path(name): Path<String>,
-    Query(pairs): Query<Vec<(String, String)>>,
-) -> Response {
-    let query = match BlockingQuery::parse(pairs) {
-        Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    if let Err(r) = block(&agent, &query).await {
-        return r;
-    }
-    let body = instances_json(&agent, &name, &query);
-    with_index(&agent, body)
-}
-
-async fn health_service(
+/// `GET /v1/catalog/service/{name}` and `GET /v1/health/service/{name}`: the agent keeps
+/// one view of a service's instances with their health, so both answer with it.
+async fn service_instances(
     State(agent): State<Arc<Agent>>,
     Path(name): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
