@@ -521,71 +521,38 @@ fn self_registered_backends_route_by_tag_and_weight_and_leave_within_their_ttl()
 
 #[test]
 fn svc_flags_get_clear_errors() {
-    let (code, _, err) = synod(&["svc", "register", "web", "--address", "nowhere"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("--address"), "{err}");
-    let (code, _, err) = synod(&["svc", "--etcd", "localhost", "list"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("no port"), "{err}");
-    let (code, _, err) = synod(&["svc", "heartbeat", "--lease", "zz"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("not a lease id"), "{err}");
-    let (code, _, err) = synod(&[
-        "svc",
-        "register",
-        "web",
-        "--address",
-        "127.0.0.1:1",
-        "--check",
-        "grpc",
-    ]);
-    assert_eq!(code, 2);
-    assert!(err.contains("use http, tcp or ttl"), "{err}");
-    let (code, _, err) = synod(&[
-        "svc",
-        "register",
-        "web",
-        "--address",
-        "127.0.0.1:1",
-        "--check",
-        "ttl",
-    ]);
-    assert_eq!(code, 2);
-    assert!(err.contains("--check-ttl"), "{err}");
-    let (code, _, err) = synod(&["svc", "register", "we/b", "--address", "127.0.0.1:1"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("must not contain '/'"), "{err}");
-    let (code, _, err) = synod(&[
-        "svc",
-        "register",
-        "web",
-        "--address",
-        "127.0.0.1:1",
-        "--meta",
-        "novalue",
-    ]);
-    assert_eq!(code, 2);
-    assert!(err.contains("key=value"), "{err}");
-    let (code, _, err) = synod(&[
-        "svc",
-        "register",
-        "web",
-        "--address",
-        "127.0.0.1:1",
-        "--keepalive",
-    ]);
-    assert_eq!(code, 2);
-    assert!(err.contains("--ttl"), "{err}");
-    let (code, _, err) = synod(&["svc", "list", "--tag", ""]);
-    assert_eq!(code, 2);
-    assert!(err.contains("not a tag"), "{err}");
-    let (code, _, err) = synod(&["mesh", "backend", "--register", "web", "--lease-ttl", "1s"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("at least 2s"), "{err}");
-    let (code, _, err) = synod(&["mesh", "proxy", "--config", "x.toml", "--tag", "a b"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("not a tag"), "{err}");
-    let (code, _, err) = synod(&["mesh", "agent", "--lease-ttl", "1s"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("at least 2s"), "{err}");
+    const REG: [&str; 5] = ["svc", "register", "web", "--address", "127.0.0.1:1"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> { [&REG[..], extra].concat() };
+    // Each command must exit with 2 and name what is wrong.
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["svc", "register", "web", "--address", "nowhere"],
+            "--address",
+        ),
+        (vec!["svc", "--etcd", "localhost", "list"], "no port"),
+        (vec!["svc", "heartbeat", "--lease", "zz"], "not a lease id"),
+        (with(&["--check", "grpc"]), "use http, tcp or ttl"),
+        (with(&["--check", "ttl"]), "--check-ttl"),
+        (
+            vec!["svc", "register", "we/b", "--address", "127.0.0.1:1"],
+            "must not contain '/'",
+        ),
+        (with(&["--meta", "novalue"]), "key=value"),
+        (with(&["--keepalive"]), "--ttl"),
+        (vec!["svc", "list", "--tag", ""], "not a tag"),
+        (
+            vec!["mesh", "backend", "--register", "web", "--lease-ttl", "1s"],
+            "at least 2s",
+        ),
+        (
+            vec!["mesh", "proxy", "--config", "x.toml", "--tag", "a b"],
+            "not a tag",
+        ),
+        (vec!["mesh", "agent", "--lease-ttl", "1s"], "at least 2s"),
+    ];
+    for (args, why) in cases {
+        let (code, _, err) = synod(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
 }
