@@ -15,6 +15,22 @@ struct Etcdctl {
 }
 
 impl Etcdctl {
+    /// etcdctl against all three nodes' client ports, once the cluster answers a put.
+    fn ready(client: &impl Fn(u16) -> std::net::SocketAddr) -> Etcdctl {
+        let endpoints = (1..=3)
+            .map(|i| client(i).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let e = Etcdctl { endpoints };
+        common::eventually("the cluster answers etcdctl", || {
+            e.cmd()
+                .args(["put", "ready", "1"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        e
+    }
+
     fn cmd(&self) -> Command {
         etcdctl_cmd(&self.endpoints)
     }
@@ -58,17 +74,7 @@ fn lines(s: &str) -> Vec<&str> {
 #[test]
 fn etcdctl_works_against_a_three_node_cluster() {
     let (cluster, _admin, client) = start_cluster_ports("etcdctl", 3);
-    let endpoints = (1..=3)
-        .map(|i| client(i).to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let e = Etcdctl { endpoints };
-    common::eventually("the cluster answers etcdctl", || {
-        e.cmd()
-            .args(["put", "ready", "1"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    let e = Etcdctl::ready(&client);
 
     // put and get, with --prefix, --rev, --keys-only, --limit, --sort-by and --order.
     let first = e.ok(&["put", "fruit/apple", "red", "-w", "json"], None);
@@ -268,17 +274,7 @@ fn etcdctl_works_against_a_three_node_cluster() {
 #[test]
 fn etcdctl_check_perf_small_load_passes() {
     let (_cluster, _admin, client) = start_cluster_ports("etcdctl-perf", 3);
-    let endpoints = (1..=3)
-        .map(|i| client(i).to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let e = Etcdctl { endpoints };
-    common::eventually("the cluster answers etcdctl", || {
-        e.cmd()
-            .args(["put", "ready", "1"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    let e = Etcdctl::ready(&client);
     let out = e
         .cmd()
         .args(["check", "perf", "--load=s"])
