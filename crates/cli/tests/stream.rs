@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::stream_job::{committed, restarts, windowed_counts, worker_pids};
+use common::stream_job::{assert_committed_as_a_clean_run, restarts, windowed_counts, worker_pids};
 use common::{clock_seed, scratch, synod, synod_cmd, Lcg};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -129,14 +129,11 @@ fn sigkilled_runs_commit_exactly_the_failure_free_output() {
     assert!(stdout.contains("verified"), "{stdout}");
     let mut clean_args = args(&clean);
     clean_args.push("--fresh".into());
-    let out = synod_cmd().args(&clean_args).output().expect("clean run");
-    assert!(out.status.success());
-    let (a, b) = (committed(&killed), committed(&clean));
-    assert!(!b.is_empty());
-    assert_eq!(a.len(), b.len(), "killed {kills} times (seed {seed})");
-    assert!(
-        a == b,
-        "committed output differs after {kills} kills (seed {seed})"
+    assert_committed_as_a_clean_run(
+        &killed,
+        &clean,
+        &clean_args,
+        &format!("{kills} kills (seed {seed})"),
     );
     let _ = std::fs::remove_dir_all(&killed);
     let _ = std::fs::remove_dir_all(&clean);
@@ -207,14 +204,11 @@ fn sigkilled_workers_commit_exactly_the_failure_free_output() {
     let restarts = restarts(&stdout);
     println!("{kills} kills, {restarts} restarts\n{stdout}");
     assert!(restarts >= 1, "no restart after {kills} kills: {stdout}");
-    let out = synod_cmd().args(args(&clean)).output().expect("clean run");
-    assert!(out.status.success());
-    let (a, b) = (committed(&multi), committed(&clean));
-    assert!(!b.is_empty());
-    assert_eq!(a.len(), b.len(), "killed {kills} times (seed {seed})");
-    assert!(
-        a == b,
-        "committed output differs after {kills} worker kills (seed {seed})"
+    assert_committed_as_a_clean_run(
+        &multi,
+        &clean,
+        &args(&clean),
+        &format!("{kills} worker kills (seed {seed})"),
     );
     let _ = std::fs::remove_dir_all(&multi);
     let _ = std::fs::remove_dir_all(&clean);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::stream_job::{committed, restarts, windowed_counts, worker_pids};
+use common::stream_job::{assert_committed_as_a_clean_run, restarts, windowed_counts, worker_pids};
 use common::{clock_seed, request, scratch, start_cluster, synod, synod_cmd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -143,12 +143,12 @@ fn a_sigkilled_node_leaves_the_committed_output_exactly_the_failure_free_one() {
     for pid in workers {
         assert!(!alive(pid), "worker {pid} still runs");
     }
-    let out = synod_cmd().args(args(&clean)).output().expect("clean run");
-    assert!(out.status.success());
-    let (a, b) = (committed(&job), committed(&clean));
-    assert!(!b.is_empty());
-    assert_eq!(a.len(), b.len(), "seed {seed}");
-    assert!(a == b, "committed output differs (seed {seed})");
+    assert_committed_as_a_clean_run(
+        &job,
+        &clean,
+        &args(&clean),
+        &format!("the kills of seed {seed}"),
+    );
 
     // The node's API refuses anything but a stream worker, and bad requests.
     // (The first victim runs again after `synod up`.)

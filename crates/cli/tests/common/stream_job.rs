@@ -61,3 +61,26 @@ pub(crate) fn restarts(stdout: &str) -> u32 {
         .and_then(|r| r.parse().ok())
         .unwrap_or(0)
 }
+
+/// Runs the job failure-free into `clean` with `clean_args` and requires the output
+/// committed in `dir` to be the same, line for line; `what` names the failures.
+pub(crate) fn assert_committed_as_a_clean_run(
+    dir: &Path,
+    clean: &Path,
+    clean_args: &[String],
+    what: &str,
+) {
+    let out = super::synod_cmd()
+        .args(clean_args)
+        .output()
+        .expect("clean run");
+    assert!(
+        out.status.success(),
+        "clean run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (committed(dir), committed(clean));
+    assert!(!b.is_empty(), "the clean run committed nothing");
+    assert_eq!(a.len(), b.len(), "{what}");
+    assert!(a == b, "committed output differs after {what}");
+}
