@@ -55,6 +55,40 @@ fn probe(t: &mut TestNode<Swim>) -> (NodeId, ProbeSeq) {
         .expect("a probe sends a ping")
 }
 
+/// An ack without piggybacked updates.
+fn ack(seq: ProbeSeq) -> SwimMsg {
+    SwimMsg::Ack {
+        seq,
+        updates: vec![],
+    }
+}
+
+/// A ping for `target` without piggybacked updates.
+fn ping(seq: ProbeSeq, target: NodeId) -> SwimMsg {
+    SwimMsg::Ping {
+        seq,
+        target,
+        updates: vec![],
+    }
+}
+
+/// A ping request for `target` without piggybacked updates.
+fn ping_req(seq: ProbeSeq, target: NodeId) -> SwimMsg {
+    SwimMsg::PingReq {
+        seq,
+        target,
+        updates: vec![],
+    }
+}
+
+/// `out` sends exactly one message: an ack of `seq` to `to`.
+fn assert_acks_only(out: &[Effect<SwimMsg, SwimTimer>], to: NodeId, seq: ProbeSeq) {
+    match sent(out).as_slice() {
+        [(n, SwimMsg::Ack { seq: s, .. })] if *n == to && *s == seq => {}
+        other => panic!("expected only an ack of {seq:?} to {to:?}, got {other:?}"),
+    }
+}
+
 fn all_updates(effects: &[Effect<SwimMsg, SwimTimer>]) -> Vec<Update> {
     sent(effects)
         .into_iter()
@@ -74,33 +108,10 @@ fn all_updates(effects: &[Effect<SwimMsg, SwimTimer>]) -> Vec<Update> {
 #[test]
 fn a_ping_is_answered_with_an_ack() {
     let mut t = node(1, 4, SwimConfig::default());
-    let out = t.deliver(
-        NodeId(0),
-        SwimMsg::Ping {
-            seq: ProbeSeq(9),
-            target: NodeId(1),
-            updates: vec![],
-        },
-    );
-    assert!(matches!(
-        sent(&out).as_slice(),
-        [(
-            NodeId(0),
-            SwimMsg::Ack {
-                seq: ProbeSeq(9),
-                ..
-            }
-        )]
-    ));
+    let out = t.deliver(NodeId(0), ping(ProbeSeq(9), NodeId(1)));
+    assert_acks_only(&out, NodeId(0), ProbeSeq(9));
     // A ping meant for another member (an old address) is not answered.
-    let out = t.deliver(
-        NodeId(0),
-        SwimMsg::Ping {
-            seq: ProbeSeq(10),
-            target: NodeId(3),
-            updates: vec![],
-        },
-    );
+    let out = t.deliver(NodeId(0), ping(ProbeSeq(10), NodeId(3)));
     assert!(sent(&out).is_empty());
 }
 
@@ -135,13 +146,7 @@ fn an_indirect_ack_saves_the_target() {
     let (target, seq) = probe(&mut t);
     t.fire(SwimTimer::ProbeTimeout);
     let helper = NodeId((target.0 % 5) + 1);
-    t.deliver(
-        helper,
-        SwimMsg::Ack {
-            seq,
-            updates: vec![],
-        },
-    );
+    t.deliver(helper, ack(seq));
     t.fire(SwimTimer::Probe);
     assert_eq!(t.actor.status_of(target), Some(MemberStatus::Alive));
 }
@@ -151,44 +156,15 @@ fn an_indirect_ack_saves_the_target() {
 #[test]
 fn a_helper_forwards_the_ack_or_nacks() {
     let mut t = node(1, 4, SwimConfig::default());
-    let out = t.deliver(
-        NodeId(0),
-        SwimMsg::PingReq {
-            seq: ProbeSeq(5),
-            target: NodeId(2),
-            updates: vec![],
-        },
-    );
+    let out = t.deliver(NodeId(0), ping_req(ProbeSeq(5), NodeId(2)));
     let mine = match sent(&out).as_slice() {
         [(NodeId(2), SwimMsg::Ping { seq, .. })] => *seq,
         other => panic!("expected a ping to n2, got {other:?}"),
     };
-    let out = t.deliver(
-        NodeId(2),
-        SwimMsg::Ack {
-            seq: mine,
-            updates: vec![],
-        },
-    );
-    assert!(matches!(
-        sent(&out).as_slice(),
-        [(
-            NodeId(0),
-            SwimMsg::Ack {
-                seq: ProbeSeq(5),
-                ..
-            }
-        )]
-    ));
+    let out = t.deliver(NodeId(2), ack(mine));
+    assert_acks_only(&out, NodeId(0), ProbeSeq(5));
     // A second request that the target never answers: a nack at the relay timeout.
-    let out = t.deliver(
-        NodeId(0),
-        SwimMsg::PingReq {
-            seq: ProbeSeq(6),
-            target: NodeId(3),
-            updates: vec![],
-        },
-    );
+    let out = t.deliver(NodeId(0), ping_req(ProbeSeq(6), NodeId(3)));
     let mine = match sent(&out).as_slice() {
         [(NodeId(3), SwimMsg::Ping { seq, .. })] => *seq,
         other => panic!("expected a ping to n3, got {other:?}"),
@@ -217,14 +193,7 @@ fn a_suspect_refutes_with_a_higher_incarnation() {
     assert_eq!(t.actor.incarnation(), Incarnation(1));
     assert_eq!(t.actor.counters().refutations, 1);
     let (_, _) = probe(&mut t);
-    let out = t.deliver(
-        NodeId(2),
-        SwimMsg::Ping {
-            seq: ProbeSeq(1),
-            target: NodeId(1),
-            updates: vec![],
-        },
-    );
+    let out = t.deliver(NodeId(2), ping(ProbeSeq(1), NodeId(1)));
     assert!(all_updates(&out).contains(&Update::Alive {
         node: NodeId(1),
         incarnation: Incarnation(1),
@@ -432,13 +401,7 @@ fn failed_probes_raise_local_health_and_slow_probing() {
         [(_, SwimMsg::Ping { seq, .. }), ..] => *seq,
         other => panic!("expected a ping, got {other:?}"),
     };
-    t.deliver(
-        NodeId(1),
-        SwimMsg::Ack {
-            seq,
-            updates: vec![],
-        },
-    );
+    t.deliver(NodeId(1), ack(seq));
     assert_eq!(t.actor.awareness(), 3);
     // Capped at awareness_max_multiplier − 1.
     for _ in 0..10 {
@@ -514,14 +477,7 @@ fn an_update_is_retransmitted_a_bounded_number_of_times() {
     for i in 0..20 {
         // Pings from others: each ack carries gossip, and no probe of ours fails (a
         // failure would queue newer news about n2 in place of this update).
-        let out = t.deliver(
-            NodeId(1 + i % 7),
-            SwimMsg::Ping {
-                seq: ProbeSeq(i.into()),
-                target: NodeId(0),
-                updates: vec![],
-            },
-        );
+        let out = t.deliver(NodeId(1 + i % 7), ping(ProbeSeq(i.into()), NodeId(0)));
         times += all_updates(&out)
             .iter()
             .filter(|u| {
@@ -565,13 +521,7 @@ fn bad_input_is_ignored_or_refused() {
     assert_eq!(t.actor.status_of(NodeId(9)), None);
     // Acks and nacks for probes never sent.
     t.deliver(NodeId(1), SwimMsg::Nack { seq: ProbeSeq(999) });
-    t.deliver(
-        NodeId(1),
-        SwimMsg::Ack {
-            seq: ProbeSeq(999),
-            updates: vec![],
-        },
-    );
+    t.deliver(NodeId(1), ack(ProbeSeq(999)));
     // A client asking for too much.
     let out = t.deliver(
         ClientId(1),
