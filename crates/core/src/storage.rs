@@ -91,6 +91,14 @@ pub trait Storage {
     fn delete_blob(&mut self, name: &[u8]) {
         self.delete(name);
     }
+
+    /// The names of the blobs that start with `prefix`, so that a protocol can sweep
+    /// the ones a crash left without a reference. A store that cannot list its blobs
+    /// returns none, and then nothing is swept.
+    fn blob_names(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        let _ = prefix;
+        Vec::new()
+    }
 }
 
 /// Typed helpers over any [`Storage`], encoding with the project codec.
@@ -264,6 +272,16 @@ impl Storage for MemStorage {
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.kv.get(key).cloned()
+    }
+
+    // Blobs live in the key-value space here (the trait's default).
+    fn blob_names(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        self.kv
+            .range(prefix.to_vec()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 
     fn delete(&mut self, key: &[u8]) {

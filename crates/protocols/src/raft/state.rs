@@ -1336,6 +1336,7 @@ impl<S: StateMachine> Actor for Raft<S> {
             self.last_applied = snapshot.index;
             self.snapshot = Some(snapshot);
         }
+        self.sweep_orphan_snapshots(ctx);
         self.refresh_membership();
         if self.log.last_term() > self.current_term {
             let why = format!(

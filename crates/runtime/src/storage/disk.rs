@@ -9,7 +9,7 @@ use super::wal::{
     self, decode_append_frame, segment_name, segment_start, Location, Positions, TailRepair,
 };
 use super::{StorageError, MAX_RECORD_BYTES};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -727,6 +727,9 @@ impl Storage for DiskStorage {
     /// directory fsync), so a blob has no size bound but the disk's and is never copied
     /// into segment headers.
     fn put_blob(&mut self, name: &[u8], data: &[u8]) {
+        // Deleted earlier in this batch and written again: the write wins (sync deletes
+        // the doomed after writing the pending).
+        self.doomed_blobs.retain(|n| n != name);
         self.pending_blobs.insert(name.to_vec(), data.to_vec());
         // A store written before blobs existed kept this value in the key-value space.
         self.delete(name);
@@ -736,6 +739,30 @@ impl Storage for DiskStorage {
         self.pending_blobs.remove(name);
         self.doomed_blobs.push(name.to_vec());
         self.delete(name);
+    }
+
+    fn blob_names(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        let dir = self.dir.join(BLOB_DIR);
+        let mut names: BTreeSet<Vec<u8>> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| blob_name(&e.file_name().to_string_lossy()))
+                .collect(),
+            Err(error) => {
+                // As for a failed read: poison, rather than sweep from a partial list.
+                self.fail(io::Error::other(format!(
+                    "listing {}: {error}",
+                    dir.display()
+                )));
+                return Vec::new();
+            }
+        };
+        names.extend(self.pending_blobs.keys().cloned());
+        for doomed in &self.doomed_blobs {
+            names.remove(doomed);
+        }
+        names.retain(|n| n.starts_with(prefix));
+        names.into_iter().collect()
     }
 
     fn get_blob(&self, name: &[u8]) -> Option<Vec<u8>> {
@@ -774,6 +801,18 @@ fn blob_file(name: &[u8]) -> String {
     }
     file.push_str(".blob");
     file
+}
+
+/// The blob a file holds, from its name (`blob_file`'s inverse); `None` for any other file.
+fn blob_name(file: &str) -> Option<Vec<u8>> {
+    let hex = file.strip_suffix(".blob")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Create the blob directory and delete writes a crash interrupted.

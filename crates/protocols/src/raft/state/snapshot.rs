@@ -18,9 +18,12 @@ pub(super) struct SnapshotMeta {
     blob: Vec<u8>,
 }
 
+/// What every snapshot blob's name starts with.
+const SNAPSHOT_BLOB_PREFIX: &str = "raft/snapshot/";
+
 /// The blob name of the snapshot whose last entry is `index`.
 fn snapshot_blob(index: LogIndex) -> Vec<u8> {
-    format!("raft/snapshot/{:020}", index.0).into_bytes()
+    format!("{SNAPSHOT_BLOB_PREFIX}{:020}", index.0).into_bytes()
 }
 
 impl<S: StateMachine> Raft<S> {
@@ -185,6 +188,19 @@ impl<S: StateMachine> Raft<S> {
                 .transpose()
                 .map_err(|e| format!("snapshot does not decode: {e}")),
             Err(e) => Err(format!("snapshot pointer does not decode: {e}")),
+        }
+    }
+
+    /// Delete the snapshot blobs nothing points at: a background snapshot whose process
+    /// died after writing its blob but before the batch that points at it, or a previous
+    /// snapshot whose deletion a crash cut short. Called at start, when no snapshot is in
+    /// flight, so every blob but the current one is garbage.
+    pub(super) fn sweep_orphan_snapshots(&mut self, ctx: &mut RaftCtx<'_, S>) {
+        let current = self.snapshot.as_ref().map(|s| snapshot_blob(s.index));
+        for name in ctx.storage().blob_names(SNAPSHOT_BLOB_PREFIX.as_bytes()) {
+            if Some(&name) != current.as_ref() {
+                ctx.storage().delete_blob(&name);
+            }
         }
     }
 

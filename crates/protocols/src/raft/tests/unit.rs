@@ -798,6 +798,52 @@ fn an_applied_prefix_is_snapshotted_compacted_and_restored_after_a_crash() {
 }
 
 #[test]
+fn a_snapshot_blob_a_crash_left_unreferenced_is_swept_at_restart() {
+    let snapshot_blobs = |storage: &synod_core::MemStorage| -> Vec<String> {
+        storage
+            .blob_names(b"raft/snapshot/")
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    };
+    let fresh = || Raft::new(snapshotting_config(3), KvStateMachine::default());
+    let mut node = TestNode::new(NodeId(1), fresh(), 7);
+    node.start();
+    let effects = node.deliver(
+        NodeId(0),
+        append(1, (0, 0), vec![put(1, 1, 5), put(1, 2, 6)], 2),
+    );
+    node.storage.sync();
+    // The background work made its blob durable; the batch pointing at it is not.
+    node.finish_background(&effects);
+    assert_eq!(
+        snapshot_blobs(&node.storage),
+        ["raft/snapshot/00000000000000000002"]
+    );
+    node.crash_and_restart(fresh());
+    assert_eq!(node.actor.snapshot_index(), LogIndex::ZERO);
+    node.storage.sync();
+    assert!(
+        snapshot_blobs(&node.storage).is_empty(),
+        "{:?}",
+        snapshot_blobs(&node.storage)
+    );
+    // The current snapshot's blob is kept across a restart.
+    let effects = node.deliver(NodeId(0), append(1, (2, 1), vec![put(1, 3, 7)], 3));
+    node.finish_background(&effects);
+    node.storage.sync();
+    let current = node.actor.snapshot_index();
+    assert!(current > LogIndex::ZERO);
+    node.crash_and_restart(fresh());
+    node.storage.sync();
+    assert_eq!(
+        snapshot_blobs(&node.storage),
+        [format!("raft/snapshot/{:020}", current.0)]
+    );
+    assert_eq!(node.actor.snapshot_index(), current);
+}
+
+#[test]
 fn a_snapshot_over_the_size_bound_is_not_stored_and_the_log_is_kept() {
     let mut config = snapshotting_config(3);
     config.max_snapshot_bytes = Some(1);

@@ -384,6 +384,50 @@ fn a_deleted_blob_goes_only_once_its_batch_is_durable() {
 }
 
 #[test]
+fn blob_names_list_durable_and_pending_blobs_by_prefix_but_not_deleted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions::default();
+    let names = |s: &DiskStorage, prefix: &[u8]| -> Vec<String> {
+        s.blob_names(prefix)
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    };
+    {
+        let mut s = open(dir.path(), &options);
+        (s.blob_writer())(b"raft/snapshot/7", b"orphan").unwrap();
+        s.put_blob(b"raft/snapshot/9", b"current");
+        s.put_blob(b"other/\xff", b"not a snapshot");
+        s.sync().unwrap();
+        s.put_blob(b"raft/snapshot/10", b"pending");
+        assert_eq!(
+            names(&s, b"raft/snapshot/"),
+            ["raft/snapshot/10", "raft/snapshot/7", "raft/snapshot/9"]
+        );
+        s.delete_blob(b"raft/snapshot/7");
+        assert_eq!(
+            names(&s, b"raft/snapshot/"),
+            ["raft/snapshot/10", "raft/snapshot/9"]
+        );
+        // Deleted and written again in one batch: the write wins.
+        s.delete_blob(b"raft/snapshot/9");
+        s.put_blob(b"raft/snapshot/9", b"again");
+        s.sync().unwrap();
+        assert_eq!(s.get_blob(b"raft/snapshot/9"), Some(b"again".to_vec()));
+    }
+    let s = open(dir.path(), &options);
+    assert_eq!(
+        names(&s, b"raft/snapshot/"),
+        ["raft/snapshot/10", "raft/snapshot/9"]
+    );
+    assert_eq!(
+        names(&s, b""),
+        ["other/\u{fffd}", "raft/snapshot/10", "raft/snapshot/9"]
+    );
+    assert!(s.failure().is_none());
+}
+
+#[test]
 fn a_blob_from_before_blobs_existed_is_read_from_the_key_space() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path(), &DiskOptions::default());
