@@ -34,8 +34,8 @@
 
 use super::checkpoint::{CheckpointCoordinator, CheckpointId, TaskId};
 use super::exec::{
-    complete_checkpoint, io_err, latest_complete, settle_pending, spawn_task, write_durable,
-    Cancelled, CompleteMarker, CreditReturn, Element, ExecConfig, ExecError, Inbox, JobReport,
+    check_shape, complete_checkpoint, io_err, latest_complete, settle_pending, spawn_task,
+    write_durable, Cancelled, CreditReturn, Element, ExecConfig, ExecError, Inbox, JobReport,
     Layout, Outlet, Progress, Shared, SourceTask, WindowTask, WriteJob,
 };
 use super::pipeline::Job;
@@ -309,16 +309,7 @@ pub fn run_manager(
     loop {
         let latest = latest_complete(&exec.dir)?;
         if let Some(c) = latest {
-            let marker = std::fs::read(layout.checkpoint(c).join("_COMPLETE"))
-                .map_err(io_err(&layout.checkpoint(c)))?;
-            let marker: CompleteMarker = postcard::from_bytes(&marker)
-                .map_err(|e| ExecError::Checkpoint(format!("{c} marker: {e}")))?;
-            if marker.sources != sources || marker.windows != windows {
-                return Err(ExecError::Checkpoint(format!(
-                    "{c} was taken with {} sources and {} window tasks, this job has {sources} and {windows}",
-                    marker.sources, marker.windows
-                )));
-            }
+            check_shape(&layout, c, sources, windows)?;
         }
         settle_pending(&layout, latest, true)?;
         token_seq += 1;

@@ -430,6 +430,27 @@ pub fn latest_complete(dir: &Path) -> Result<Option<CheckpointId>, ExecError> {
     Ok(best)
 }
 
+/// A restart resumes from checkpoint `c` only if it was taken with this job's shape: its
+/// state is partitioned by source and window task.
+pub(crate) fn check_shape(
+    layout: &Layout,
+    c: CheckpointId,
+    sources: usize,
+    windows: usize,
+) -> Result<(), ExecError> {
+    let marker =
+        fs::read(layout.checkpoint(c).join("_COMPLETE")).map_err(io_err(&layout.checkpoint(c)))?;
+    let marker: CompleteMarker = postcard::from_bytes(&marker)
+        .map_err(|e| ExecError::Checkpoint(format!("{c} marker: {e}")))?;
+    if marker.sources != sources || marker.windows != windows {
+        return Err(ExecError::Checkpoint(format!(
+            "{c} was taken with {} sources and {} window tasks, this job has {sources} and {windows}",
+            marker.sources, marker.windows
+        )));
+    }
+    Ok(())
+}
+
 /// Pending output files named `<checkpoint>-<rest>`: commit (rename) those of checkpoints
 /// up to `upto`, and with `discard_rest` delete the others. Both steps are idempotent.
 pub(crate) fn settle_pending(
@@ -533,16 +554,7 @@ where
     loop {
         let latest = latest_complete(&cfg.dir)?;
         if let Some(c) = latest {
-            let marker = fs::read(layout.checkpoint(c).join("_COMPLETE"))
-                .map_err(io_err(&layout.checkpoint(c)))?;
-            let marker: CompleteMarker = postcard::from_bytes(&marker)
-                .map_err(|e| ExecError::Checkpoint(format!("{c} marker: {e}")))?;
-            if marker.sources != sources || marker.windows != windows {
-                return Err(ExecError::Checkpoint(format!(
-                    "{c} was taken with {} sources and {} window tasks, this job has {sources} and {windows}",
-                    marker.sources, marker.windows
-                )));
-            }
+            check_shape(&layout, c, sources, windows)?;
         }
         settle_pending(&layout, latest, true)?;
         let attempt = report.restarts as usize;
