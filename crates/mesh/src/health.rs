@@ -157,24 +157,34 @@ pub struct HealthTracker {
     rto: RtoEstimator,
 }
 
+/// The failure detector and probe timeout of a check run every `interval`, shared by the
+/// agent's checks and the proxy's active checks.
+pub(crate) fn check_detectors(interval: Duration) -> (PhiAccrual, RtoEstimator) {
+    let phi = PhiAccrual::new(PhiConfig {
+        window: 100,
+        min_std_deviation: interval / 4,
+        // Check timers slip under load: half an interval of lateness is not evidence.
+        acceptable_pause: interval / 2,
+        first_interval_estimate: interval,
+    });
+    // RFC 6298's one-second floor suits the Internet, not a data centre; a floor of half
+    // an interval keeps a loaded machine's scheduling delays from failing checks.
+    let rto = RtoEstimator::new(RtoConfig {
+        initial: interval,
+        min: interval / 2,
+        max: interval * 2,
+        ..RtoConfig::default()
+    });
+    (phi, rto)
+}
+
 impl HealthTracker {
     /// A tracker for a check that starts at `now`, critical until it passes.
     pub fn new(settings: CheckSettings, now: Instant) -> Self {
-        let interval = settings.interval;
+        let (phi, rto) = check_detectors(settings.interval);
         HealthTracker {
-            phi: PhiAccrual::new(PhiConfig {
-                window: 100,
-                min_std_deviation: interval / 4,
-                // Timers slip under load: half an interval of lateness is not evidence.
-                acceptable_pause: interval / 2,
-                first_interval_estimate: interval,
-            }),
-            rto: RtoEstimator::new(RtoConfig {
-                initial: interval,
-                min: interval / 2,
-                max: interval * 2,
-                ..RtoConfig::default()
-            }),
+            phi,
+            rto,
             settings,
             streak: 0,
             passing: false,

@@ -11,8 +11,8 @@
 //! under the threshold, it is not ejected, and its breaker is not open.
 
 use crate::config::{CheckKind, Protocol, ProxyConfig, ServiceConfig};
-use crate::detect::{PhiAccrual, PhiConfig, RtoConfig, RtoEstimator};
-use crate::health::{probe, ProbeKind, ProbeResult};
+use crate::detect::{PhiAccrual, RtoEstimator};
+use crate::health::{check_detectors, probe, ProbeKind, ProbeResult};
 use crate::lb::{hash_str, Balancer, BalancerConfig, Strategy};
 use crate::resilience::{
     format_grpc_timeout, parse_grpc_timeout, parse_timeout_millis, Backoff, BreakerState,
@@ -542,6 +542,7 @@ impl Service {
                     kept.instance = instance.clone();
                     return kept;
                 }
+                let (phi, rto) = check_detectors(interval);
                 InstanceRuntime {
                     instance: instance.clone(),
                     label: Arc::from(instance.id.as_str()),
@@ -550,23 +551,8 @@ impl Service {
                     breaker: self.config.breaker_config().map(CircuitBreaker::new),
                     healthy: true,
                     streak: 0,
-                    phi: PhiAccrual::new(PhiConfig {
-                        window: 100,
-                        min_std_deviation: interval / 4,
-                        // Checks run on a timer whose ticks slip under load; half an
-                        // interval of lateness is not evidence.
-                        acceptable_pause: interval / 2,
-                        first_interval_estimate: interval,
-                    }),
-                    // RFC 6298's one-second floor suits the Internet, not a data centre; a
-                    // floor of half an interval keeps a loaded machine's scheduling delays
-                    // from failing checks.
-                    rto: RtoEstimator::new(RtoConfig {
-                        initial: interval,
-                        min: interval / 2,
-                        max: interval * 2,
-                        ..RtoConfig::default()
-                    }),
+                    phi,
+                    rto,
                     metrics: InstanceMetrics::new(&self.config.name, &instance.id),
                 }
             })
