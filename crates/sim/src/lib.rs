@@ -44,7 +44,8 @@ mod workload;
 pub use config::{ClockConfig, DiskConfig, FaultConfig, NetConfig, SimConfig};
 pub use sim::{stream_rng, Sim, SimFailure, SimStats};
 pub use swarm::{
-    assert_seeds, swarm, swarm_faults, swarm_net, SwarmFailure, SwarmOptions, SwarmReport,
+    assert_seeds, swarm, swarm_config, swarm_faults, swarm_net, SwarmFailure, SwarmOptions,
+    SwarmReport,
 };
 pub use trace::TraceEvent;
 pub use workload::{ClientCtl, Workload};

@@ -5,7 +5,7 @@
 //! seed itself: see [`swarm_faults`] and [`swarm_net`], which a protocol's scenario can
 //! use to pick its configuration from the seed.
 
-use crate::config::{FaultConfig, NetConfig};
+use crate::config::{ClockConfig, FaultConfig, NetConfig, SimConfig};
 use crate::sim::stream_rng;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
@@ -171,6 +171,20 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     } else {
         "unknown panic".to_string()
     }
+}
+
+/// The world a swarm run on `seed` lives in: `nodes` nodes, the seed's fault mix and
+/// network ([`swarm_faults`], [`swarm_net`]), and clocks skewed by up to 500 ms that drift
+/// by up to 200 ppm.
+pub fn swarm_config(seed: u64, nodes: u32) -> SimConfig {
+    let mut cfg = SimConfig::new(seed, nodes);
+    cfg.faults = swarm_faults(seed);
+    cfg.net = swarm_net(seed);
+    cfg.clocks = ClockConfig {
+        max_skew: Duration::from_millis(500),
+        max_drift_ppm: 200.0,
+    };
+    cfg
 }
 
 /// A fault mix drawn from `seed`: each kind of fault is on or off and weighted at random,

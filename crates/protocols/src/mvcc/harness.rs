@@ -17,7 +17,7 @@ use std::time::Duration;
 use synod_check::history::{Op, OpResult};
 use synod_check::linearizability::{check_kv, CheckResult};
 use synod_core::{ClientId, LogIndex, NodeId};
-use synod_sim::{swarm_faults, swarm_net, ClientCtl, ClockConfig, Sim, SimConfig, Workload};
+use synod_sim::{swarm_config, ClientCtl, Sim, Workload};
 
 /// Raft replicating the MVCC store.
 pub type MvccRaft = Raft<MvccStateMachine>;
@@ -374,13 +374,7 @@ fn scenario(seed: u64, seconds: u64, bug: Option<Bug>) -> Result<usize, String> 
         0 => 3,
         _ => 5,
     };
-    let mut cfg = SimConfig::new(seed, nodes);
-    cfg.faults = swarm_faults(seed);
-    cfg.net = swarm_net(seed);
-    cfg.clocks = ClockConfig {
-        max_skew: Duration::from_millis(500),
-        max_drift_ppm: 200.0,
-    };
+    let cfg = swarm_config(seed, nodes);
     let snapshots = (seed / 2) % 2 == 1;
     let mut sim = Sim::new(cfg, move |_me: NodeId| {
         let mut sm = MvccStateMachine::new(MvccConfig::default());

@@ -17,8 +17,8 @@ use synod_check::history::{Op, OpResult};
 use synod_check::linearizability::{check_kv, CheckResult};
 use synod_core::{ClientId, LogIndex, NodeId};
 use synod_sim::{
-    swarm_faults, swarm_net, ClientCtl, ClockConfig, FaultConfig, NetConfig, Sim, SimConfig,
-    Workload,
+    swarm_config, swarm_faults, swarm_net, ClientCtl, ClockConfig, FaultConfig, NetConfig, Sim,
+    SimConfig, Workload,
 };
 
 /// The Raft server every scenario runs: Raft over the KV state machine.
@@ -389,13 +389,7 @@ pub fn swarm_scenario(seed: u64, tweak: Tweak) -> Result<(), String> {
         0 => 3,
         _ => 5,
     };
-    let mut cfg = SimConfig::new(seed, nodes);
-    cfg.faults = swarm_faults(seed);
-    cfg.net = swarm_net(seed);
-    cfg.clocks = ClockConfig {
-        max_skew: Duration::from_millis(500),
-        max_drift_ppm: 200.0,
-    };
+    let cfg = swarm_config(seed, nodes);
     let mut sim = cluster(cfg, tweak);
     sim.set_workload(KvClients::new(4, Duration::from_secs(5), seed % 3 < 1));
     sim.run_for(Duration::from_secs(6))
@@ -438,13 +432,7 @@ pub fn membership_scenario(seed: u64, tweak: Tweak) -> Result<(), String> {
 /// Thesis §6.4.1: with leases on (and a drift bound of 1000 ppm above the simulator's
 /// 200 ppm), reads served from the lease stay linearizable under faults.
 pub fn lease_scenario(seed: u64, tweak: Tweak) -> Result<(), String> {
-    let mut cfg = SimConfig::new(seed, 3);
-    cfg.faults = swarm_faults(seed);
-    cfg.net = swarm_net(seed);
-    cfg.clocks = ClockConfig {
-        max_skew: Duration::from_millis(500),
-        max_drift_ppm: 200.0,
-    };
+    let cfg = swarm_config(seed, 3);
     let mut sim = Sim::new(cfg, move |_me: NodeId| {
         let mut config = test_config(3, false);
         config.lease_read_max_drift_ppm = Some(1000);

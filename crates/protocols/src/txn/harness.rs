@@ -20,10 +20,7 @@ use std::time::Duration;
 use synod_check::history::{History, Op, OpId, OpResult, Process};
 use synod_check::linearizability::{check_kv, CheckResult};
 use synod_core::{ClientId, NodeId};
-use synod_sim::{
-    swarm_faults, swarm_net, ClientCtl, ClockConfig, FaultConfig, NetConfig, Sim, SimConfig,
-    Workload,
-};
+use synod_sim::{swarm_config, ClientCtl, FaultConfig, NetConfig, Sim, SimConfig, Workload};
 
 /// The node every scenario runs.
 pub type Node = TxnNode;
@@ -1411,13 +1408,7 @@ pub(crate) fn resolve_blocker(
 /// splitting past 3 keys, the seed's fault mix and network, skewed drifting clocks.
 pub(crate) fn swarm_cluster(seed: u64, tweak: Tweak) -> Sim<Node> {
     let nodes = if seed & 1 == 0 { 3 } else { 5 };
-    let mut cfg = SimConfig::new(seed, nodes);
-    cfg.faults = swarm_faults(seed);
-    cfg.net = swarm_net(seed);
-    cfg.clocks = ClockConfig {
-        max_skew: Duration::from_millis(500),
-        max_drift_ppm: 200.0,
-    };
+    let cfg = swarm_config(seed, nodes);
     cluster(cfg, test_config(nodes, 3), tweak)
 }
 
