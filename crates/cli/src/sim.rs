@@ -289,10 +289,7 @@ fn durability(a: DurabilityArgs) -> Result<ExitCode> {
             .map_err(|f| f.to_string())
     };
     let flag = if unsynced { " --unsynced" } else { "" };
-    let opts = SwarmOptions {
-        threads: a.threads.unwrap_or_else(|| SwarmOptions::default().threads),
-        ..SwarmOptions::default()
-    };
+    let opts = SwarmOptions::with_threads(a.threads);
     let report = synod_sim::swarm(
         a.first_seed..a.first_seed.saturating_add(a.seeds),
         &opts,

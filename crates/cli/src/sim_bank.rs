@@ -52,10 +52,7 @@ fn threads(s: &str) -> Result<usize, String> {
 }
 
 pub(crate) fn run(a: BankArgs) -> Result<ExitCode> {
-    let opts = SwarmOptions {
-        threads: a.threads.unwrap_or_else(|| SwarmOptions::default().threads),
-        ..SwarmOptions::default()
-    };
+    let opts = SwarmOptions::with_threads(a.threads);
     let started = std::time::Instant::now();
     let watch = a.watch;
     let report = synod_sim::swarm(

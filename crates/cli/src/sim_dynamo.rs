@@ -153,10 +153,7 @@ pub(crate) fn run_cli(a: DynamoArgs) -> Result<ExitCode> {
         "reaped",
         "left"
     );
-    let opts = SwarmOptions {
-        threads: a.threads.unwrap_or_else(|| SwarmOptions::default().threads),
-        ..SwarmOptions::default()
-    };
+    let opts = SwarmOptions::with_threads(a.threads);
     let mut failed = Vec::new();
     for mix in mixes(a.faults) {
         let outcomes: Mutex<Vec<Outcome>> = Mutex::new(Vec::new());

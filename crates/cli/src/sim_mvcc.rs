@@ -55,10 +55,7 @@ pub(crate) fn run(a: MvccArgs) -> Result<ExitCode> {
         Ok(())
     };
     let flag = if stale { " --stale-reads" } else { "" };
-    let opts = SwarmOptions {
-        threads: a.threads.unwrap_or_else(|| SwarmOptions::default().threads),
-        ..SwarmOptions::default()
-    };
+    let opts = SwarmOptions::with_threads(a.threads);
     let report = synod_sim::swarm(
         a.first_seed..a.first_seed.saturating_add(a.seeds),
         &opts,

@@ -61,10 +61,7 @@ fn run_seed(scenario: Scenario, seed: u64) -> Result<(), String> {
 /// Every seed checks Election Safety, Log Matching, Leader Completeness and State
 /// Machine Safety after every event, and the client history for linearizability.
 pub(crate) fn run(a: RaftArgs) -> Result<ExitCode> {
-    let opts = SwarmOptions {
-        threads: a.threads.unwrap_or_else(|| SwarmOptions::default().threads),
-        ..SwarmOptions::default()
-    };
+    let opts = SwarmOptions::with_threads(a.threads);
     let scenario = a.scenario;
     let name = scenario
         .to_possible_value()

@@ -205,10 +205,7 @@ pub(crate) fn run(a: TwoPcArgs) -> Result<ExitCode> {
         "unc. max",
         "end after"
     );
-    let opts = SwarmOptions {
-        threads: a.threads.unwrap_or_else(|| SwarmOptions::default().threads),
-        ..SwarmOptions::default()
-    };
+    let opts = SwarmOptions::with_threads(a.threads);
     for mix in a.mixes() {
         let reports: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
         let scenario = |seed: u64| -> Result<(), String> {

@@ -69,6 +69,17 @@ impl Default for SwarmOptions {
     }
 }
 
+impl SwarmOptions {
+    /// The defaults, on `threads` worker threads if given (a command's `--threads`).
+    pub fn with_threads(threads: Option<usize>) -> Self {
+        let defaults = SwarmOptions::default();
+        SwarmOptions {
+            threads: threads.unwrap_or(defaults.threads),
+            ..defaults
+        }
+    }
+}
+
 /// Run `scenario` for every seed in `seeds` on `opts.threads` threads. `replay(seed)` gives
 /// the command line that replays a seed; each failure is printed with it as it happens.
 pub fn swarm<F, R>(seeds: Range<u64>, opts: &SwarmOptions, scenario: F, replay: R) -> SwarmReport
