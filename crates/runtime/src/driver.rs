@@ -417,6 +417,7 @@ struct ActorTask<A: Actor> {
 impl<A: Actor> ActorTask<A> {
     async fn run(mut self, mut inbox: mpsc::Receiver<Command<A::Msg>>) -> Result<(), DriverError> {
         self.handle(|a, ctx| a.on_start(ctx));
+        self.handle(|a, ctx| a.on_batch_end(ctx));
         self.commit()?;
         let mut batch = Vec::with_capacity(self.config.max_batch);
         loop {
@@ -453,6 +454,7 @@ impl<A: Actor> ActorTask<A> {
                 self.apply(cmd);
             }
             self.fire_due_timers();
+            self.handle(|a, ctx| a.on_batch_end(ctx));
             self.commit()?;
         }
     }

@@ -245,6 +245,8 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     // message's copy on the leader's actor short.
     raft_cfg.snapshot_chunk_bytes = 1 << 20;
     raft_cfg.follower_proposals = crate::node_runtime::follower_proposals();
+    // One AppendEntries per follower per group-commit batch (docs/etcdperf.md, session 8).
+    raft_cfg.replicate_at_batch_end = !crate::node_runtime::replicate_per_write();
     let raft = services.spawn(
         "raft",
         placement(service::RAFT),

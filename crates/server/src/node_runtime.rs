@@ -4,7 +4,9 @@
 //! `bench/etcd-cpu-per-write.sh`): `SYNOD_WORKER_THREADS` (default: one per core),
 //! `SYNOD_EVENT_INTERVAL` (ticks between I/O polls; tokio's default 61) and
 //! `SYNOD_GLOBAL_QUEUE_INTERVAL`, and `SYNOD_FOLLOWER_PROPOSALS=1` (followers propose
-//! writes through Raft instead of forwarding them to the leader's gateway).
+//! writes through Raft instead of forwarding them to the leader's gateway), and
+//! `SYNOD_REPLICATE_PER_WRITE=1` (the leader sends `AppendEntries` after every client
+//! write, as before session 8, instead of once per group-commit batch).
 
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     let value = std::env::var(name).ok()?;
@@ -40,4 +42,10 @@ pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
 pub fn follower_proposals() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SYNOD_FOLLOWER_PROPOSALS").is_ok_and(|v| v == "1"))
+}
+
+/// Whether the leader replicates after every client write (the behaviour before
+/// `RaftConfig::replicate_at_batch_end`), for A/B runs: `SYNOD_REPLICATE_PER_WRITE=1`.
+pub fn replicate_per_write() -> bool {
+    std::env::var("SYNOD_REPLICATE_PER_WRITE").is_ok_and(|v| v == "1")
 }
