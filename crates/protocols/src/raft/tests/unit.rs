@@ -598,10 +598,7 @@ fn a_leader_deposed_within_the_batch_replicates_nothing_at_its_end() {
     node.deliver(NodeId(1), ack(term, 1));
     let mut batch = write_batch(1);
     // A newer leader's heartbeat in the same batch, after the writes.
-    batch.push((
-        NodeId(2).into(),
-        append(term.0 + 1, (0, 0), Vec::new(), 0),
-    ));
+    batch.push((NodeId(2).into(), append(term.0 + 1, (0, 0), Vec::new(), 0)));
     let effects = node.deliver_batch(batch);
     assert_eq!(node.actor.role(), Role::Follower);
     assert!(entries_sent(&sent_to(&effects, 1)).is_empty());
