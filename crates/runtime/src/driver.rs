@@ -33,6 +33,14 @@ pub trait SyncStorage: Storage + Send {
     /// output leaves. An error is fatal for the node.
     fn sync(&mut self) -> std::io::Result<bool>;
 
+    /// Whether [`SyncStorage::sync`] may block on the disk now. When it may not (a batch
+    /// that wrote nothing), the driver calls it on the worker thread directly instead of
+    /// inside `block_in_place`, which hands the worker's run queue to another thread: two
+    /// or more context switches per batch, paid even by a batch of acknowledgements.
+    fn sync_may_block(&self) -> bool {
+        true
+    }
+
     /// A writer that makes a blob durable from another thread, for
     /// [`Effect::Background`] work; `None` if only the actor's thread can write.
     fn blob_writer(&self) -> Option<BlobWriter> {
@@ -598,8 +606,13 @@ impl<A: Actor> ActorTask<A> {
             });
         }
         let started = std::time::Instant::now();
-        // fdatasync blocks; keep the other actors' worker threads running meanwhile.
-        let result = tokio::task::block_in_place(|| self.storage.sync());
+        // fdatasync blocks; keep the other actors' worker threads running meanwhile. A
+        // batch with nothing to write still calls sync (to see a failed store), inline.
+        let result = if self.storage.sync_may_block() {
+            tokio::task::block_in_place(|| self.storage.sync())
+        } else {
+            self.storage.sync()
+        };
         match result {
             Err(source) => {
                 tracing::error!(service = self.service, error = %source, "storage sync failed; stopping");
@@ -679,6 +692,10 @@ impl SyncStorage for crate::storage::DiskStorage {
         metrics::counter!("synod_wal_bytes_total").increment(stats.bytes);
         metrics::counter!("synod_wal_records_total").increment(stats.records);
         Ok(stats.records > 0 || stats.blobs > 0)
+    }
+
+    fn sync_may_block(&self) -> bool {
+        crate::storage::DiskStorage::sync_may_block(self)
     }
 
     fn blob_writer(&self) -> Option<BlobWriter> {
