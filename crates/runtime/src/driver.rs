@@ -56,6 +56,14 @@ pub trait SyncStorage: Storage + Send {
     }
 }
 
+/// `SYNOD_SYNC_ALWAYS_BLOCKING=1` puts every batch's sync inside `block_in_place`, as
+/// before [`SyncStorage::sync_may_block`]: a knob for A/B runs of one binary
+/// (`bench/etcd-cpu-per-write.sh`), read once.
+fn always_block_in_place() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SYNOD_SYNC_ALWAYS_BLOCKING").is_ok_and(|v| v == "1"))
+}
+
 /// Writes a blob durably (fsynced) from any thread.
 pub type BlobWriter = Arc<dyn Fn(&[u8], &[u8]) -> std::io::Result<()> + Send + Sync>;
 
@@ -608,7 +616,7 @@ impl<A: Actor> ActorTask<A> {
         let started = std::time::Instant::now();
         // fdatasync blocks; keep the other actors' worker threads running meanwhile. A
         // batch with nothing to write still calls sync (to see a failed store), inline.
-        let result = if self.storage.sync_may_block() {
+        let result = if self.storage.sync_may_block() || always_block_in_place() {
             tokio::task::block_in_place(|| self.storage.sync())
         } else {
             self.storage.sync()
