@@ -26,7 +26,7 @@ kill $VM $TL 2>/dev/null
 echo "cpu after: $(cpu)" >>"$OUT/summary"
 echo "load after: $(uptime)" >>"$OUT/summary"
 for a in 22201 22202 22203; do  # batches vs syncs: how many batches wrote nothing
-    curl -s localhost:$a/metrics | grep -E '^synod_actor_(batches|syncs)_total' | tr '\n' ' ' >>"$OUT/summary"; echo >>"$OUT/summary"
+    curl -s localhost:$a/metrics | grep -E '^synod_actor_(batches|syncs)_total\{.*raft|^synod_fsync_seconds_(sum|count)' | tr '\n' ' ' >>"$OUT/summary"; echo >>"$OUT/summary"
 done
 $S down --dir $D/c >/dev/null 2>&1; rm -rf $D
 tr "\r" "\n" <"$OUT/checkperf" | grep -v "^ *[0-9]* / 60" | tail -n 6; cat "$OUT/summary"
