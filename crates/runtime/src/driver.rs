@@ -64,6 +64,18 @@ fn always_block_in_place() -> bool {
     *ON.get_or_init(|| std::env::var("SYNOD_SYNC_ALWAYS_BLOCKING").is_ok_and(|v| v == "1"))
 }
 
+/// `SYNOD_GROUP_COMMIT_US=N`: before syncing a batch that wrote something, wait N µs
+/// (tokio's timer rounds up to 1 ms) and take what arrived meanwhile into the same sync.
+/// An experiment for A/B runs (`bench/etcd-cpu-per-write.sh`): under `check perf
+/// --load=l` a leader fsyncs every 3.5 writes (docs/etcdperf.md, session 8b). Read once.
+fn group_commit_wait() -> Option<std::time::Duration> {
+    static WAIT: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *WAIT.get_or_init(|| {
+        let us: u64 = std::env::var("SYNOD_GROUP_COMMIT_US").ok()?.parse().ok()?;
+        (us > 0).then(|| std::time::Duration::from_micros(us))
+    })
+}
+
 /// Writes a blob durably (fsynced) from any thread.
 pub type BlobWriter = Arc<dyn Fn(&[u8], &[u8]) -> std::io::Result<()> + Send + Sync>;
 
@@ -468,6 +480,19 @@ impl<A: Actor> ActorTask<A> {
             metrics::histogram!("synod_batch_inputs").record(batch.len() as f64);
             for cmd in batch.drain(..) {
                 self.apply(cmd);
+            }
+            if let Some(wait) = group_commit_wait().filter(|_| self.storage.sync_may_block()) {
+                // Let more writes join this batch's fdatasync (an experiment, off by default).
+                tokio::time::sleep(wait).await;
+                while batch.len() < self.config.max_batch {
+                    match inbox.try_recv() {
+                        Ok(cmd) => batch.push(cmd),
+                        Err(_) => break,
+                    }
+                }
+                for cmd in batch.drain(..) {
+                    self.apply(cmd);
+                }
             }
             self.fire_due_timers();
             self.handle(|a, ctx| a.on_batch_end(ctx));
