@@ -43,6 +43,12 @@ pub trait Actor: Send + 'static {
 
     /// A timer set with [`Ctx::set_timer`] fired.
     fn on_timer(&mut self, ctx: &mut Ctx<'_, Self::Msg, Self::Timer>, timer: Self::Timer);
+
+    /// Every input of one batch has been handled and the batch's sync comes next. A
+    /// driver that does not batch calls it after every input. Work deferred to here is
+    /// done once per batch instead of once per input (Raft sends one `AppendEntries` for
+    /// a batch of client writes instead of one per write).
+    fn on_batch_end(&mut self, _ctx: &mut Ctx<'_, Self::Msg, Self::Timer>) {}
 }
 
 /// What a handler asked the driver to do. Drivers apply effects in the order recorded.

@@ -56,6 +56,8 @@ impl<A: Actor> TestNode<A> {
             &mut effects,
         );
         f(&mut self.actor, &mut ctx);
+        // Every step is a batch of one input.
+        self.actor.on_batch_end(&mut ctx);
         effects
     }
 
@@ -68,6 +70,16 @@ impl<A: Actor> TestNode<A> {
     pub fn deliver(&mut self, from: impl Into<Endpoint>, msg: A::Msg) -> Effects<A> {
         let from = from.into();
         self.step(|a, ctx| a.on_message(ctx, from, msg))
+    }
+
+    /// Deliver several messages as one batch: [`Actor::on_batch_end`] runs once, after
+    /// the last (as a driver does for the inputs it drained from the inbox together).
+    pub fn deliver_batch(&mut self, inputs: Vec<(Endpoint, A::Msg)>) -> Effects<A> {
+        self.step(|a, ctx| {
+            for (from, msg) in inputs {
+                a.on_message(ctx, from, msg);
+            }
+        })
     }
 
     /// Call [`Actor::on_timer`].

@@ -33,6 +33,14 @@ pub trait SyncStorage: Storage + Send {
     /// output leaves. An error is fatal for the node.
     fn sync(&mut self) -> std::io::Result<bool>;
 
+    /// Whether [`SyncStorage::sync`] may block on the disk now. When it may not (a batch
+    /// that wrote nothing), the driver calls it on the worker thread directly instead of
+    /// inside `block_in_place`, which hands the worker's run queue to another thread: two
+    /// or more context switches per batch, paid even by a batch of acknowledgements.
+    fn sync_may_block(&self) -> bool {
+        true
+    }
+
     /// A writer that makes a blob durable from another thread, for
     /// [`Effect::Background`] work; `None` if only the actor's thread can write.
     fn blob_writer(&self) -> Option<BlobWriter> {
@@ -46,6 +54,26 @@ pub trait SyncStorage: Storage + Send {
         self.put_blob(name, data);
         self.sync().map(|_| ())
     }
+}
+
+/// `SYNOD_SYNC_ALWAYS_BLOCKING=1` puts every batch's sync inside `block_in_place`, as
+/// before [`SyncStorage::sync_may_block`]: a knob for A/B runs of one binary
+/// (`bench/etcd-cpu-per-write.sh`), read once.
+fn always_block_in_place() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SYNOD_SYNC_ALWAYS_BLOCKING").is_ok_and(|v| v == "1"))
+}
+
+/// `SYNOD_GROUP_COMMIT_US=N`: before syncing a batch that wrote something, wait N µs
+/// (tokio's timer rounds up to 1 ms) and take what arrived meanwhile into the same sync.
+/// An experiment for A/B runs (`bench/etcd-cpu-per-write.sh`): under `check perf
+/// --load=l` a leader fsyncs every 3.5 writes (docs/etcdperf.md, session 8b). Read once.
+fn group_commit_wait() -> Option<std::time::Duration> {
+    static WAIT: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *WAIT.get_or_init(|| {
+        let us: u64 = std::env::var("SYNOD_GROUP_COMMIT_US").ok()?.parse().ok()?;
+        (us > 0).then(|| std::time::Duration::from_micros(us))
+    })
 }
 
 /// Writes a blob durably (fsynced) from any thread.
@@ -417,6 +445,7 @@ struct ActorTask<A: Actor> {
 impl<A: Actor> ActorTask<A> {
     async fn run(mut self, mut inbox: mpsc::Receiver<Command<A::Msg>>) -> Result<(), DriverError> {
         self.handle(|a, ctx| a.on_start(ctx));
+        self.handle(|a, ctx| a.on_batch_end(ctx));
         self.commit()?;
         let mut batch = Vec::with_capacity(self.config.max_batch);
         loop {
@@ -452,7 +481,21 @@ impl<A: Actor> ActorTask<A> {
             for cmd in batch.drain(..) {
                 self.apply(cmd);
             }
+            if let Some(wait) = group_commit_wait().filter(|_| self.storage.sync_may_block()) {
+                // Let more writes join this batch's fdatasync (an experiment, off by default).
+                tokio::time::sleep(wait).await;
+                while batch.len() < self.config.max_batch {
+                    match inbox.try_recv() {
+                        Ok(cmd) => batch.push(cmd),
+                        Err(_) => break,
+                    }
+                }
+                for cmd in batch.drain(..) {
+                    self.apply(cmd);
+                }
+            }
             self.fire_due_timers();
+            self.handle(|a, ctx| a.on_batch_end(ctx));
             self.commit()?;
         }
     }
@@ -596,8 +639,13 @@ impl<A: Actor> ActorTask<A> {
             });
         }
         let started = std::time::Instant::now();
-        // fdatasync blocks; keep the other actors' worker threads running meanwhile.
-        let result = tokio::task::block_in_place(|| self.storage.sync());
+        // fdatasync blocks; keep the other actors' worker threads running meanwhile. A
+        // batch with nothing to write still calls sync (to see a failed store), inline.
+        let result = if self.storage.sync_may_block() || always_block_in_place() {
+            tokio::task::block_in_place(|| self.storage.sync())
+        } else {
+            self.storage.sync()
+        };
         match result {
             Err(source) => {
                 tracing::error!(service = self.service, error = %source, "storage sync failed; stopping");
@@ -677,6 +725,10 @@ impl SyncStorage for crate::storage::DiskStorage {
         metrics::counter!("synod_wal_bytes_total").increment(stats.bytes);
         metrics::counter!("synod_wal_records_total").increment(stats.records);
         Ok(stats.records > 0 || stats.blobs > 0)
+    }
+
+    fn sync_may_block(&self) -> bool {
+        crate::storage::DiskStorage::sync_may_block(self)
     }
 
     fn blob_writer(&self) -> Option<BlobWriter> {

@@ -4,7 +4,11 @@
 //! `bench/etcd-cpu-per-write.sh`): `SYNOD_WORKER_THREADS` (default: one per core),
 //! `SYNOD_EVENT_INTERVAL` (ticks between I/O polls; tokio's default 61) and
 //! `SYNOD_GLOBAL_QUEUE_INTERVAL`, and `SYNOD_FOLLOWER_PROPOSALS=1` (followers propose
-//! writes through Raft instead of forwarding them to the leader's gateway).
+//! writes through Raft instead of forwarding them to the leader's gateway), and
+//! `SYNOD_REPLICATE_PER_WRITE=1` (the leader sends `AppendEntries` after every client
+//! write, as before session 8, instead of once per group-commit batch),
+//! `SYNOD_APPEND_ENTRIES` and `SYNOD_APPEND_IN_FLIGHT` (Raft's entries per
+//! `AppendEntries` and requests in flight per follower; before session 8: 64 and 8).
 
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     let value = std::env::var(name).ok()?;
@@ -40,4 +44,18 @@ pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
 pub fn follower_proposals() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SYNOD_FOLLOWER_PROPOSALS").is_ok_and(|v| v == "1"))
+}
+
+/// Whether the leader replicates after every client write (the behaviour before
+/// `RaftConfig::replicate_at_batch_end`), for A/B runs: `SYNOD_REPLICATE_PER_WRITE=1`.
+pub fn replicate_per_write() -> bool {
+    std::env::var("SYNOD_REPLICATE_PER_WRITE").is_ok_and(|v| v == "1")
+}
+
+/// Raft's most entries per `AppendEntries` and most requests in flight per follower:
+/// 4096 and 32 unless `SYNOD_APPEND_ENTRIES` / `SYNOD_APPEND_IN_FLIGHT` say otherwise.
+pub fn append_limits() -> (usize, usize) {
+    let entries = env_number::<usize>("SYNOD_APPEND_ENTRIES").filter(|&n| n > 0);
+    let in_flight = env_number::<usize>("SYNOD_APPEND_IN_FLIGHT").filter(|&n| n > 0);
+    (entries.unwrap_or(4096), in_flight.unwrap_or(32))
 }

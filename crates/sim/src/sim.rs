@@ -708,6 +708,8 @@ impl<A: Actor> Sim<A> {
                 &mut effects,
             );
             f(actor, &mut ctx);
+            // The simulator delivers one input at a time: each is its own batch.
+            actor.on_batch_end(&mut ctx);
         }
         if slot.storage.pending_writes() != writes_before {
             slot.open_dirty = true;

@@ -369,9 +369,13 @@ pub fn cluster(cfg: SimConfig, tweak: Tweak) -> Sim<Kv> {
 pub fn cluster_of(cfg: SimConfig, voters: u32, tweak: Tweak) -> Sim<Kv> {
     let snapshots = (cfg.seed / 2) % 2 == 1;
     let proposals = (cfg.seed / 4) % 2 == 1;
+    let batched = (cfg.seed / 8) % 2 == 1;
     let mut sim = Sim::new(cfg, move |_me: NodeId| {
         let mut config = test_config(voters, snapshots);
         config.follower_proposals = proposals;
+        // The simulator ends a batch after every input, so this covers the deferred
+        // path without changing when messages leave.
+        config.replicate_at_batch_end = batched;
         let mut raft = Raft::new(config, KvStateMachine::default());
         tweak(&mut raft);
         raft

@@ -290,6 +290,13 @@ pub struct RaftConfig {
     /// has applied on its own state machine, as etcd's followers do. Off: a follower
     /// answers `NotLeader` and the client goes to the leader.
     pub follower_proposals: bool,
+    /// A leader replicates new client writes once per input batch
+    /// ([`synod_core::Actor::on_batch_end`]) rather than once per write: the writes of a
+    /// batch leave in one `AppendEntries` per follower instead of filling the pipeline
+    /// window with one-entry requests (etcd batches proposals per `Ready` the same way).
+    /// Only for drivers that call `on_batch_end`; when replication happens changes no
+    /// safety argument, only how many messages carry the same entries.
+    pub replicate_at_batch_end: bool,
 }
 
 impl RaftConfig {
@@ -313,6 +320,7 @@ impl RaftConfig {
             lease_read_max_drift_ppm: None,
             max_sessions: 100_000,
             follower_proposals: false,
+            replicate_at_batch_end: false,
         }
     }
 }

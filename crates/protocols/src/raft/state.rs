@@ -185,6 +185,9 @@ pub struct Raft<S: StateMachine> {
     /// The last heartbeat round started for reads.
     read_round: u64,
     waiting: BTreeMap<LogIndex, Waiting>,
+    /// Client writes appended in this batch and not yet replicated
+    /// (`RaftConfig::replicate_at_batch_end`).
+    replicate_pending: bool,
     /// Follower proposals awaiting their entry, by session (one write in flight each).
     proposed: BTreeMap<SessionId, Proposed>,
     reads: Vec<PendingRead<S::Command>>,
@@ -239,6 +242,7 @@ impl<S: StateMachine> Raft<S> {
             round: 0,
             read_round: 0,
             waiting: BTreeMap::new(),
+            replicate_pending: false,
             proposed: BTreeMap::new(),
             reads: Vec::new(),
             transfer: None,
@@ -1153,7 +1157,11 @@ impl<S: StateMachine> Raft<S> {
                 seq,
             },
         );
-        self.replicate_all(ctx);
+        if self.config.replicate_at_batch_end {
+            self.replicate_pending = true;
+        } else {
+            self.replicate_all(ctx);
+        }
     }
 
     /// Follower: hand a client write to the leader and answer the client when the entry
@@ -1503,6 +1511,16 @@ impl<S: StateMachine> Actor for Raft<S> {
         match timer {
             RaftTimer::Election => self.on_election_timeout(ctx),
             RaftTimer::Heartbeat => self.on_heartbeat(ctx),
+        }
+    }
+
+    fn on_batch_end(&mut self, ctx: &mut RaftCtx<'_, S>) {
+        if !std::mem::take(&mut self.replicate_pending) {
+            return;
+        }
+        // A write appended earlier in the batch may have been followed by a step-down.
+        if self.fault.is_none() && self.role == Role::Leader {
+            self.replicate_all(ctx);
         }
     }
 }

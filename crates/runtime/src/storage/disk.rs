@@ -319,6 +319,21 @@ impl DiskStorage {
         self.sync()
     }
 
+    /// Whether the next [`DiskStorage::sync`] may block on the disk (write, fsync or
+    /// remove a file). When it may not, the sync only checks the failure state.
+    pub fn sync_may_block(&self) -> bool {
+        let keep_from = self
+            .positions
+            .entries
+            .front()
+            .map_or(self.active, |l| l.segment)
+            .min(self.active);
+        !self.pending.is_empty()
+            || !self.pending_blobs.is_empty()
+            || !self.doomed_blobs.is_empty()
+            || keep_from > self.first_segment
+    }
+
     /// Storage writes buffered since the last sync.
     pub fn pending_records(&self) -> u64 {
         self.pending_records
@@ -830,12 +845,12 @@ fn open_blob_dir(dir: &Path) -> Result<(), StorageError> {
 }
 
 fn write_blob(dir: &Path, name: &[u8], data: &[u8]) -> Result<(), StorageError> {
-    let mut bytes = Vec::with_capacity(data.len() + BLOB_FOOTER_LEN);
-    bytes.extend_from_slice(data);
-    bytes.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
-    bytes.extend_from_slice(&BLOB_MAGIC);
-    super::fsutil::write_atomically(dir, &blob_file(name), &bytes)
+    let mut footer = Vec::with_capacity(BLOB_FOOTER_LEN);
+    footer.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    footer.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    footer.extend_from_slice(&BLOB_MAGIC);
+    // Data and footer as two parts: no copy of a snapshot of hundreds of MB.
+    super::fsutil::write_parts_atomically(dir, &blob_file(name), &[data, &footer])
 }
 
 /// The blob's data, checked against its footer; `None` if there is no such blob.

@@ -541,6 +541,69 @@ fn pipelining_keeps_a_bounded_window_of_requests_in_flight() {
     assert_eq!(sends, config(3).max_in_flight);
 }
 
+/// 20 client writes of 20 sessions, as one batch of inputs.
+fn write_batch(from_seq: u64) -> Vec<(synod_core::Endpoint, Msg)> {
+    (0..20)
+        .map(|i| {
+            let msg = RaftMsg::ClientWrite {
+                session: SessionId(100 + i),
+                seq: from_seq,
+                command: KvCommand::Put {
+                    key: format!("k{i}"),
+                    value: i,
+                },
+            };
+            (ClientId(100 + i).into(), msg)
+        })
+        .collect()
+}
+
+fn entries_sent(msgs: &[Msg]) -> Vec<usize> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            RaftMsg::AppendEntries { entries, .. } => Some(entries.len()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn with_replicate_at_batch_end_a_batch_of_writes_leaves_in_one_append_entries() {
+    let mut config = config(3);
+    config.replicate_at_batch_end = true;
+    let mut node = TestNode::new(NodeId(0), Raft::new(config, KvStateMachine::default()), 7);
+    node.start();
+    elect(&mut node);
+    let term = node.actor.current_term();
+    node.deliver(NodeId(1), ack(term, 1));
+    let effects = node.deliver_batch(write_batch(1));
+    // One request with all 20 entries, not one request per write.
+    assert_eq!(entries_sent(&sent_to(&effects, 1)), vec![20]);
+    // Without the option the same batch fills the window with one-entry requests.
+    let mut node = server(0, 3);
+    elect(&mut node);
+    node.deliver(NodeId(1), ack(node.actor.current_term(), 1));
+    let effects = node.deliver_batch(write_batch(1));
+    assert_eq!(entries_sent(&sent_to(&effects, 1)), vec![1; 8]);
+}
+
+#[test]
+fn a_leader_deposed_within_the_batch_replicates_nothing_at_its_end() {
+    let mut config = config(3);
+    config.replicate_at_batch_end = true;
+    let mut node = TestNode::new(NodeId(0), Raft::new(config, KvStateMachine::default()), 7);
+    node.start();
+    elect(&mut node);
+    let term = node.actor.current_term();
+    node.deliver(NodeId(1), ack(term, 1));
+    let mut batch = write_batch(1);
+    // A newer leader's heartbeat in the same batch, after the writes.
+    batch.push((NodeId(2).into(), append(term.0 + 1, (0, 0), Vec::new(), 0)));
+    let effects = node.deliver_batch(batch);
+    assert_eq!(node.actor.role(), Role::Follower);
+    assert!(entries_sent(&sent_to(&effects, 1)).is_empty());
+}
+
 #[test]
 fn a_retried_write_applies_once_and_gets_the_first_answer() {
     let mut node = server(0, 1);

@@ -464,3 +464,33 @@ fn a_damaged_blob_poisons_the_store_instead_of_vanishing() {
     let error = s.sync().expect_err("poisoned");
     assert!(error.to_string().contains("checksum"), "{error}");
 }
+
+#[test]
+fn a_sync_may_block_exactly_when_it_has_something_to_write_or_remove() {
+    // The driver runs a sync that may not block inline, outside `block_in_place`: a false
+    // "no" here would fsync on a worker thread, a false "yes" costs context switches.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), &small_segments());
+    let syncs_then_idle = |s: &mut DiskStorage| {
+        assert!(s.sync_may_block());
+        s.sync().unwrap();
+        assert!(!s.sync_may_block(), "nothing left to write after a sync");
+        assert_eq!(s.sync().unwrap().fsyncs, 0, "an idle sync touched the disk");
+    };
+    assert!(!s.sync_may_block(), "a fresh store has nothing to write");
+    s.put(b"k", b"v");
+    syncs_then_idle(&mut s);
+    for i in 0..20u8 {
+        s.append(&[i; 30]);
+    }
+    syncs_then_idle(&mut s);
+    s.put_blob(b"b", b"blob");
+    syncs_then_idle(&mut s);
+    s.delete_blob(b"b");
+    syncs_then_idle(&mut s);
+    // Compacting past whole segments: their files go at the next sync.
+    let before = s.segment_count();
+    s.compact(LogIndex(19));
+    syncs_then_idle(&mut s);
+    assert!(s.segment_count() < before, "compaction removed no segment");
+}
