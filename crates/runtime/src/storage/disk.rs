@@ -810,24 +810,12 @@ impl DiskStorage {
 
 /// A blob's file name: its name in hex, so any bytes make a valid file name.
 fn blob_file(name: &[u8]) -> String {
-    let mut file = String::with_capacity(name.len() * 2 + 5);
-    for b in name {
-        file.push_str(&format!("{b:02x}"));
-    }
-    file.push_str(".blob");
-    file
+    hex::encode(name) + ".blob"
 }
 
 /// The blob a file holds, from its name (`blob_file`'s inverse); `None` for any other file.
 fn blob_name(file: &str) -> Option<Vec<u8>> {
-    let hex = file.strip_suffix(".blob")?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::decode(file.strip_suffix(".blob")?).ok()
 }
 
 /// Create the blob directory and delete writes a crash interrupted.

@@ -79,24 +79,12 @@ const GUARD_PREFIX: &str = "g/";
 
 /// The ranges' key of an etcd key.
 pub(crate) fn encode_key(key: &[u8]) -> Key {
-    let mut out = String::with_capacity(PREFIX.len() + 2 * key.len());
-    out.push_str(PREFIX);
-    for b in key {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    PREFIX.to_string() + &hex::encode(key)
 }
 
 /// The etcd key of a ranges' key (`None`: not an etcd key).
 pub(crate) fn decode_key(key: &str) -> Option<Vec<u8>> {
-    let hex = key.strip_prefix(PREFIX)?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::decode(key.strip_prefix(PREFIX)?).ok()
 }
 
 /// etcd's `[key, range_end)` as an interval of the ranges' keyspace: `range_end` empty

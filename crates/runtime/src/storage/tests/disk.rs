@@ -415,6 +415,10 @@ fn blob_names_list_durable_and_pending_blobs_by_prefix_but_not_deleted_ones() {
         s.sync().unwrap();
         assert_eq!(s.get_blob(b"raft/snapshot/9"), Some(b"again".to_vec()));
     }
+    // Files that are not blobs by name are not listed.
+    for stray in ["zz.blob", "abc.blob", "notes.txt"] {
+        std::fs::write(dir.path().join("blobs").join(stray), b"?").unwrap();
+    }
     let s = open(dir.path(), &options);
     assert_eq!(
         names(&s, b"raft/snapshot/"),
