@@ -319,15 +319,20 @@ impl DiskStorage {
         self.sync()
     }
 
-    /// Whether the next [`DiskStorage::sync`] may block on the disk (write, fsync or
-    /// remove a file). When it may not, the sync only checks the failure state.
-    pub fn sync_may_block(&self) -> bool {
-        let keep_from = self
-            .positions
+    /// The first segment that still holds a live log record (or the active one); every
+    /// segment before it can go once the compaction that emptied it is durable.
+    fn first_live_segment(&self) -> u64 {
+        self.positions
             .entries
             .front()
             .map_or(self.active, |l| l.segment)
-            .min(self.active);
+            .min(self.active)
+    }
+
+    /// Whether the next [`DiskStorage::sync`] may block on the disk (write, fsync or
+    /// remove a file). When it may not, the sync only checks the failure state.
+    pub fn sync_may_block(&self) -> bool {
+        let keep_from = self.first_live_segment();
         !self.pending.is_empty()
             || !self.pending_blobs.is_empty()
             || !self.doomed_blobs.is_empty()
@@ -477,12 +482,7 @@ impl DiskStorage {
     /// them is durable. `META` moves first, so a crash in between leaves only files that
     /// the next open recognises as leftovers.
     fn delete_compacted_segments(&mut self, stats: &mut SyncStats) -> Result<(), StorageError> {
-        let keep_from = self
-            .positions
-            .entries
-            .front()
-            .map_or(self.active, |l| l.segment)
-            .min(self.active);
+        let keep_from = self.first_live_segment();
         if keep_from <= self.first_segment {
             return Ok(());
         }
