@@ -515,12 +515,22 @@ fn fast_backtracking_skips_a_whole_conflicting_term() {
     assert!(sent_to(&duplicate, 2).is_empty());
 }
 
-#[test]
-fn pipelining_keeps_a_bounded_window_of_requests_in_flight() {
-    let mut node = server(0, 3);
+/// The leader of 3 servers whose follower 1 has acknowledged its first entry, so that
+/// replication to it is pipelined; and the leader's term.
+fn pipelined_leader(replicate_at_batch_end: bool) -> (TestNode<Kv>, Term) {
+    let mut config = config(3);
+    config.replicate_at_batch_end = replicate_at_batch_end;
+    let mut node = TestNode::new(NodeId(0), Raft::new(config, KvStateMachine::default()), 7);
+    node.start();
     elect(&mut node);
     let term = node.actor.current_term();
     node.deliver(NodeId(1), ack(term, 1));
+    (node, term)
+}
+
+#[test]
+fn pipelining_keeps_a_bounded_window_of_requests_in_flight() {
+    let (mut node, _) = pipelined_leader(false);
     // Follower 1 is now in the pipelined state; each write goes out at once...
     let mut sends = 0;
     for seq in 1..=20 {
@@ -569,33 +579,19 @@ fn entries_sent(msgs: &[Msg]) -> Vec<usize> {
 
 #[test]
 fn with_replicate_at_batch_end_a_batch_of_writes_leaves_in_one_append_entries() {
-    let mut config = config(3);
-    config.replicate_at_batch_end = true;
-    let mut node = TestNode::new(NodeId(0), Raft::new(config, KvStateMachine::default()), 7);
-    node.start();
-    elect(&mut node);
-    let term = node.actor.current_term();
-    node.deliver(NodeId(1), ack(term, 1));
+    let (mut node, _) = pipelined_leader(true);
     let effects = node.deliver_batch(write_batch(1));
     // One request with all 20 entries, not one request per write.
     assert_eq!(entries_sent(&sent_to(&effects, 1)), vec![20]);
     // Without the option the same batch fills the window with one-entry requests.
-    let mut node = server(0, 3);
-    elect(&mut node);
-    node.deliver(NodeId(1), ack(node.actor.current_term(), 1));
+    let (mut node, _) = pipelined_leader(false);
     let effects = node.deliver_batch(write_batch(1));
     assert_eq!(entries_sent(&sent_to(&effects, 1)), vec![1; 8]);
 }
 
 #[test]
 fn a_leader_deposed_within_the_batch_replicates_nothing_at_its_end() {
-    let mut config = config(3);
-    config.replicate_at_batch_end = true;
-    let mut node = TestNode::new(NodeId(0), Raft::new(config, KvStateMachine::default()), 7);
-    node.start();
-    elect(&mut node);
-    let term = node.actor.current_term();
-    node.deliver(NodeId(1), ack(term, 1));
+    let (mut node, term) = pipelined_leader(true);
     let mut batch = write_batch(1);
     // A newer leader's heartbeat in the same batch, after the writes.
     batch.push((NodeId(2).into(), append(term.0 + 1, (0, 0), Vec::new(), 0)));
