@@ -76,6 +76,16 @@ fn group_commit_wait() -> Option<std::time::Duration> {
     })
 }
 
+/// Move what `inbox` holds now into `batch`, up to `max` inputs in all, without waiting.
+fn fill_from<M>(inbox: &mut mpsc::Receiver<M>, batch: &mut Vec<M>, max: usize) {
+    while batch.len() < max {
+        match inbox.try_recv() {
+            Ok(cmd) => batch.push(cmd),
+            Err(_) => break,
+        }
+    }
+}
+
 /// Writes a blob durably (fsynced) from any thread.
 pub type BlobWriter = Arc<dyn Fn(&[u8], &[u8]) -> std::io::Result<()> + Send + Sync>;
 
@@ -468,35 +478,28 @@ impl<A: Actor> ActorTask<A> {
             self.stats
                 .inbox_depth
                 .store(inbox.len() as u64, Ordering::Relaxed);
-            while batch.len() < self.config.max_batch {
-                match inbox.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
-                }
-            }
-            self.stats
-                .inputs
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            fill_from(&mut inbox, &mut batch, self.config.max_batch);
             metrics::histogram!("synod_batch_inputs").record(batch.len() as f64);
-            for cmd in batch.drain(..) {
-                self.apply(cmd);
-            }
+            self.apply_all(&mut batch);
             if let Some(wait) = group_commit_wait().filter(|_| self.storage.sync_may_block()) {
                 // Let more writes join this batch's fdatasync (an experiment, off by default).
                 tokio::time::sleep(wait).await;
-                while batch.len() < self.config.max_batch {
-                    match inbox.try_recv() {
-                        Ok(cmd) => batch.push(cmd),
-                        Err(_) => break,
-                    }
-                }
-                for cmd in batch.drain(..) {
-                    self.apply(cmd);
-                }
+                fill_from(&mut inbox, &mut batch, self.config.max_batch);
+                self.apply_all(&mut batch);
             }
             self.fire_due_timers();
             self.handle(|a, ctx| a.on_batch_end(ctx));
             self.commit()?;
+        }
+    }
+
+    /// Handle every input in `batch`, in order, leaving it empty.
+    fn apply_all(&mut self, batch: &mut Vec<Command<A::Msg>>) {
+        self.stats
+            .inputs
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for cmd in batch.drain(..) {
+            self.apply(cmd);
         }
     }
 
