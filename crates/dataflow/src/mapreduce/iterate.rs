@@ -66,6 +66,9 @@ pub struct IterParams {
     pub checkpoint_every: u32,
     /// The build's partitions.
     pub graph: PathBuf,
+    /// Where each owner also writes its partitions' final ranks as text
+    /// (`node<TAB>rank` lines, one file per partition), in parallel on the workers.
+    pub text: Option<PathBuf>,
 }
 
 impl IterParams {
@@ -92,6 +95,7 @@ impl IterParams {
             max_iterations: num("max_iterations")? as u32,
             checkpoint_every: num("checkpoint_every")? as u32,
             graph: get("graph")?.into(),
+            text: p.get("text").map(PathBuf::from),
         };
         if !(params.nodes >= 1.0
             && (0.0..=1.0).contains(&params.damping)
@@ -848,6 +852,10 @@ impl Epoch<'_> {
             let mut bytes = Vec::new();
             rank_file::write(&mut bytes, rk);
             commit_file(self.output, &partition_file(q), &bytes, self.plan.epoch)?;
+            if let Some(text) = &self.params.text {
+                let bytes = rank_text(&graph[&q], rk);
+                commit_file(text, &partition_file(q), &bytes, self.plan.epoch)?;
+            }
             let dangling = graph[&q]
                 .nodes
                 .iter()
@@ -864,6 +872,17 @@ impl Epoch<'_> {
         }
         Ok(())
     }
+}
+
+/// A partition's ranks as text: `node<TAB>rank` lines in the partition's (shuffle key)
+/// order, the ranks formatted as Rust prints an `f64` (shortest round-trip).
+fn rank_text(g: &GraphPartition, ranks: &[f64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(g.nodes.len() * 32);
+    for (node, rank) in g.nodes.iter().zip(ranks) {
+        // Writing into a Vec cannot fail.
+        let _ = writeln!(out, "{}\t{rank}", node.id);
+    }
+    out
 }
 
 /// How a worker reaches the master for the iterations (see `worker.rs`).

@@ -681,29 +681,136 @@ fn key_of_order(order: u128, key: &mut Vec<u8>) {
 /// Marks an entry `(node, NO_LINK)` of the build's map: a node seen as a link target.
 const NO_LINK: u64 = u64::MAX;
 
-/// Sorted `(key order of src, dst | NO_LINK)` entries, grouped: one call of `f` per node,
-/// in key order, with its distinct out-links ascending (NO_LINK sorts last and is dropped).
-fn for_each_link_list(
-    sorted: &[(u128, u64)],
+/// An entry of the build's map: the key order of a node and one of its out-links, or
+/// NO_LINK for "seen as a link target". Entries sort by node, then link.
+trait LinkEntry: Copy + Ord {
+    fn order(&self) -> u128;
+    fn link(&self) -> u64;
+    fn sort(v: &mut Vec<Self>);
+}
+
+impl LinkEntry for (u128, u64) {
+    fn order(&self) -> u128 {
+        self.0
+    }
+    fn link(&self) -> u64 {
+        self.1
+    }
+    fn sort(v: &mut Vec<Self>) {
+        v.sort_unstable();
+    }
+}
+
+/// An entry in one word, for graphs whose ids are below 2^28 (varints of at most 4 bytes,
+/// so the key order is its top 32 bits) and whose links are below `u32::MAX`: the key
+/// order in the high half, the link (`u32::MAX` for NO_LINK) in the low. It sorts as the
+/// wide entry does, at a quarter of the bytes and with a radix sort.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Packed(u64);
+
+/// Ids below this have varints of at most 4 bytes (see [`Packed`]).
+const PACKED_IDS: u64 = 1 << 28;
+
+impl Packed {
+    fn new(node: u64, link: u64) -> Option<Self> {
+        let link = match link {
+            NO_LINK => u64::from(u32::MAX),
+            l if l < u64::from(u32::MAX) => l,
+            _ => return None,
+        };
+        (node < PACKED_IDS).then(|| Packed(Self::order_word(node) << 32 | link))
+    }
+
+    /// The key order of a node below [`PACKED_IDS`], in the low 32 bits.
+    fn order_word(node: u64) -> u64 {
+        (graph_file::key_order(node) >> 96) as u64
+    }
+
+    fn wide(self) -> (u128, u64) {
+        (self.order(), self.link())
+    }
+}
+
+impl LinkEntry for Packed {
+    fn order(&self) -> u128 {
+        u128::from(self.0 >> 32) << 96
+    }
+    fn link(&self) -> u64 {
+        match self.0 as u32 {
+            u32::MAX => NO_LINK,
+            l => u64::from(l),
+        }
+    }
+    fn sort(v: &mut Vec<Self>) {
+        // Packed is a transparent u64 in all but name; sort the words.
+        let mut words: Vec<u64> = std::mem::take(v).into_iter().map(|p| p.0).collect();
+        super::radix::sort_u64(&mut words);
+        *v = words.into_iter().map(Packed).collect();
+    }
+}
+
+/// Sorted entries, grouped: one call of `f` per node, in key order, with its distinct
+/// out-links ascending (NO_LINK sorts last and is dropped).
+fn for_each_link_list<E: LinkEntry>(
+    sorted: &[E],
     mut f: impl FnMut(u128, &mut dyn Iterator<Item = u64>) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut i = 0;
     while i < sorted.len() {
-        let order = sorted[i].0;
+        let order = sorted[i].order();
         let mut j = i;
-        while j < sorted.len() && sorted[j].0 == order {
+        while j < sorted.len() && sorted[j].order() == order {
             j += 1;
         }
         let group = &sorted[i..j];
         let mut links = group
             .iter()
             .enumerate()
-            .filter(|&(k, &(_, l))| l != NO_LINK && (k == 0 || group[k - 1].1 != l))
-            .map(|(_, &(_, l))| l);
+            .filter(|&(k, e)| e.link() != NO_LINK && (k == 0 || group[k - 1].link() != e.link()))
+            .map(|(_, e)| e.link());
         f(order, &mut links)?;
         i = j;
     }
     Ok(())
+}
+
+/// The map's entries: packed while every edge fits, wide from the first that does not.
+enum Entries {
+    Packed(Vec<Packed>),
+    Wide(Vec<(u128, u64)>),
+}
+
+impl Entries {
+    fn len(&self) -> usize {
+        match self {
+            Entries::Packed(v) => v.len(),
+            Entries::Wide(v) => v.len(),
+        }
+    }
+
+    fn push_edge(&mut self, s: u64, d: u64) {
+        if let Entries::Packed(v) = self {
+            if let (Some(a), Some(b)) = (Packed::new(s, d), Packed::new(d, NO_LINK)) {
+                v.push(a);
+                v.push(b);
+                return;
+            }
+        }
+        let wide = self.wide();
+        wide.push((graph_file::key_order(s), d));
+        wide.push((graph_file::key_order(d), NO_LINK));
+    }
+
+    /// The entries as wide ones (converting them once).
+    fn wide(&mut self) -> &mut Vec<(u128, u64)> {
+        if let Entries::Packed(v) = self {
+            *self = Entries::Wide(v.iter().map(|p| p.wide()).collect());
+        }
+        match self {
+            Entries::Wide(v) => v,
+            Entries::Packed(_) => unreachable!("just converted"),
+        }
+    }
 }
 
 /// `pagerank-build`: map an edge list (`src dst` lines) to one `(src, [dst, ...])` record
@@ -715,13 +822,13 @@ impl BuildGraph {
     /// The usual case of the map, a split whose entries fit in the budget: sort them once
     /// and write R sorted segments of `(src, [dst, ...])` records directly, encoded as the
     /// generic buffer would encode them (postcard: a varint count, then varints).
-    fn write_lists(
-        mut pending: Vec<(u128, u64)>,
+    fn write_lists<E: LinkEntry>(
+        mut pending: Vec<E>,
         partitions: u32,
         dir: &Path,
         name: &str,
     ) -> io::Result<Vec<SegmentInfo>> {
-        pending.sort_unstable();
+        E::sort(&mut pending);
         let mut parts: Vec<(Vec<u8>, u64)> = (0..partitions).map(|_| (Vec::new(), 0)).collect();
         let (mut key, mut value, mut links) = (Vec::new(), Vec::new(), Vec::new());
         for_each_link_list(&pending, |order, outs| {
@@ -785,11 +892,15 @@ impl TaskRunner for BuildGraph {
         // allocation per node. Otherwise each full array is sorted and handed to the
         // spilling map buffer (then in chunks of half the budget, so array and buffer
         // together stay near `sort_mem`), which combines, spills and merges.
+        //
+        // The entries are packed into one word each while the ids allow (see `Packed`); the
+        // budget is still counted in wide entries, so when the map spills does not depend on
+        // the ids.
         let entry = std::mem::size_of::<(u128, u64)>();
         let mut limit = (sort_mem / entry).max(1 << 10);
         // About two entries per line of some 13 bytes.
         let expected = (split.end.saturating_sub(split.start) / 6) as usize;
-        let mut pending: Vec<(u128, u64)> = Vec::with_capacity(expected.min(limit));
+        let mut pending = Entries::Packed(Vec::with_capacity(expected.min(limit)));
         let mut spilling: Option<MapBuffer<Vec<u64>>> = None;
         let mut emitted = 0u64;
         let mut error = None;
@@ -800,27 +911,28 @@ impl TaskRunner for BuildGraph {
             if s == NO_LINK || d == NO_LINK {
                 return;
             }
-            pending.push((graph_file::key_order(s), d));
-            pending.push((graph_file::key_order(d), NO_LINK));
+            pending.push_edge(s, d);
             emitted += 2;
             if pending.len() >= limit && error.is_none() {
                 let buffer = spilling.get_or_insert_with(|| {
                     MapBuffer::new(partitions, Some(Arc::new(Concat)), sort_mem, dir, name)
                 });
-                if let Err(e) = Self::hand_lists(&mut pending, buffer) {
+                let wide = pending.wide();
+                if let Err(e) = Self::hand_lists(wide, buffer) {
                     error = Some(e);
                 }
                 limit = (sort_mem / entry / 2).max(1 << 10);
-                pending.shrink_to(limit);
+                wide.shrink_to(limit);
             }
         })?;
         if let Some(e) = error {
             return Err(e);
         }
-        let (segments, spills) = match spilling {
-            None => (Self::write_lists(pending, partitions, dir, name)?, 0),
-            Some(mut buffer) => {
-                Self::hand_lists(&mut pending, &mut buffer)?;
+        let (segments, spills) = match (spilling, pending) {
+            (None, Entries::Packed(v)) => (Self::write_lists(v, partitions, dir, name)?, 0),
+            (None, Entries::Wide(v)) => (Self::write_lists(v, partitions, dir, name)?, 0),
+            (Some(mut buffer), mut pending) => {
+                Self::hand_lists(pending.wide(), &mut buffer)?;
                 let spills = buffer.spills();
                 (buffer.finish()?, spills)
             }
@@ -928,24 +1040,40 @@ impl TaskRunner for BuildGraph {
             return Err(io::Error::other("more than 2^32 out-links in a partition"));
         }
         // The destination table: the distinct targets in shuffle key order. One sort of
-        // (key order, position) pairs gives both the table and each link's index in it.
-        let mut keyed: Vec<(u128, u32)> = links
-            .iter()
-            .enumerate()
-            .map(|(pos, &d)| (graph_file::key_order(d), pos as u32))
-            .collect();
-        keyed.sort_unstable();
+        // (key order, position) pairs gives both the table and each link's index in it;
+        // packed into one word and radix sorted when every target is below 2^28 (as the
+        // map's entries, see `Packed`).
         let mut dests: Vec<u64> = Vec::new();
         let mut index = vec![0u32; links.len()];
         let mut previous = None;
-        for &(order, pos) in &keyed {
+        let mut visit = |order: u128, pos: u32| {
             if previous != Some(order) {
                 dests.push(links[pos as usize]);
                 previous = Some(order);
             }
             index[pos as usize] = (dests.len() - 1) as u32;
+        };
+        if links.iter().all(|&d| d < PACKED_IDS) {
+            let mut keyed: Vec<u64> = links
+                .iter()
+                .enumerate()
+                .map(|(pos, &d)| Packed::order_word(d) << 32 | pos as u64)
+                .collect();
+            super::radix::sort_u64(&mut keyed);
+            for w in keyed {
+                visit(u128::from(w >> 32), w as u32);
+            }
+        } else {
+            let mut keyed: Vec<(u128, u32)> = links
+                .iter()
+                .enumerate()
+                .map(|(pos, &d)| (graph_file::key_order(d), pos as u32))
+                .collect();
+            keyed.sort_unstable();
+            for (order, pos) in keyed {
+                visit(order, pos);
+            }
         }
-        drop(keyed);
         let mut file = Vec::with_capacity(dests.len() * 4 + ids.len() * 12 + links.len() * 4);
         graph_file::write_destinations(&mut file, &dests);
         let mut dangling = 0u64;
@@ -969,25 +1097,11 @@ impl TaskRunner for BuildGraph {
     }
 }
 
-/// One parsed text rank line, `node<TAB>rank<TAB>out,out` (the final output of
-/// [`run_pagerank`]).
-pub fn parse_rank_line(line: &[u8], n: f64) -> Option<(u64, f64, Vec<u64>)> {
+/// One parsed text rank line, `node<TAB>rank` (the final output of [`run_pagerank`]).
+pub fn parse_rank_line(line: &[u8]) -> Option<(u64, f64)> {
     let s = std::str::from_utf8(line).ok()?;
-    let mut f = s.split('\t');
-    let node = f.next()?.parse().ok()?;
-    let rank = match f.next()? {
-        "" => 1.0 / n,
-        r => r.parse().ok()?,
-    };
-    let outs = match f.next() {
-        None | Some("") => Vec::new(),
-        Some(o) => o
-            .split(',')
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?,
-    };
-    Some((node, rank, outs))
+    let (node, rank) = s.split_once('\t')?;
+    Some((node.parse().ok()?, rank.parse().ok()?))
 }
 
 pub(crate) fn read_partition(path: &Path) -> io::Result<Vec<u8>> {
@@ -1346,47 +1460,6 @@ pub fn whole_file_input(job: &str) -> bool {
     job == "pagerank" || job == super::iterate::JOB
 }
 
-/// Write the binary partitions of `graph`, with the ranks of the rank files in `ranks`
-/// (the graph's own, 1/`n` where not yet ranked, if `None`), as text lines
-/// `node<TAB>rank<TAB>out,out` (out-links ascending) into `dir`, one file per partition.
-pub fn write_rank_text(graph: &Path, ranks: Option<&Path>, dir: &Path, n: f64) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    for path in super::task::list_inputs(graph)? {
-        let Some(name) = path.file_name() else {
-            continue;
-        };
-        if !name.to_string_lossy().starts_with("part-") {
-            continue;
-        }
-        let partition = GraphPartition::parse(read_partition(&path)?)?;
-        let rank_of = partition.ranks(ranks.map(|r| r.join(name)).as_deref(), n)?;
-        let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dir.join(name))?);
-        let mut links = Vec::new();
-        for (node, rank) in partition.nodes.iter().zip(&rank_of) {
-            links.clear();
-            for i in partition.links(node) {
-                links.push(
-                    *partition
-                        .dests
-                        .get(i as usize)
-                        .ok_or_else(|| graph_file::damaged("link past the destination table"))?,
-                );
-            }
-            links.sort_unstable();
-            write!(out, "{}\t{rank}\t", node.id)?;
-            for (k, l) in links.iter().enumerate() {
-                if k > 0 {
-                    out.write_all(b",")?;
-                }
-                write!(out, "{l}")?;
-            }
-            out.write_all(b"\n")?;
-        }
-        out.flush()?;
-    }
-    Ok(())
-}
-
 /// Reference PageRank on an edge list, with the same formula, iterating until the L1
 /// change is below `tolerance` or `max_iterations` pass. Returns ranks and iterations.
 pub fn pagerank_reference(
@@ -1482,8 +1555,8 @@ pub type StageRunner<'a> =
 /// PageRank in two stages of one session: build the partitioned binary graph, then run
 /// every iteration in one job of persistent workers ([`super::iterate`]) until the L1
 /// change is below `tolerance` or `max_iterations` pass, checkpointing the ranks every
-/// `checkpoint_every` iterations; then write the ranks as text. Stage outputs go under
-/// `output` (`graph`, `final`, and `ranks`).
+/// `checkpoint_every` iterations. The workers write the final ranks as text, each its own
+/// partitions. Stage outputs go under `output` (`graph`, `final`, and `ranks`).
 pub fn run_pagerank(
     input: &Path,
     output: &Path,
@@ -1495,6 +1568,7 @@ pub fn run_pagerank(
 ) -> anyhow::Result<PageRankRun> {
     std::fs::create_dir_all(output)?;
     let graph = output.join("graph");
+    let ranks = output.join("ranks");
     let built = stage("pagerank-build", Params::new(), input, &graph, "graph")?;
     let nodes = built.get("nodes").copied().unwrap_or(0.0);
     if nodes < 1.0 {
@@ -1510,6 +1584,7 @@ pub fn run_pagerank(
         ("max_iterations", format!("{max_iterations}")),
         ("checkpoint_every", format!("{checkpoint_every}")),
         ("graph", graph.to_string_lossy().into_owned()),
+        ("text", ranks.to_string_lossy().into_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -1518,13 +1593,6 @@ pub fn run_pagerank(
     let c = stage(super::iterate::JOB, params, &graph, &last, "iterations")?;
     let iterations = c.get("iterations").copied().unwrap_or(0.0) as u32;
     let delta = c.get("delta").copied().unwrap_or(0.0);
-    let ranks = output.join("ranks");
-    write_rank_text(
-        &graph,
-        (iterations > 0).then_some(last.as_path()),
-        &ranks,
-        nodes,
-    )?;
     Ok(PageRankRun {
         nodes,
         iterations,
@@ -1541,6 +1609,25 @@ mod tests {
     proptest! {
         /// The destination table's sort key orders ids exactly as the shuffle orders their
         /// encoded keys (bytewise), which the reducer's merge-join relies on.
+        #[test]
+        fn packed_entries_order_as_wide_ones(
+            a in (0u64..1 << 28, prop_oneof![0u64..u64::from(u32::MAX), Just(super::NO_LINK)]),
+            b in (0u64..1 << 28, prop_oneof![0u64..u64::from(u32::MAX), Just(super::NO_LINK)]),
+        ) {
+            use super::{LinkEntry, Packed};
+            let (pa, pb) = (Packed::new(a.0, a.1).unwrap(), Packed::new(b.0, b.1).unwrap());
+            let wide = |(n, l): (u64, u64)| (graph_file::key_order(n), l);
+            prop_assert_eq!(pa.wide(), wide(a));
+            prop_assert_eq!(pa.order(), graph_file::key_order(a.0));
+            prop_assert_eq!(pa.cmp(&pb), wide(a).cmp(&wide(b)));
+        }
+
+        #[test]
+        fn ids_past_the_packed_range_are_not_packed(n in 1u64 << 28.., l in u64::from(u32::MAX)..) {
+            prop_assert!(super::Packed::new(n, 0).is_none());
+            prop_assert!(l == super::NO_LINK || super::Packed::new(0, l).is_none());
+        }
+
         #[test]
         fn key_order_is_the_shuffle_order(a in any::<u64>(), b in any::<u64>()) {
             let (mut ka, mut kb) = (Vec::new(), Vec::new());

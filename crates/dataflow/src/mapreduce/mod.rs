@@ -46,6 +46,7 @@ pub mod gen;
 pub mod harness;
 pub mod iterate;
 pub mod jobs;
+mod radix;
 pub mod shuffle;
 pub mod task;
 pub mod wire;
