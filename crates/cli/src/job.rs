@@ -594,8 +594,12 @@ fn run_job(a: RunArgs) -> Result<ExitCode> {
                 Ok(r.counters)
             },
         )?;
+        let resumed = match run.resumed_from {
+            0 => String::new(),
+            k => format!(", the last epoch from the checkpoint of iteration {k}"),
+        };
         extra.push(format!(
-            "pagerank: {} nodes, {} iterations, last L1 change {:.3e} (tolerance {:e})",
+            "pagerank: {} nodes, {} iterations, last L1 change {:.3e} (tolerance {:e}){resumed}",
             run.nodes, run.iterations, run.delta, a.tolerance
         ));
         run.ranks

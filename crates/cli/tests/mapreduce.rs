@@ -348,13 +348,21 @@ fn restarted_master_resumes_the_job() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// PageRank's iterations run in one job of persistent workers that checkpoint their ranks
-/// every 3 supersteps. A worker SIGKILLed after a checkpoint and before the end: the master
-/// reassigns its partitions from the checkpoint, and the ranks are byte-identical to a
-/// clean run's.
-#[test]
-fn pagerank_worker_sigkill_mid_iterations_resumes_from_a_checkpoint() {
-    let dir = scratch("mapreduce", "pr-kill");
+/// The flags of the PageRank fault tests: 12 iterations, a checkpoint every 3.
+const PAGERANK_ARGS: [&str; 9] = [
+    "--reduces",
+    "3",
+    "--max-iterations",
+    "12",
+    "--tolerance",
+    "1e-300",
+    "--checkpoint-every",
+    "3",
+    "--quiet",
+];
+
+/// A small R-MAT graph, and the ranks of a clean run on it.
+fn pagerank_clean_run(dir: &Path) -> (PathBuf, PathBuf) {
     let input = dir.join("graph");
     let (code, _, err) = synod(&[
         "job",
@@ -370,39 +378,25 @@ fn pagerank_worker_sigkill_mid_iterations_resumes_from_a_checkpoint() {
         input.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let common_args = [
-        "--reduces",
-        "3",
-        "--max-iterations",
-        "12",
-        "--tolerance",
-        "1e-300",
-        "--checkpoint-every",
-        "3",
-        "--quiet",
-    ];
     let clean = dir.join("clean");
     let mut args = vec!["job", "run", "pagerank", "--workers", "2"];
-    args.extend(common_args);
+    args.extend(PAGERANK_ARGS);
     args.extend(["--input", input.to_str().unwrap()]);
     args.extend(["--output", clean.to_str().unwrap()]);
     let (code, _, err) = synod(&args);
     assert_eq!(code, 0, "{err}");
+    (input, clean)
+}
 
-    let out = dir.join("faulty");
+/// A PageRank master that waits for external workers; returns it and its address.
+fn pagerank_master(input: &Path, out: &Path, listen: &str) -> (Child, String) {
     let mut m = synod_cmd()
         .args(["job", "run", "pagerank", "--workers", "0"])
-        .args(common_args)
-        .args([
-            "--worker-timeout",
-            "1s",
-            "--listen",
-            "127.0.0.1:0",
-            "--input",
-        ])
-        .arg(&input)
+        .args(PAGERANK_ARGS)
+        .args(["--worker-timeout", "1s", "--listen", listen, "--input"])
+        .arg(input)
         .arg("--output")
-        .arg(&out)
+        .arg(out)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -417,10 +411,12 @@ fn pagerank_worker_sigkill_mid_iterations_resumes_from_a_checkpoint() {
         .nth(3)
         .map(|s| s.trim_end_matches(';').to_string())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
-    let mut procs = Procs(vec![m]);
-    procs.0.push(worker(&addr, &dir.join("w0"), "150ms"));
-    procs.0.push(worker(&addr, &dir.join("w1"), "150ms"));
-    // After the first checkpoint of every partition, before the final ranks.
+    (m, addr)
+}
+
+/// Wait until every partition has its first checkpoint (iteration 3) and the iterations
+/// have not ended.
+fn wait_for_the_first_checkpoint(out: &Path) {
     let checkpoint = out.join("final/_checkpoint/iter-00003");
     wait_for("the first checkpoint", Duration::from_secs(60), || {
         (0..3).all(|q| checkpoint.join(format!("part-{q:05}")).exists())
@@ -429,19 +425,80 @@ fn pagerank_worker_sigkill_mid_iterations_resumes_from_a_checkpoint() {
         parts(&out.join("final")).len() < 3,
         "the iterations already ended"
     );
-    sigkill(&mut procs.0[2]);
-    procs.0.push(worker(&addr, &dir.join("w2"), "150ms"));
-    let master = &mut procs.0[0];
+}
+
+/// Wait for the master to exit well; returns its summary.
+fn pagerank_summary(master: &mut Child) -> String {
     let status = wait_exit(master, Duration::from_secs(90));
     let mut summary = String::new();
     std::io::Read::read_to_string(master.stdout.as_mut().expect("stdout"), &mut summary).ok();
     assert!(status.success(), "{summary}");
     assert!(summary.contains("12 iterations"), "{summary}");
+    summary
+}
+
+/// PageRank's iterations run in one job of persistent workers that checkpoint their ranks
+/// every 3 supersteps. A worker SIGKILLed after a checkpoint and before the end: the master
+/// reassigns its partitions from the checkpoint, and the ranks are byte-identical to a
+/// clean run's.
+#[test]
+fn pagerank_worker_sigkill_mid_iterations_resumes_from_a_checkpoint() {
+    let dir = scratch("mapreduce", "pr-kill");
+    let (input, clean) = pagerank_clean_run(&dir);
+    let out = dir.join("faulty");
+    let (m, addr) = pagerank_master(&input, &out, "127.0.0.1:0");
+    let mut procs = Procs(vec![m]);
+    procs.0.push(worker(&addr, &dir.join("w0"), "150ms"));
+    procs.0.push(worker(&addr, &dir.join("w1"), "150ms"));
+    wait_for_the_first_checkpoint(&out);
+    sigkill(&mut procs.0[2]);
+    procs.0.push(worker(&addr, &dir.join("w2"), "150ms"));
+    let summary = pagerank_summary(&mut procs.0[0]);
     assert!(!summary.contains(" 0 dead workers"), "{summary}");
+    assert!(
+        summary.contains("from the checkpoint of iteration"),
+        "{summary}"
+    );
     assert_eq!(
         parts(&out.join("ranks")),
         parts(&clean.join("ranks")),
         "ranks differ after a worker was killed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The PageRank master SIGKILLed mid-iterations, after the first checkpoint: a new master
+/// on the same address and output resumes the build from its state file and the iterations
+/// from the checkpoint its state file records, and the ranks are byte-identical to a clean
+/// run's.
+#[test]
+fn pagerank_master_sigkill_mid_iterations_resumes_from_the_checkpoint() {
+    let dir = scratch("mapreduce", "pr-master");
+    let (input, clean) = pagerank_clean_run(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let out = dir.join("faulty");
+    let (m, addr) = pagerank_master(&input, &out, &listen);
+    let mut procs = Procs(vec![m]);
+    procs.0.push(worker(&addr, &dir.join("w0"), "150ms"));
+    procs.0.push(worker(&addr, &dir.join("w1"), "150ms"));
+    wait_for_the_first_checkpoint(&out);
+    sigkill(&mut procs.0[0]);
+    // The workers keep retrying the master's address.
+    let (m2, _) = pagerank_master(&input, &out, &listen);
+    procs.0[0] = m2;
+    let summary = pagerank_summary(&mut procs.0[0]);
+    assert!(
+        summary.contains("from the checkpoint of iteration"),
+        "the restarted master began again from the build: {summary}"
+    );
+    assert_eq!(
+        parts(&out.join("ranks")),
+        parts(&clean.join("ranks")),
+        "ranks differ after the master was killed"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -48,6 +48,8 @@ pub struct JobOptions {
 struct StateFile {
     spec: JobSpec,
     snapshot: MasterSnapshot,
+    /// The iterations' master, for an iterations job.
+    iter: Option<super::iterate::IterSnapshot>,
 }
 
 struct Shared {
@@ -71,7 +73,8 @@ impl Shared {
     /// Persist if the state changed. A failed write stops the master (DESIGN.md: never
     /// log an fsync error and carry on).
     fn persist(&mut self) -> io::Result<()> {
-        if !self.master.take_dirty() {
+        let iter_dirty = self.iter.as_mut().is_some_and(|i| i.take_dirty());
+        if !self.master.take_dirty() && !iter_dirty {
             return Ok(());
         }
         self.write_state()
@@ -81,6 +84,7 @@ impl Shared {
         let state = StateFile {
             spec: self.spec.clone(),
             snapshot: self.master.snapshot().clone(),
+            iter: self.iter.as_ref().map(|i| i.snapshot().clone()),
         };
         let tmp = self.state_path.with_extension("tmp");
         let mut f = File::create(&tmp)?;
@@ -92,6 +96,15 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// A job's master state, new or read back from its state file.
+struct Loaded {
+    master: Master,
+    spec: JobSpec,
+    iter: Option<super::iterate::IterSnapshot>,
+    resumed: bool,
+    state_path: PathBuf,
 }
 
 /// A running master.
@@ -151,7 +164,7 @@ fn serve(shared: &Mutex<Shared>, stream: TcpStream) -> io::Result<()> {
 impl MasterServer {
     /// The master and spec for `opts`: resumed from the output directory's state file, or
     /// new.
-    fn load(opts: &JobOptions) -> anyhow::Result<(Master, JobSpec, bool, PathBuf)> {
+    fn load(opts: &JobOptions) -> anyhow::Result<Loaded> {
         if opts.job == super::iterate::JOB {
             super::iterate::IterParams::parse(&opts.params)?;
         } else {
@@ -163,7 +176,7 @@ impl MasterServer {
         std::fs::create_dir_all(&opts.output)
             .with_context(|| format!("create output directory {}", opts.output.display()))?;
         let state_path = opts.output.join(STATE_FILE);
-        let (master, spec, resumed) = match std::fs::read(&state_path) {
+        let (master, spec, iter, resumed) = match std::fs::read(&state_path) {
             Ok(bytes) => {
                 let state: StateFile = synod_core::codec::decode(&bytes)
                     .with_context(|| format!("damaged master state {}", state_path.display()))?;
@@ -176,7 +189,7 @@ impl MasterServer {
                 }
                 let m =
                     Master::restore(opts.master.clone(), state.snapshot, synod_core::Instant(0));
-                (m, state.spec, true)
+                (m, state.spec, state.iter, true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if std::fs::read_dir(&opts.output)?.next().is_some() {
@@ -208,44 +221,53 @@ impl MasterServer {
                     splits,
                 };
                 let m = Master::new(opts.master.clone(), spec.splits.len() as u32, opts.reduces);
-                (m, spec, false)
+                (m, spec, None, false)
             }
             Err(e) => return Err(e).context("read master state"),
         };
-        Ok((master, spec, resumed, state_path))
+        Ok(Loaded {
+            master,
+            spec,
+            iter,
+            resumed,
+            state_path,
+        })
     }
 
-    /// The iterations' master for an iterations job.
+    /// The iterations' master for an iterations job (restored from its state, if any).
     fn iter_master(
         opts: &JobOptions,
-        spec: &JobSpec,
+        loaded: &mut Loaded,
         expected_workers: u32,
     ) -> Option<super::iterate::IterMaster> {
         (opts.job == super::iterate::JOB).then(|| {
-            super::iterate::IterMaster::new(super::iterate::IterConfig {
-                partitions: spec.splits.len() as u32,
-                worker_timeout: opts.master.worker_timeout,
-                expected_workers,
-            })
+            super::iterate::IterMaster::restore(
+                super::iterate::IterConfig {
+                    partitions: loaded.spec.splits.len() as u32,
+                    worker_timeout: opts.master.worker_timeout,
+                    expected_workers,
+                },
+                loaded.iter.take().unwrap_or_default(),
+            )
         })
     }
 
     /// Start (or resume, if the output directory holds a state file for the same job)
     /// a master for `opts`.
     pub fn start(opts: &JobOptions) -> anyhow::Result<Self> {
-        let (master, spec, resumed, state_path) = Self::load(opts)?;
+        let mut loaded = Self::load(opts)?;
         let listener =
             TcpListener::bind(opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
         let addr = listener.local_addr()?;
-        let iter = Self::iter_master(opts, &spec, 1);
+        let iter = Self::iter_master(opts, &mut loaded, 1);
         let mut shared = Shared {
-            master,
+            master: loaded.master,
             iter,
-            spec,
+            spec: loaded.spec,
             started: Instant::now(),
-            state_path,
+            state_path: loaded.state_path,
             error: None,
-            resumed,
+            resumed: loaded.resumed,
             closed: false,
         };
         shared.persist()?;
@@ -267,14 +289,14 @@ impl MasterServer {
     /// Run another job on the same master and workers (the next stage of a session): the
     /// workers pick it up at their next hello, after the current job is finished.
     pub fn next_job(&self, opts: &JobOptions) -> anyhow::Result<()> {
-        let (master, spec, resumed, state_path) = Self::load(opts)?;
+        let mut loaded = Self::load(opts)?;
         let mut s = lock(&self.shared);
         if let Some(e) = &s.error {
             bail!("{e}");
         }
         // Attempt ids stay unique across the session's jobs, so that a late report from
         // an attempt of the previous job cannot pass for one of this job.
-        let mut snapshot = master.snapshot().clone();
+        let mut snapshot = loaded.master.snapshot().clone();
         snapshot.next_attempt = snapshot.next_attempt.max(s.master.snapshot().next_attempt);
         let master = Master::restore(opts.master.clone(), snapshot, synod_core::Instant(0));
         // The iterations start once the workers of the previous job have come over.
@@ -282,12 +304,12 @@ impl MasterServer {
             Some(it) => it.progress().2,
             None => s.master.progress().workers,
         };
-        s.iter = Self::iter_master(opts, &spec, workers);
+        s.iter = Self::iter_master(opts, &mut loaded, workers);
         s.master = master;
-        s.spec = spec;
+        s.spec = loaded.spec;
         s.started = Instant::now();
-        s.state_path = state_path;
-        s.resumed = resumed;
+        s.state_path = loaded.state_path;
+        s.resumed = loaded.resumed;
         s.write_state()?;
         Ok(())
     }

@@ -22,8 +22,10 @@
 //! one. The computation is deterministic, so the output is the same whatever fails. The
 //! final ranks are written like a reduce commit: temporary file, fsync, rename.
 //!
-//! Not covered: a restarted master starts the iterations again from the build (the build
-//! itself resumes from its state file).
+//! The master persists the epochs it handed out and the checkpoints reported
+//! ([`IterSnapshot`], in the job's state file, before any answer that depends on it), so a
+//! restarted master resumes from the latest complete checkpoint, in an epoch newer than
+//! any a worker may still run.
 
 // A driver: real time, real sockets and files (the master below is pure).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
@@ -193,14 +195,27 @@ pub struct IterConfig {
     pub expected_workers: u32,
 }
 
+/// What the iteration master persists, so that a restarted master resumes from the
+/// latest complete checkpoint (workers keep their checkpoint files) and numbers its epochs
+/// past every epoch a worker may still be running.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct IterSnapshot {
+    /// The last epoch handed out.
+    pub epoch: u64,
+    /// Iteration → partition → its L1 change, for checkpoints written.
+    pub checkpoints: BTreeMap<u32, BTreeMap<u32, f64>>,
+}
+
 /// Assigns partitions to workers and starts a new epoch when an owner dies.
 pub struct IterMaster {
     cfg: IterConfig,
     first_poll: Option<Instant>,
     workers: BTreeMap<WorkerId, (String, Instant)>,
     plan: Option<Plan>,
-    /// Iteration → partition → its L1 change, for checkpoints written.
-    checkpoints: BTreeMap<u32, BTreeMap<u32, f64>>,
+    /// The persisted part: epochs handed out and checkpoints written.
+    saved: IterSnapshot,
+    /// `saved` changed since it was last taken.
+    dirty: bool,
     /// Partition → (iterations, change, dangling), in the current epoch.
     done: BTreeMap<u32, (u32, f64, f64)>,
     dead_workers: u64,
@@ -209,15 +224,33 @@ pub struct IterMaster {
 impl IterMaster {
     /// A master with no workers yet.
     pub fn new(cfg: IterConfig) -> Self {
+        Self::restore(cfg, IterSnapshot::default())
+    }
+
+    /// A restarted master: no workers yet, and the epochs and checkpoints of `saved`.
+    pub fn restore(cfg: IterConfig, saved: IterSnapshot) -> Self {
         IterMaster {
             cfg,
             first_poll: None,
             workers: BTreeMap::new(),
             plan: None,
-            checkpoints: BTreeMap::new(),
+            saved,
+            dirty: false,
             done: BTreeMap::new(),
             dead_workers: 0,
         }
+    }
+
+    /// What to persist.
+    pub fn snapshot(&self) -> &IterSnapshot {
+        &self.saved
+    }
+
+    /// Whether the snapshot changed since the last call. The caller persists it before
+    /// any answer leaves, so that no worker runs an epoch a restarted master might hand
+    /// out again with other owners.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
     }
 
     /// Every partition's final ranks are committed.
@@ -252,6 +285,8 @@ impl IterMaster {
         c.insert("delta".into(), delta);
         c.insert("dangling".into(), dangling);
         c.insert("iterations".into(), f64::from(iterations));
+        let resumed = self.plan.as_ref().map_or(0, |p| p.resume);
+        c.insert("resumed_from".into(), f64::from(resumed));
         c
     }
 
@@ -273,10 +308,10 @@ impl IterMaster {
                     partition,
                     delta,
                 } if partition < self.cfg.partitions => {
-                    self.checkpoints
-                        .entry(iteration)
-                        .or_default()
-                        .insert(partition, delta);
+                    let parts = self.saved.checkpoints.entry(iteration).or_default();
+                    if parts.insert(partition, delta) != Some(delta) {
+                        self.dirty = true;
+                    }
                 }
                 IterReport::Done {
                     epoch,
@@ -359,13 +394,16 @@ impl IterMaster {
         }
         let r = self.cfg.partitions;
         let (resume, resume_delta) = self
+            .saved
             .checkpoints
             .iter()
             .rev()
             .find(|(_, parts)| parts.len() == r as usize)
             .map(|(it, parts)| (*it, parts.values().copied().collect()))
             .unwrap_or((0, vec![f64::INFINITY; r as usize]));
-        let epoch = self.plan.as_ref().map_or(1, |p| p.epoch + 1);
+        self.saved.epoch += 1;
+        self.dirty = true;
+        let epoch = self.saved.epoch;
         self.plan = Some(Plan {
             epoch,
             owners: (0..r as usize)
@@ -1073,6 +1111,46 @@ mod tests {
         assert_eq!(r, IterResponse::Finished);
         assert_eq!(m.counters()["delta"], 1.5);
         assert_eq!(m.counters()["iterations"], 10.0);
+    }
+
+    /// A master restored from its snapshot starts from the latest complete checkpoint, in
+    /// an epoch past every one handed out before, and the snapshot is dirty exactly when
+    /// something to persist changed.
+    #[test]
+    fn a_restored_master_resumes_from_its_checkpoints_in_a_newer_epoch() {
+        let mut m = IterMaster::new(cfg());
+        assert!(!m.take_dirty());
+        poll(&mut m, 0, 1, vec![]);
+        poll(&mut m, 0, 2, vec![]);
+        assert!(m.take_dirty(), "the first epoch is persisted");
+        let ck = |iteration, partition| IterReport::Checkpoint {
+            iteration,
+            partition,
+            delta: f64::from(partition),
+        };
+        poll(&mut m, 100, 1, vec![ck(3, 0), ck(3, 1)]);
+        assert!(m.take_dirty());
+        poll(&mut m, 100, 1, vec![ck(3, 0)]);
+        assert!(!m.take_dirty(), "a repeated report changes nothing");
+        poll(&mut m, 100, 2, vec![ck(3, 2), ck(6, 1)]);
+        assert!(m.take_dirty());
+        let saved = m.snapshot().clone();
+        assert_eq!(saved.epoch, 1);
+
+        let mut r = IterMaster::restore(cfg(), saved);
+        assert_eq!(r.plan(), None);
+        poll(&mut r, 0, 7, vec![]);
+        poll(&mut r, 0, 8, vec![]);
+        let Some(plan) = r.plan().cloned() else {
+            panic!("no plan");
+        };
+        assert_eq!(plan.epoch, 2, "newer than the epoch before the restart");
+        assert_eq!(plan.resume, 3, "iteration 6 is not checkpointed everywhere");
+        assert_eq!(plan.resume_delta, vec![0.0, 1.0, 2.0]);
+        assert!(r.take_dirty());
+        let reports = (0..3).map(|q| done(2, q)).collect();
+        assert_eq!(poll(&mut r, 100, 7, reports), IterResponse::Finished);
+        assert_eq!(r.counters()["resumed_from"], 3.0);
     }
 
     /// With fewer workers than expected, the first epoch starts after one timeout.

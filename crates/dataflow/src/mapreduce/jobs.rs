@@ -1543,7 +1543,9 @@ pub struct PageRankRun {
     pub iterations: u32,
     /// The L1 change of the last iteration.
     pub delta: f64,
-    /// The directory holding the final ranks (`node<TAB>rank<TAB>outs` lines).
+    /// The checkpoint the last epoch of the iterations started from (0: the build).
+    pub resumed_from: u32,
+    /// The directory holding the final ranks (`node<TAB>rank` lines).
     pub ranks: std::path::PathBuf,
 }
 
@@ -1593,10 +1595,12 @@ pub fn run_pagerank(
     let c = stage(super::iterate::JOB, params, &graph, &last, "iterations")?;
     let iterations = c.get("iterations").copied().unwrap_or(0.0) as u32;
     let delta = c.get("delta").copied().unwrap_or(0.0);
+    let resumed_from = c.get("resumed_from").copied().unwrap_or(0.0) as u32;
     Ok(PageRankRun {
         nodes,
         iterations,
         delta,
+        resumed_from,
         ranks,
     })
 }
