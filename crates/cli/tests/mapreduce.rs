@@ -317,6 +317,16 @@ fn sigkill_mid_map_and_mid_reduce_gives_byte_identical_output() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A loopback address with a port free now, for a master that must be restarted on the
+/// address its workers know.
+fn free_listen_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// A master SIGKILLed mid-job and started again on the same output directory resumes from
 /// its persisted state: completed work is kept and the output equals a clean run's.
 #[test]
@@ -324,11 +334,7 @@ fn restarted_master_resumes_the_job() {
     let dir = scratch("mapreduce", "master");
     let input = generate(&dir);
     let clean = clean_run(&input, &dir.join("clean"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_listen_address();
     let out = dir.join("out");
     let (m, addr) = master(&input, &out, &listen);
     let mut procs = Procs(vec![m]);
@@ -475,11 +481,7 @@ fn pagerank_worker_sigkill_mid_iterations_resumes_from_a_checkpoint() {
 fn pagerank_master_sigkill_mid_iterations_resumes_from_the_checkpoint() {
     let dir = scratch("mapreduce", "pr-master");
     let (input, clean) = pagerank_clean_run(&dir);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_listen_address();
     let out = dir.join("faulty");
     let (m, addr) = pagerank_master(&input, &out, &listen);
     let mut procs = Procs(vec![m]);
