@@ -99,6 +99,46 @@ fn start_data_server(dir: PathBuf, ip: IpAddr) -> io::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// Partition `partition` of map output `source` if this worker's `dir` holds it (the map
+/// ran here): its file and segment, after checking the segment's CRC-32C as a fetch
+/// would. `None` if the output is not here; an error if it is damaged.
+fn local_segment(
+    dir: &Path,
+    job: u64,
+    source: &MapOutput,
+    partition: u32,
+) -> anyhow::Result<Option<(PathBuf, SegmentInfo)>> {
+    let name = map_name(job, source.map, source.attempt.0);
+    let index = match std::fs::read(dir.join(format!("{name}.idx"))) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let segments: Vec<SegmentInfo> = synod_core::codec::decode(&index)
+        .with_context(|| format!("damaged map index {name}.idx"))?;
+    let seg = *segments
+        .get(partition as usize)
+        .ok_or_else(|| anyhow!("map index {name}.idx has no partition {partition}"))?;
+    let path = dir.join(format!("{name}.out"));
+    let mut f = File::open(&path)?;
+    f.seek(SeekFrom::Start(seg.offset))?;
+    let mut r = f.take(seg.len);
+    let mut buf = vec![0u8; 256 << 10];
+    let (mut sum, mut read) = (0u32, 0u64);
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sum = crc32c::crc32c_append(sum, &buf[..n]);
+        read += n as u64;
+    }
+    if read != seg.len || sum != seg.crc {
+        bail!("damaged map output {name}.out, partition {partition}");
+    }
+    Ok(Some((path, seg)))
+}
+
 /// Fetch one segment into `dest`, checking its CRC-32C as it streams (§3.1 step 5).
 fn fetch(job: u64, source: &MapOutput, partition: u32, dest: &Path) -> anyhow::Result<SegmentInfo> {
     let addr: SocketAddr = source
@@ -200,7 +240,32 @@ fn run_reduce(
     cancel: &AtomicBool,
 ) -> anyhow::Result<Request> {
     let mut inputs = Vec::with_capacity(sources.len());
+    // Segments fetched into files of this attempt, removed when it ends.
+    let mut fetched = Vec::new();
+    let remove = |fetched: &[PathBuf]| {
+        for p in fetched {
+            let _ = std::fs::remove_file(p);
+        }
+    };
     for s in sources {
+        // This worker's own map output is read in place, not fetched over loopback. A
+        // damaged one is reported like a failed fetch, so the master runs the map again.
+        match local_segment(dir, spec.tag(), s, index) {
+            Ok(Some(local)) => {
+                inputs.push(local);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("local output of map {}: {e:#}", s.map);
+                remove(&fetched);
+                return Ok(Request::FetchFailed {
+                    worker,
+                    attempt,
+                    map: s.map,
+                });
+            }
+        }
         let dest = dir.join(format!("fetch-{}-{}", attempt.0, s.map));
         let mut tries = 0;
         let seg = loop {
@@ -213,9 +278,8 @@ fn run_reduce(
                 }
                 Err(e) => {
                     tracing::info!("fetch of map {} from {} failed: {e:#}", s.map, s.worker);
-                    for (p, _) in &inputs {
-                        let _ = std::fs::remove_file(p);
-                    }
+                    remove(&fetched);
+                    let _ = std::fs::remove_file(&dest);
                     return Ok(Request::FetchFailed {
                         worker,
                         attempt,
@@ -224,8 +288,10 @@ fn run_reduce(
                 }
             }
         };
+        fetched.push(dest.clone());
         inputs.push((dest, seg));
         if cancel.load(Ordering::Relaxed) {
+            remove(&fetched);
             bail!("cancelled");
         }
     }
@@ -235,9 +301,7 @@ fn run_reduce(
     let file = File::create(&tmp)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let result = runner.run_reduce(index, &inputs, &mut out, cancel);
-    for (p, _) in &inputs {
-        let _ = std::fs::remove_file(p);
-    }
+    remove(&fetched);
     let counters = result?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
@@ -517,5 +581,64 @@ fn run_job(
             outcome
         });
         running = Some((attempt, cancel, handle, done_rx));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapreduce::shuffle::SegmentWriter;
+
+    /// A map output of two partitions in `dir`, as `run_map` leaves it.
+    fn write_output(dir: &Path, name: &str) -> Vec<SegmentInfo> {
+        let mut w = SegmentWriter::create(&dir.join(format!("{name}.out"))).unwrap();
+        let mut segments = Vec::new();
+        for p in 0..2u8 {
+            for k in 0..50u8 {
+                w.record(&[p, k], &[k; 20]).unwrap();
+            }
+            segments.push(w.end_segment());
+        }
+        w.finish().unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.idx")),
+            synod_core::codec::encode(&segments),
+        )
+        .unwrap();
+        segments
+    }
+
+    #[test]
+    fn a_local_map_output_is_read_in_place_and_checked() {
+        let dir = std::env::temp_dir().join(format!("synod-local-seg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = MapOutput {
+            map: 3,
+            attempt: AttemptId(7),
+            worker: WorkerId(1),
+            addr: "127.0.0.1:1".into(),
+        };
+        // Not here: fetch it.
+        assert!(local_segment(&dir, 9, &source, 1).unwrap().is_none());
+        let name = map_name(9, 3, 7);
+        let segments = write_output(&dir, &name);
+        let (path, seg) = local_segment(&dir, 9, &source, 1).unwrap().expect("here");
+        assert_eq!((path, seg), (dir.join(format!("{name}.out")), segments[1]));
+        assert!(
+            local_segment(&dir, 9, &source, 2).is_err(),
+            "no such partition"
+        );
+        // One flipped byte in partition 1 is caught; partition 0 is still good.
+        let out = dir.join(format!("{name}.out"));
+        let mut bytes = std::fs::read(&out).unwrap();
+        bytes[segments[1].offset as usize + 5] ^= 1;
+        std::fs::write(&out, bytes).unwrap();
+        assert!(local_segment(&dir, 9, &source, 1).is_err());
+        assert!(local_segment(&dir, 9, &source, 0).unwrap().is_some());
+        // A damaged index is an error, not a panic.
+        std::fs::write(dir.join(format!("{name}.idx")), b"\xff\xff").unwrap();
+        assert!(local_segment(&dir, 9, &source, 0).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
