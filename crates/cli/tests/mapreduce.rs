@@ -207,23 +207,7 @@ fn wordcount_runs_and_equals_the_reference() {
         stdout.contains("wordcount:") && stdout.contains("map + 4 reduce tasks"),
         "{stdout}"
     );
-    let reference = dir.join("ref.txt");
-    let (code, _, err) = synod(&[
-        "job",
-        "reference",
-        "wordcount",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        reference.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let want: Vec<String> = std::fs::read_to_string(&reference)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    assert_eq!(sorted_lines(&parts(&out)), want);
+    assert_wordcount_equals_the_reference(&dir, &input, &out);
     assert!(out.join("_SUCCESS").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -315,6 +299,27 @@ fn sigkill_mid_map_and_mid_reduce_gives_byte_identical_output() {
     assert!(!summary.contains(" 0 map re-executions"), "{summary}");
     assert_eq!(parts(&out), parts(&clean), "output differs after failures");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The word counts in `out` are `synod job reference wordcount`'s on `input`.
+fn assert_wordcount_equals_the_reference(dir: &Path, input: &Path, out: &Path) {
+    let reference = dir.join("ref.txt");
+    let (code, _, err) = synod(&[
+        "job",
+        "reference",
+        "wordcount",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        reference.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let want: Vec<String> = std::fs::read_to_string(&reference)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(sorted_lines(&parts(out)), want);
 }
 
 /// A loopback address with a port free now, for a master that must be restarted on the
@@ -589,23 +594,7 @@ fn wordcount_on_the_nodes_of_synod_up_survives_a_node_sigkill() {
         parts(&clean),
         "output differs after a node died"
     );
-    let reference = dir.join("ref.txt");
-    let (code, _, err) = synod(&[
-        "job",
-        "reference",
-        "wordcount",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        reference.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let want: Vec<String> = std::fs::read_to_string(&reference)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    assert_eq!(sorted_lines(&parts(&out)), want);
+    assert_wordcount_equals_the_reference(&dir, &input, &out);
 
     // The node comes back and works for the next job; every node's worker ends with it.
     cluster.restart();
