@@ -93,23 +93,24 @@ fn worker(master: &str, dir: &Path, delay: &str) -> Child {
 
 /// Start a master that waits for external workers; return it and its address.
 fn master(input: &Path, output: &Path, listen: &str) -> (Child, String) {
+    let job = [
+        "wordcount",
+        "--reduces",
+        "4",
+        "--split-size",
+        "256KiB",
+        "--quiet",
+    ];
+    spawn_master(&job, input, output, listen)
+}
+
+/// Start `synod job run JOB_ARGS...` as a master that waits for external workers (a worker
+/// timeout of 1 s); return it and the address it prints.
+fn spawn_master(job_args: &[&str], input: &Path, output: &Path, listen: &str) -> (Child, String) {
     let mut m = synod_cmd()
-        .args([
-            "job",
-            "run",
-            "wordcount",
-            "--workers",
-            "0",
-            "--reduces",
-            "4",
-        ])
-        .args([
-            "--split-size",
-            "256KiB",
-            "--worker-timeout",
-            "1s",
-            "--quiet",
-        ])
+        .args(["job", "run"])
+        .args(job_args)
+        .args(["--workers", "0", "--worker-timeout", "1s"])
         .args(["--listen", listen, "--input"])
         .arg(input)
         .arg("--output")
@@ -401,28 +402,9 @@ fn pagerank_clean_run(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// A PageRank master that waits for external workers; returns it and its address.
 fn pagerank_master(input: &Path, out: &Path, listen: &str) -> (Child, String) {
-    let mut m = synod_cmd()
-        .args(["job", "run", "pagerank", "--workers", "0"])
-        .args(PAGERANK_ARGS)
-        .args(["--worker-timeout", "1s", "--listen", listen, "--input"])
-        .arg(input)
-        .arg("--output")
-        .arg(out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start master");
-    let stderr = m.stderr.take().expect("stderr");
-    let mut line = String::new();
-    BufReader::new(stderr)
-        .read_line(&mut line)
-        .expect("master prints its address");
-    let addr = line
-        .split_whitespace()
-        .nth(3)
-        .map(|s| s.trim_end_matches(';').to_string())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    (m, addr)
+    let mut job = vec!["pagerank"];
+    job.extend(PAGERANK_ARGS);
+    spawn_master(&job, input, out, listen)
 }
 
 /// Wait until every partition has its first checkpoint (iteration 3) and the iterations
