@@ -43,19 +43,7 @@ fn run_stage(
         listen: "127.0.0.1:0".parse().unwrap(),
     };
     let server = MasterServer::start(&opts)?;
-    let handles: Vec<_> = (0..workers)
-        .map(|i| {
-            let o = WorkerOptions {
-                master: server.addr(),
-                dir: output.with_extension(format!("w{i}")),
-                heartbeat: Duration::from_millis(20),
-                master_grace: Duration::from_secs(5),
-                task_delay: Duration::ZERO,
-                data_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-            };
-            std::thread::spawn(move || run_worker(&o))
-        })
-        .collect();
+    let handles = start_workers(&server, workers, |i| output.with_extension(format!("w{i}")));
     let mut waited = 0;
     while !server.finished() {
         std::thread::sleep(Duration::from_millis(20));
@@ -69,6 +57,27 @@ fn run_stage(
         h.join().expect("worker thread").expect("worker ran");
     }
     Ok(server.counters())
+}
+
+/// `n` worker threads for `server`, worker i in `dir(i)`.
+fn start_workers(
+    server: &MasterServer,
+    n: u32,
+    dir: impl Fn(u32) -> PathBuf,
+) -> Vec<std::thread::JoinHandle<anyhow::Result<()>>> {
+    (0..n)
+        .map(|i| {
+            let o = WorkerOptions {
+                master: server.addr(),
+                dir: dir(i),
+                heartbeat: Duration::from_millis(20),
+                master_grace: Duration::from_secs(5),
+                task_delay: Duration::ZERO,
+                data_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            };
+            std::thread::spawn(move || run_worker(&o))
+        })
+        .collect()
 }
 
 fn output_lines(dir: &Path) -> Vec<String> {
@@ -258,19 +267,7 @@ fn pagerank_session_equals_reference(dir: &Path, input: &Path) {
                 Some((server, _)) => server.next_job(&opts)?,
                 None => {
                     let server = MasterServer::start(&opts)?;
-                    let workers = (0..2)
-                        .map(|w| {
-                            let o = WorkerOptions {
-                                master: server.addr(),
-                                dir: dir.join(format!("w{w}")),
-                                heartbeat: Duration::from_millis(20),
-                                master_grace: Duration::from_secs(5),
-                                task_delay: Duration::ZERO,
-                                data_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-                            };
-                            std::thread::spawn(move || run_worker(&o))
-                        })
-                        .collect();
+                    let workers = start_workers(&server, 2, |w| dir.join(format!("w{w}")));
                     session = Some((server, workers));
                 }
             }
