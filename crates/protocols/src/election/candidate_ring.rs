@@ -20,8 +20,7 @@
 //! node appends itself to every list, which makes the announcements agree. A list longer
 //! than the ring, or one that already names this node, is malformed and dropped.
 
-use super::chang_roberts::RingNode;
-use super::{ElectionCounters, LeaderElection};
+use super::chang_roberts::{ring_election_face, RingNode};
 use serde::{Deserialize, Serialize};
 use synod_core::{Actor, Ctx, Endpoint, NodeId};
 
@@ -80,17 +79,7 @@ impl CandidateRing {
     }
 }
 
-impl LeaderElection for CandidateRing {
-    fn leader(&self) -> Option<NodeId> {
-        self.ring.leader
-    }
-    fn electing(&self) -> bool {
-        self.ring.participant
-    }
-    fn counters(&self) -> ElectionCounters {
-        self.ring.counters
-    }
-}
+ring_election_face!(CandidateRing);
 
 impl Actor for CandidateRing {
     type Msg = CandidateRingMsg;

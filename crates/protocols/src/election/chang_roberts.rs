@@ -30,7 +30,7 @@
 //! (see [`super::candidate_ring`], kept as the naive baseline); Chang–Roberts carries one
 //! id and swallows smaller ones, which is what brings the average to O(N log N).
 
-use super::{ElectionCounters, LeaderElection};
+use super::ElectionCounters;
 use serde::{Deserialize, Serialize};
 use synod_core::{Actor, Ctx, Endpoint, NodeId};
 
@@ -82,6 +82,24 @@ impl RingNode {
     }
 }
 
+/// `LeaderElection` for a ring election whose state is a [`RingNode`] in field `ring`.
+macro_rules! ring_election_face {
+    ($actor:ty) => {
+        impl $crate::election::LeaderElection for $actor {
+            fn leader(&self) -> Option<NodeId> {
+                self.ring.leader
+            }
+            fn electing(&self) -> bool {
+                self.ring.participant
+            }
+            fn counters(&self) -> $crate::election::ElectionCounters {
+                self.ring.counters
+            }
+        }
+    };
+}
+pub(super) use ring_election_face;
+
 /// The successor of `me` in `ring` (the order messages travel), or `me` if it is absent.
 pub fn successor(ring: &[NodeId], me: NodeId) -> NodeId {
     ring.iter()
@@ -109,17 +127,7 @@ impl ChangRoberts {
     }
 }
 
-impl LeaderElection for ChangRoberts {
-    fn leader(&self) -> Option<NodeId> {
-        self.ring.leader
-    }
-    fn electing(&self) -> bool {
-        self.ring.participant
-    }
-    fn counters(&self) -> ElectionCounters {
-        self.ring.counters
-    }
-}
+ring_election_face!(ChangRoberts);
 
 impl Actor for ChangRoberts {
     type Msg = ChangRobertsMsg;
@@ -182,6 +190,7 @@ impl Actor for ChangRoberts {
 #[cfg(test)]
 mod tests {
     use super::super::harness::{ring_suite, run_ring, total_messages};
+    use super::super::LeaderElection;
     use super::*;
     use synod_core::testing::{sent, TestNode};
 
