@@ -9,8 +9,8 @@
 //! write, as before session 8, instead of once per group-commit batch),
 //! `SYNOD_APPEND_ENTRIES` and `SYNOD_APPEND_IN_FLIGHT` (Raft's entries per
 //! `AppendEntries` and requests in flight per follower; before session 8: 64 and 8).
-//! Session 9: `SYNOD_WAL_PREALLOCATE` (bytes zero-filled ahead of the Raft WAL; 0 turns
-//! it off), `SYNOD_DIRECT_DELIVERY=1` (the router puts a peer message straight into the
+//! Session 9: `SYNOD_WAL_PREALLOCATE` (bytes zero-filled ahead of the Raft WAL; default
+//! 0, off), `SYNOD_DIRECT_DELIVERY=1` (the router puts a peer message straight into the
 //! actor's inbox when nothing is queued before it), and in the driver
 //! `SYNOD_GROUP_COMMIT_LINGER_US` / `SYNOD_GROUP_COMMIT_YIELDS` (`Gather::from_env`).
 
@@ -64,10 +64,12 @@ pub fn append_limits() -> (usize, usize) {
     (entries.unwrap_or(4096), in_flight.unwrap_or(32))
 }
 
-/// Bytes zero-filled ahead of the Raft WAL (`DiskOptions::preallocate_bytes`): 1 MiB unless
-/// `SYNOD_WAL_PREALLOCATE` says otherwise (0 turns it off, for A/B runs).
+/// Bytes zero-filled ahead of the Raft WAL (`DiskOptions::preallocate_bytes`):
+/// `SYNOD_WAL_PREALLOCATE=1048576` for A/B runs. Off by default: it makes each fdatasync
+/// cheaper in isolation but showed no gain in node CPU per write under `check perf`
+/// (docs/etcdperf.md, session 9).
 pub fn wal_preallocate_bytes() -> u64 {
-    env_number::<u64>("SYNOD_WAL_PREALLOCATE").unwrap_or(1 << 20)
+    env_number::<u64>("SYNOD_WAL_PREALLOCATE").unwrap_or(0)
 }
 
 /// Whether peer messages skip the per-service forwarding task when it has nothing queued:
