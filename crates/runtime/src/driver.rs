@@ -4,7 +4,8 @@
 //!    more inputs without waiting, up to [`DriverConfig::max_batch`].
 //! 2. Run the handlers in order. Their storage writes accumulate in the storage's buffer.
 //! 3. Arm timers. `send_unsynced` messages leave at once.
-//! 4. One write and one fdatasync for the whole batch ([`SyncStorage::sync`]).
+//! 4. One write and one fdatasync for the whole batch ([`SyncStorage::sync`]). A small
+//!    batch may first gather more inputs into the same sync ([`Gather`], off by default).
 //! 5. Release the held sends and replies, in order.
 //! 6. If the sync fails, the actor stops and reports [`DriverError::Storage`]; the node
 //!    must then stop. It never logs the error and carries on: after a failed fsync the
