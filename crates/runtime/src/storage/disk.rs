@@ -41,8 +41,9 @@ pub struct DiskOptions {
     pub read_cache_bytes: usize,
     /// When a batch runs past the zero-filled end of its segment, also write this many
     /// zero bytes after it. Later batches then overwrite allocated, already written blocks,
-    /// and their `fdatasync` has no file size or block allocation to commit to the file
-    /// system's journal (about 40 % less CPU per fdatasync and one wake-up fewer on ext4;
+    /// and their `fdatasync` has no new file size or block allocation to make durable (a
+    /// journal commit on a journaling file system, an inode write on this project's
+    /// journal-less ext4 VMs: about 40 % less CPU per fdatasync and one wake-up fewer;
     /// docs/etcdperf.md, session 9). Recovery reads a zero tail as unused space. Default 0:
     /// every batch extends the file.
     pub preallocate_bytes: u64,

@@ -51,7 +51,7 @@
 //!   repair it from the other replicas, which is a protocol's job, not the disk's.
 //! - With [`DiskOptions::preallocate_bytes`], a sync that runs past a segment's
 //!   zero-filled end writes that many zero bytes after the batch, so the next batches'
-//!   `fdatasync`s overwrite allocated blocks and need no journal commit for a new file size.
+//!   `fdatasync`s overwrite allocated blocks and have no new file size to make durable.
 //!   On open, a run of zeros from a record boundary to the end of a segment is unused space,
 //!   not a torn tail; in a segment that is not the last, lost records would still show as a
 //!   mismatch with the next segment's header.
