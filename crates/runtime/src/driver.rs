@@ -4,7 +4,8 @@
 //!    more inputs without waiting, up to [`DriverConfig::max_batch`].
 //! 2. Run the handlers in order. Their storage writes accumulate in the storage's buffer.
 //! 3. Arm timers. `send_unsynced` messages leave at once.
-//! 4. One write and one fdatasync for the whole batch ([`SyncStorage::sync`]).
+//! 4. One write and one fdatasync for the whole batch ([`SyncStorage::sync`]). A small
+//!    batch may first gather more inputs into the same sync ([`Gather`], off by default).
 //! 5. Release the held sends and replies, in order.
 //! 6. If the sync fails, the actor stops and reports [`DriverError::Storage`]; the node
 //!    must then stop. It never logs the error and carries on: after a failed fsync the
@@ -76,6 +77,48 @@ fn group_commit_wait() -> Option<std::time::Duration> {
     })
 }
 
+/// How a batch that wrote something gathers more writes before its fdatasync, so that one
+/// sync covers more of them (under `check perf --load=l` a leader synced every 3.5 writes:
+/// each fdatasync returns in ~0.6 ms and the next batch is what arrived meanwhile).
+/// Only a batch of fewer than [`GATHER_BELOW`] inputs gathers. Whatever it gathers joins
+/// the same sync, so held output still leaves only after its writes are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gather {
+    /// Sync at once.
+    Off,
+    /// Inside the `block_in_place` that the sync needs anyway, sleep this long (a
+    /// high-resolution sleep, not tokio's millisecond timer), then take what arrived into
+    /// the same sync.
+    Linger(Duration),
+    /// Up to this many times, yield to the runtime (which polls the sockets without
+    /// parking) and take what arrived; stop at the first round that brings nothing.
+    Yields(u32),
+}
+
+/// Below this many inputs a batch gathers more (see [`Gather`]); a larger one syncs at once.
+pub const GATHER_BELOW: usize = 64;
+
+impl Gather {
+    /// From the environment, for A/B runs of one binary (docs/etcdperf.md, session 9):
+    /// `SYNOD_GROUP_COMMIT_LINGER_US=N` or `SYNOD_GROUP_COMMIT_YIELDS=K`; otherwise off.
+    pub fn from_env() -> Gather {
+        let number = |name: &str| -> Option<u64> {
+            std::env::var(name)
+                .ok()?
+                .parse()
+                .ok()
+                .filter(|&n: &u64| n > 0)
+        };
+        if let Some(us) = number("SYNOD_GROUP_COMMIT_LINGER_US") {
+            Gather::Linger(Duration::from_micros(us))
+        } else if let Some(k) = number("SYNOD_GROUP_COMMIT_YIELDS") {
+            Gather::Yields(u32::try_from(k).unwrap_or(u32::MAX))
+        } else {
+            Gather::Off
+        }
+    }
+}
+
 /// Move what `inbox` holds now into `batch`, up to `max` inputs in all, without waiting.
 fn fill_from<M>(inbox: &mut mpsc::Receiver<M>, batch: &mut Vec<M>, max: usize) {
     while batch.len() < max {
@@ -138,6 +181,8 @@ pub struct DriverConfig {
     pub max_batch: usize,
     /// Capacity of the actor's inbox; senders wait when it is full (backpressure).
     pub inbox_capacity: usize,
+    /// How a small batch with writes gathers more before its sync.
+    pub gather: Gather,
 }
 
 impl Default for DriverConfig {
@@ -145,6 +190,7 @@ impl Default for DriverConfig {
         DriverConfig {
             max_batch: 1024,
             inbox_capacity: 8192,
+            gather: Gather::from_env(),
         }
     }
 }
@@ -479,18 +525,64 @@ impl<A: Actor> ActorTask<A> {
                 .inbox_depth
                 .store(inbox.len() as u64, Ordering::Relaxed);
             fill_from(&mut inbox, &mut batch, self.config.max_batch);
-            metrics::histogram!("synod_batch_inputs").record(batch.len() as f64);
+            let mut inputs = batch.len();
             self.apply_all(&mut batch);
             if let Some(wait) = group_commit_wait().filter(|_| self.storage.sync_may_block()) {
                 // Let more writes join this batch's fdatasync (an experiment, off by default).
                 tokio::time::sleep(wait).await;
                 fill_from(&mut inbox, &mut batch, self.config.max_batch);
+                inputs += batch.len();
                 self.apply_all(&mut batch);
+            }
+            let gather = match self.config.gather {
+                Gather::Off => Gather::Off,
+                _ if inputs >= GATHER_BELOW || !self.storage.sync_may_block() => Gather::Off,
+                other => other,
+            };
+            if let Gather::Yields(rounds) = gather {
+                for _ in 0..rounds {
+                    tokio::task::yield_now().await;
+                    fill_from(&mut inbox, &mut batch, self.config.max_batch);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    inputs += batch.len();
+                    self.apply_all(&mut batch);
+                }
             }
             self.fire_due_timers();
             self.handle(|a, ctx| a.on_batch_end(ctx));
-            self.commit()?;
+            match gather {
+                Gather::Linger(wait) => {
+                    inputs += self.linger_then_commit(wait, &mut inbox, &mut batch)?;
+                }
+                _ => self.commit()?,
+            }
+            metrics::histogram!("synod_batch_inputs").record(inputs as f64);
         }
+    }
+
+    /// Sleep `wait` and handle what arrived meanwhile, then sync: all in one
+    /// `block_in_place`, which the sync of a batch with writes needs anyway. Held output
+    /// of the first part of the batch waits for this same sync, so it never leaves before
+    /// its writes are durable. Returns how many more inputs the batch took.
+    fn linger_then_commit(
+        &mut self,
+        wait: Duration,
+        inbox: &mut mpsc::Receiver<Command<A::Msg>>,
+        batch: &mut Vec<Command<A::Msg>>,
+    ) -> Result<usize, DriverError> {
+        tokio::task::block_in_place(|| {
+            std::thread::sleep(wait);
+            fill_from(inbox, batch, self.config.max_batch);
+            let more = batch.len();
+            if more > 0 {
+                self.apply_all(batch);
+                self.fire_due_timers();
+                self.handle(|a, ctx| a.on_batch_end(ctx));
+            }
+            self.commit().map(|()| more)
+        })
     }
 
     /// Handle every input in `batch`, in order, leaving it empty.
@@ -704,6 +796,26 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// Decode a peer's payload and put it in `handle`'s inbox without waiting. Returns
+/// `false` only if the inbox is full (or the actor stopped), so the caller can queue the
+/// payload instead; a payload that does not decode is dropped and counted, as in
+/// [`deliver_encoded`]. Saves a hop through a forwarding task when the actor keeps up.
+pub fn try_deliver_encoded<A: Actor>(
+    handle: &ActorHandle<A>,
+    stats: &ActorStats,
+    from: NodeId,
+    payload: &[u8],
+) -> bool {
+    match codec::decode::<A::Msg>(payload) {
+        Ok(msg) => handle.tx.try_send(Command::Peer { from, msg }).is_ok(),
+        Err(e) => {
+            stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%from, service = handle.service, error = %e, "undecodable message dropped");
+            true
+        }
+    }
+}
+
 /// Decode a peer's payload for `handle`'s actor and deliver it. A payload that does not
 /// decode is dropped and counted: it came from the network and proves nothing.
 pub async fn deliver_encoded<A: Actor>(
@@ -843,6 +955,10 @@ mod tests {
     }
 
     fn start() -> Running {
+        start_with(DriverConfig::default())
+    }
+
+    fn start_with(config: DriverConfig) -> Running {
         let durable_next = Arc::new(AtomicU64::new(0));
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let storage = Probe {
@@ -854,7 +970,7 @@ mod tests {
             me: NodeId(1),
             service: 9,
             seed: 1,
-            config: DriverConfig::default(),
+            config,
         };
         let (handle, task) = spawn_actor(
             placement,
@@ -890,6 +1006,102 @@ mod tests {
                 "the reply for entry {expected} left while only entries below {durable_next} were durable"
             );
         }
+    }
+
+    /// Concurrent writers against a driver that gathers: every reply still leaves only
+    /// after its own entry is durable, a lone write is answered without more input
+    /// arriving, and writes that arrive while a batch gathers share its sync.
+    async fn gathered_writes_are_answered_only_once_durable(gather: Gather) {
+        let config = DriverConfig {
+            gather,
+            ..DriverConfig::default()
+        };
+        let Running {
+            handle,
+            durable_next,
+            ..
+        } = start_with(config);
+        let lone = handle.call(Msg::Write, Duration::from_secs(5)).await;
+        assert_eq!(lone.unwrap(), Msg::Done(1));
+        let mut syncs_before = durable_next.load(Ordering::SeqCst);
+        assert!(
+            syncs_before > 1,
+            "the lone write was answered before its sync"
+        );
+        for round in 0..20 {
+            let writers = (0..40).map(|_| {
+                let handle = handle.clone();
+                let durable_next = durable_next.clone();
+                tokio::spawn(async move {
+                    let reply = handle.call(Msg::Write, Duration::from_secs(5)).await;
+                    let Ok(Msg::Done(index)) = reply else {
+                        panic!("write failed: {reply:?}");
+                    };
+                    let durable = durable_next.load(Ordering::SeqCst);
+                    assert!(
+                        durable > index,
+                        "{gather:?}, round {round}: the reply for entry {index} left while \
+                         only entries below {durable} were durable"
+                    );
+                })
+            });
+            for writer in futures::future::join_all(writers).await {
+                writer.unwrap();
+            }
+            syncs_before = syncs_before.max(durable_next.load(Ordering::SeqCst));
+        }
+        assert_eq!(syncs_before, 2 + 20 * 40, "every write was answered once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lingering_batch_releases_its_output_only_after_its_sync() {
+        gathered_writes_are_answered_only_once_durable(Gather::Linger(Duration::from_micros(300)))
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_yields_for_more_releases_its_output_only_after_its_sync() {
+        gathered_writes_are_answered_only_once_durable(Gather::Yields(8)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lingering_batch_shares_its_sync_with_what_arrives_meanwhile() {
+        // A long linger, so that several of the writers surely arrive within it.
+        let config = DriverConfig {
+            gather: Gather::Linger(Duration::from_millis(20)),
+            ..DriverConfig::default()
+        };
+        let stats = Arc::new(ActorStats::default());
+        let (handle, _task) = spawn_actor(
+            ActorPlacement {
+                me: NodeId(1),
+                service: 9,
+                seed: 1,
+                config,
+            },
+            Echo,
+            Box::new(MemStorage::new()),
+            Arc::new(Nowhere),
+            stats.clone(),
+        );
+        // One write every millisecond or so: without gathering, each would sync alone.
+        let writes = 30u64;
+        let mut writers = Vec::new();
+        for _ in 0..writes {
+            let handle = handle.clone();
+            writers.push(tokio::spawn(async move {
+                handle.call(Msg::Write, Duration::from_secs(5)).await
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for writer in writers {
+            assert!(matches!(writer.await.unwrap(), Ok(Msg::Done(_))));
+        }
+        let syncs = stats.syncs.load(Ordering::SeqCst);
+        assert!(
+            syncs < writes / 2,
+            "{syncs} syncs for {writes} concurrent writes: the linger gathered nothing"
+        );
     }
 
     /// On a client `Write`, builds a 3 MB blob in the background; answers the client

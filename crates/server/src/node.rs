@@ -6,6 +6,7 @@ use crate::etcd::EtcdNode;
 use crate::gateway::Gateway;
 use bytes::Bytes;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use synod_core::{MemStorage, NodeId};
@@ -16,8 +17,8 @@ use synod_protocols::mvcc::MvccStateMachine;
 use synod_protocols::raft::{Raft, RaftConfig};
 use synod_protocols::swim::{Swim, SwimConfig};
 use synod_runtime::driver::{
-    deliver_encoded, spawn_actor, ActorHandle, ActorPlacement, ActorStats, DriverConfig,
-    DriverError, Outbox,
+    deliver_encoded, spawn_actor, try_deliver_encoded, ActorHandle, ActorPlacement, ActorStats,
+    DriverConfig, DriverError, Outbox,
 };
 use synod_runtime::storage::{DiskOptions, DiskStorage, StorageError};
 use synod_runtime::transport::{
@@ -179,6 +180,7 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     let driver = DriverConfig {
         max_batch: config.tuning.max_batch,
         inbox_capacity: config.tuning.inbox_capacity,
+        ..DriverConfig::default()
     };
     let placement = |service| ActorPlacement {
         me,
@@ -259,7 +261,8 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         Raft::new(raft_cfg, MvccStateMachine::default()),
         Box::new(DiskStorage::open(
             data_dir.join("raft"),
-            DiskOptions::default(),
+            DiskOptions::default()
+                .with_preallocate_bytes(crate::node_runtime::wal_preallocate_bytes()),
         )?),
         outbox.clone(),
     );
@@ -458,13 +461,24 @@ impl Services {
                 }),
             }
         });
-        let queue = forwarder(handle.clone(), stats.clone());
+        // Messages in the forwarding queue or being delivered from it. While there are
+        // none, a message may go straight into the inbox without overtaking any.
+        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = forwarder(handle.clone(), stats.clone(), queued.clone());
         let route_stats = stats.clone();
+        let direct = crate::node_runtime::direct_delivery();
+        let direct_handle = handle.clone();
         self.route(service, move |from, payload| {
+            if direct
+                && queued.load(Ordering::Acquire) == 0
+                && try_deliver_encoded(&direct_handle, &route_stats, from, &payload)
+            {
+                return;
+            }
+            queued.fetch_add(1, Ordering::AcqRel);
             if queue.try_send((from, payload)).is_err() {
-                route_stats
-                    .overflow_dropped
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                queued.fetch_sub(1, Ordering::AcqRel);
+                route_stats.overflow_dropped.fetch_add(1, Ordering::Relaxed);
             }
         });
         self.stats.push((name, stats));
@@ -485,14 +499,14 @@ impl Services {
 fn forwarder<A: synod_core::Actor>(
     handle: ActorHandle<A>,
     stats: Arc<ActorStats>,
+    queued: Arc<AtomicUsize>,
 ) -> tokio::sync::mpsc::Sender<(NodeId, Bytes)> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(NodeId, Bytes)>(4096);
     tokio::spawn(async move {
         while let Some((from, payload)) = rx.recv().await {
-            if deliver_encoded(&handle, &stats, from, &payload)
-                .await
-                .is_err()
-            {
+            let delivered = deliver_encoded(&handle, &stats, from, &payload).await;
+            queued.fetch_sub(1, Ordering::AcqRel);
+            if delivered.is_err() {
                 break;
             }
         }

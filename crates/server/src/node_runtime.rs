@@ -9,6 +9,10 @@
 //! write, as before session 8, instead of once per group-commit batch),
 //! `SYNOD_APPEND_ENTRIES` and `SYNOD_APPEND_IN_FLIGHT` (Raft's entries per
 //! `AppendEntries` and requests in flight per follower; before session 8: 64 and 8).
+//! Session 9: `SYNOD_WAL_PREALLOCATE` (bytes zero-filled ahead of the Raft WAL; default
+//! 0, off), `SYNOD_DIRECT_DELIVERY=1` (the router puts a peer message straight into the
+//! actor's inbox when nothing is queued before it), and in the driver
+//! `SYNOD_GROUP_COMMIT_LINGER_US` / `SYNOD_GROUP_COMMIT_YIELDS` (`Gather::from_env`).
 
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     let value = std::env::var(name).ok()?;
@@ -58,4 +62,18 @@ pub fn append_limits() -> (usize, usize) {
     let entries = env_number::<usize>("SYNOD_APPEND_ENTRIES").filter(|&n| n > 0);
     let in_flight = env_number::<usize>("SYNOD_APPEND_IN_FLIGHT").filter(|&n| n > 0);
     (entries.unwrap_or(4096), in_flight.unwrap_or(32))
+}
+
+/// Bytes zero-filled ahead of the Raft WAL (`DiskOptions::preallocate_bytes`):
+/// `SYNOD_WAL_PREALLOCATE=1048576` for A/B runs. Off by default: it makes each fdatasync
+/// cheaper in isolation but showed no gain in node CPU per write under `check perf`
+/// (docs/etcdperf.md, session 9).
+pub fn wal_preallocate_bytes() -> u64 {
+    env_number::<u64>("SYNOD_WAL_PREALLOCATE").unwrap_or(0)
+}
+
+/// Whether peer messages skip the per-service forwarding task when it has nothing queued:
+/// `SYNOD_DIRECT_DELIVERY=1`.
+pub fn direct_delivery() -> bool {
+    std::env::var("SYNOD_DIRECT_DELIVERY").is_ok_and(|v| v == "1")
 }

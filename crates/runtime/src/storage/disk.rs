@@ -39,6 +39,14 @@ pub struct DiskOptions {
     /// Older records, and a record larger than the cache, are read from the segment files
     /// (or from the pending batch). Default 1 MiB.
     pub read_cache_bytes: usize,
+    /// When a batch runs past the zero-filled end of its segment, also write this many
+    /// zero bytes after it. Later batches then overwrite allocated, already written blocks,
+    /// and their `fdatasync` has no new file size or block allocation to make durable (a
+    /// journal commit on a journaling file system, an inode write on this project's
+    /// journal-less ext4 VMs: about 40 % less CPU per fdatasync and one wake-up fewer;
+    /// docs/etcdperf.md, session 9). Recovery reads a zero tail as unused space. Default 0:
+    /// every batch extends the file.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for DiskOptions {
@@ -46,6 +54,7 @@ impl Default for DiskOptions {
         DiskOptions {
             segment_size: 64 << 20,
             read_cache_bytes: 1 << 20,
+            preallocate_bytes: 0,
         }
     }
 }
@@ -60,6 +69,12 @@ impl DiskOptions {
     /// These options with another read-cache size; 0 disables the cache.
     pub fn with_read_cache_bytes(mut self, bytes: usize) -> Self {
         self.read_cache_bytes = bytes;
+        self
+    }
+
+    /// These options with zero-filled space written ahead of the log; 0 turns it off.
+    pub fn with_preallocate_bytes(mut self, bytes: u64) -> Self {
+        self.preallocate_bytes = bytes;
         self
     }
 }
@@ -144,6 +159,8 @@ struct Segment {
     file: File,
     /// Bytes written (and synced) so far.
     written: u64,
+    /// The file's length: zero bytes from `written` up to here (preallocated).
+    zeroed: u64,
 }
 
 /// Bytes to append to one segment at the next sync.
@@ -194,12 +211,19 @@ impl DiskStorage {
                 .write(true)
                 .open(path)
                 .map_err(|e| StorageError::io("open", path, e))?;
+            // Recovery stopped at the first zero byte of a preallocated tail, if any.
+            let zeroed = file
+                .metadata()
+                .map_err(|e| StorageError::io("stat", path, e))?
+                .len()
+                .max(*written);
             segments.insert(
                 *seq,
                 Segment {
                     path: path.clone(),
                     file,
                     written: *written,
+                    zeroed,
                 },
             );
         }
@@ -339,6 +363,13 @@ impl DiskStorage {
             || keep_from > self.first_segment
     }
 
+    /// Where the next record goes in the active segment (tests: a batch's end, which the
+    /// file length no longer shows when space is preallocated).
+    #[cfg(test)]
+    pub(crate) fn active_segment_len(&self) -> u64 {
+        self.active_len
+    }
+
     /// Storage writes buffered since the last sync.
     pub fn pending_records(&self) -> u64 {
         self.pending_records
@@ -429,6 +460,8 @@ impl DiskStorage {
                 .map_err(|e| context("create segment", e))?;
             file.write_all_at(&chunk.bytes, 0)
                 .map_err(|e| context("write", e))?;
+            let zeroed = len + self.options.preallocate_bytes;
+            write_zeros(&file, len, zeroed).map_err(|e| context("preallocate", e))?;
             file.sync_data().map_err(|e| context("fdatasync", e))?;
             // The new file's name is durable only once the directory is (Pillai et al.).
             fsync_dir(&self.dir).map_err(io::Error::other)?;
@@ -440,6 +473,7 @@ impl DiskStorage {
                     path,
                     file,
                     written: len,
+                    zeroed,
                 },
             );
         } else {
@@ -466,11 +500,20 @@ impl DiskStorage {
                 .file
                 .write_all_at(&chunk.bytes, chunk.base)
                 .map_err(|e| context("write", e))?;
+            let end = chunk.base + len;
+            if end > segment.zeroed && self.options.preallocate_bytes > 0 {
+                // Past the preallocated space: zero-fill the next stretch in the same sync
+                // (this fdatasync commits the new size; the next ones do not need to).
+                let zeroed = end + self.options.preallocate_bytes;
+                write_zeros(&segment.file, end, zeroed).map_err(|e| context("preallocate", e))?;
+                segment.zeroed = zeroed;
+            }
             segment
                 .file
                 .sync_data()
                 .map_err(|e| context("fdatasync", e))?;
             segment.written += len;
+            segment.zeroed = segment.zeroed.max(segment.written);
             stats.fsyncs += 1;
         }
         stats.writes += 1;
@@ -886,4 +929,20 @@ impl fmt::Debug for DiskStorage {
             .field("failed", &self.failure_state().is_some())
             .finish()
     }
+}
+
+/// Write zero bytes over `[from, to)` of `file`, in pieces of at most 1 MiB.
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    const PIECE: u64 = 1 << 20;
+    let mut at = from;
+    if at >= to {
+        return Ok(());
+    }
+    let zeros = vec![0u8; (to - at).min(PIECE) as usize];
+    while at < to {
+        let n = (to - at).min(PIECE) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }

@@ -49,6 +49,12 @@
 //!   damage to the final batch after it was synced. No single-copy log can distinguish the
 //!   two; Alagappan et al., "Protocol-Aware Recovery for Consensus-Based Storage", FAST 2018,
 //!   repair it from the other replicas, which is a protocol's job, not the disk's.
+//! - With [`DiskOptions::preallocate_bytes`], a sync that runs past a segment's
+//!   zero-filled end writes that many zero bytes after the batch, so the next batches'
+//!   `fdatasync`s overwrite allocated blocks and have no new file size to make durable.
+//!   On open, a run of zeros from a record boundary to the end of a segment is unused space,
+//!   not a torn tail; in a segment that is not the last, lost records would still show as a
+//!   mismatch with the next segment's header.
 //! - A failed `write` or `fdatasync` poisons the store: that `sync` and every later one
 //!   return the error and the driver stops the node. Retrying is wrong, because after a
 //!   failed fsync Linux may have dropped the dirty pages and marked them clean, so a retry

@@ -617,7 +617,15 @@ fn scan_segment(
         records += 1;
         offset += (FRAME_HEADER_LEN + len) as u64;
     };
-    let Some(reason) = bad else {
+    // Zeros from here to the end are space preallocated for later batches
+    // (`DiskOptions::preallocate_bytes`), not damage. In a segment that is not the last,
+    // records lost to zeros would still be caught: the next segment's header must equal
+    // the state replayed up to it.
+    let clean_end = match &bad {
+        None => true,
+        Some(_) => only_zeros(&file, path, offset, file_len)?,
+    };
+    let Some(reason) = bad.filter(|_| !clean_end) else {
         return Ok(SegmentScan {
             valid_len: offset,
             records,
@@ -644,6 +652,25 @@ fn scan_segment(
         records,
         torn: Some((offset, reason)),
     })
+}
+
+/// Whether bytes `start..end` of `file` are all zero.
+fn only_zeros(file: &File, path: &Path, start: u64, end: u64) -> Result<bool, StorageError> {
+    const WINDOW: u64 = 1 << 20;
+    let mut buf = Vec::new();
+    let mut at = start;
+    while at < end {
+        let len = (end - at).min(WINDOW);
+        buf.clear();
+        buf.resize(len as usize, 0);
+        file.read_exact_at(&mut buf, at)
+            .map_err(|e| StorageError::io("read", path, e))?;
+        if buf.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += len;
+    }
+    Ok(true)
 }
 
 /// The offset of the first valid batch marker frame starting at or after `start`, if any.

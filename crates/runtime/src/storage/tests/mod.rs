@@ -65,6 +65,14 @@ fn cut_file(path: &Path, len: u64) {
     file.set_len(len).unwrap();
 }
 
+/// Overwrite bytes `from..to` of a file with zeros, keeping its length.
+fn zero_range(path: &Path, from: u64, to: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&vec![0u8; (to - from) as usize], from)
+        .unwrap();
+}
+
 /// Copy a store directory (not recursively into snapshots: tests that need them copy them).
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();

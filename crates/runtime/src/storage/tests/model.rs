@@ -46,11 +46,13 @@ fn options() -> impl Strategy<Value = DiskOptions> {
     (
         prop_oneof![Just(128u64), Just(600), Just(1 << 20)],
         prop_oneof![Just(0usize), Just(200), Just(1 << 20)],
+        prop_oneof![Just(0u64), Just(100), Just(4096)],
     )
-        .prop_map(|(segment, cache)| {
+        .prop_map(|(segment, cache, preallocate)| {
             DiskOptions::default()
                 .with_segment_size(segment)
                 .with_read_cache_bytes(cache)
+                .with_preallocate_bytes(preallocate)
         })
 }
 
@@ -140,6 +142,7 @@ proptest! {
         let mut mem = MemStorage::new();
         let segments_before;
         let last_len_before;
+        let batch_end;
         {
             let mut disk = open(dir.path(), &options);
             for op in &history {
@@ -149,13 +152,14 @@ proptest! {
             disk.sync().unwrap();
             mem.sync();
             segments_before = segment_files(dir.path());
-            last_len_before = file_len(segments_before.last().unwrap());
+            last_len_before = disk.active_segment_len();
             for op in &batch {
                 apply(&mut disk, op);
             }
             // A crash during the batch's write comes before the deletion of compacted
             // segments that follows a successful sync: write the batch, then stop.
             disk.write_pending(&mut SyncStats::default()).unwrap();
+            batch_end = disk.active_segment_len();
         }
         // The states recovery may legitimately show: the synced state plus the first
         // `keep` writes of the batch, for every `keep`.
@@ -167,9 +171,15 @@ proptest! {
 
         let last = last_segment(dir.path());
         let start = if segments_before.contains(&last) { last_len_before } else { 0 };
-        let end = file_len(&last);
+        let end = batch_end;
         if end > start {
-            cut_file(&last, start + cut.index((end - start) as usize) as u64);
+            let at = start + cut.index((end - start) as usize) as u64;
+            if options.preallocate_bytes > 0 {
+                // The tail of the batch never reached preallocated space: zeros stay.
+                zero_range(&last, at, end);
+            } else {
+                cut_file(&last, at);
+            }
         }
         let disk = open(dir.path(), &options);
         let matches = allowed.iter().filter(|m| compare(&disk, m, &keys).is_ok()).count();

@@ -480,3 +480,117 @@ fn a_marker_inside_client_data_does_not_make_a_torn_tail_look_like_corruption() 
         .expect("a torn final batch is cut, whatever its data contains");
     expect_records(&s, 3);
 }
+
+/// 256-byte segments with 512 bytes zero-filled ahead of the log.
+fn preallocated_small_segments() -> DiskOptions {
+    small_segments().with_preallocate_bytes(512)
+}
+
+#[test]
+fn preallocated_zeros_are_unused_space_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = preallocated_small_segments();
+    let mut s = open(dir.path(), &options);
+    for i in 0..12u8 {
+        s.append(&[i + 1; 60]);
+        s.sync().unwrap();
+    }
+    drop(s);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    // Every segment, sealed ones included, ends in zero-filled space.
+    let lengths: Vec<u64> = files.iter().map(|f| file_len(f)).collect();
+    for (file, len) in files.iter().zip(&lengths) {
+        let bytes = fs::read(file).unwrap();
+        // A segment takes at most 256 bytes and one record before the next one starts.
+        let zeros = bytes.iter().rev().take_while(|&&b| b == 0).count();
+        assert!(
+            zeros >= 100 && *len > 256,
+            "{}: {zeros} zeros of {len}",
+            file.display()
+        );
+    }
+    let mut s = open(dir.path(), &options);
+    assert!(s.repairs().is_empty(), "{:?}", s.repairs());
+    for i in 0..12u8 {
+        assert_eq!(s.read(LogIndex(u64::from(i) + 1)), Some(vec![i + 1; 60]));
+    }
+    let reopened: Vec<u64> = files.iter().map(|f| file_len(f)).collect();
+    assert_eq!(reopened, lengths, "recovery cut preallocated space");
+    // The log carries on over the zeros, and a later open reads both.
+    s.append(b"after");
+    s.sync().unwrap();
+    drop(s);
+    let s = open(dir.path(), &options);
+    assert!(s.repairs().is_empty());
+    assert_eq!(s.read(LogIndex(13)), Some(b"after".to_vec()));
+    assert_eq!(s.read(LogIndex(12)), Some(vec![12; 60]));
+}
+
+#[test]
+fn with_preallocation_a_segment_grows_once_per_stretch_not_once_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions::default().with_preallocate_bytes(64 << 10);
+    let mut s = open(dir.path(), &options);
+    let segment = last_segment(dir.path());
+    let mut sizes = std::collections::BTreeSet::new();
+    // 1,000 batches of about 120 bytes: 120 KB, so the file grows about twice.
+    for i in 0..1000u32 {
+        s.append(&i.to_le_bytes().repeat(25));
+        s.sync().unwrap();
+        sizes.insert(file_len(&segment));
+    }
+    assert!(
+        (2..=3).contains(&sizes.len()),
+        "the file took {} sizes",
+        sizes.len()
+    );
+    drop(s);
+    let s = open(dir.path(), &options);
+    assert!(s.repairs().is_empty());
+    assert_eq!(
+        s.read(LogIndex(1000)),
+        Some(999u32.to_le_bytes().repeat(25))
+    );
+}
+
+#[test]
+fn a_torn_batch_in_preallocated_space_is_cut_and_damage_after_it_in_a_sealed_segment_is_not_ignored(
+) {
+    // The last batch's second half never left the cache: zeros where its bytes should be.
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions::default().with_preallocate_bytes(4096);
+    let mut s = open(dir.path(), &options);
+    s.append(b"synced");
+    s.sync().unwrap();
+    let start = s.active_segment_len();
+    s.append(&[7u8; 200]);
+    s.sync().unwrap();
+    let end = s.active_segment_len();
+    drop(s);
+    let segment = last_segment(dir.path());
+    zero_range(&segment, start + (end - start) / 2, end);
+    let s = open(dir.path(), &options);
+    assert_eq!(s.log_bounds(), (LogIndex(1), LogIndex(2)));
+    assert_eq!(s.repairs().len(), 1, "{:?}", s.repairs());
+    drop(s);
+
+    // A nonzero byte in the zero-filled tail of a sealed segment is damage.
+    let dir = tempfile::tempdir().unwrap();
+    let options = preallocated_small_segments();
+    let mut s = open(dir.path(), &options);
+    for i in 0..12u8 {
+        s.append(&[i + 1; 60]);
+        s.sync().unwrap();
+    }
+    drop(s);
+    let sealed = &segment_files(dir.path())[1];
+    flip_byte(sealed, file_len(sealed) - 1);
+    match DiskStorage::open(dir.path(), options) {
+        Err(StorageError::CorruptLog { path, reason, .. }) => {
+            assert_eq!(&path, sealed);
+            assert!(reason.contains("not the last"), "{reason}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
