@@ -81,9 +81,11 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
-    /// The admin endpoint could not bind.
-    #[error("admin endpoint {addr}: {source}")]
-    Admin {
+    /// The admin or the client endpoint could not bind.
+    #[error("{what} endpoint {addr}: {source}")]
+    Listen {
+        /// Which endpoint.
+        what: &'static str,
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
@@ -176,6 +178,16 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     let data_dir = config.resolve(&node_cfg.data_dir);
     // Held for the life of the process: two processes writing one WAL would corrupt it.
     let _lock = lock_data_dir(&data_dir)?;
+    // Bind the client-facing ports before any actor starts, so that a port in use stops
+    // the node before it has anything to shut down (an actor mid-fsync while the runtime
+    // shuts down would panic on its next timer).
+    let bind = |what: &'static str, addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Listen { what, addr, source })
+    };
+    let listener = bind("admin", node_cfg.admin_addr).await?;
+    let client_listener = bind("client", node_cfg.client_addr).await?;
     let outbox = Arc::new(TransportOutbox(transport.clone()));
     let driver = DriverConfig {
         max_batch: config.tuning.max_batch,
@@ -388,19 +400,7 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
         ),
         started: std::time::Instant::now(),
     });
-    let listener = tokio::net::TcpListener::bind(node_cfg.admin_addr)
-        .await
-        .map_err(|source| NodeError::Admin {
-            addr: node_cfg.admin_addr,
-            source,
-        })?;
     let admin_task = tokio::spawn(admin::serve(listener, state.clone()));
-    let client_listener = tokio::net::TcpListener::bind(node_cfg.client_addr)
-        .await
-        .map_err(|source| NodeError::Admin {
-            addr: node_cfg.client_addr,
-            source,
-        })?;
     let etcd = EtcdNode::new(me, config.clone(), state.raft.clone(), state.kv.clone());
     if let Some(host) = &state.txn {
         etcd.serve_over_ranges(Arc::clone(host));
