@@ -53,10 +53,11 @@ fn open_err(dir: &Path) -> StorageError {
 }
 
 /// Twelve 60-byte records, each synced, in 256-byte segments; the segment files.
-fn twelve_synced_records(dir: &Path) -> Vec<PathBuf> {
-    let mut s = open(dir, &small_segments());
+fn twelve_synced_records(dir: &Path, options: &DiskOptions) -> Vec<PathBuf> {
+    let mut s = open(dir, options);
+    // Record i holds bytes i + 1: never zero, so none looks like preallocated space.
     for i in 0..12u8 {
-        s.append(&[i; 60]);
+        s.append(&[i + 1; 60]);
         s.sync().unwrap();
     }
     drop(s);
@@ -259,7 +260,7 @@ fn a_damaged_length_field_in_the_middle_is_caught_by_the_marker_search() {
 #[test]
 fn damage_in_a_sealed_segment_is_an_error_even_at_its_end() {
     let dir = tempfile::tempdir().unwrap();
-    let files = twelve_synced_records(dir.path());
+    let files = twelve_synced_records(dir.path(), &small_segments());
     assert!(files.len() >= 3);
     let sealed = &files[1];
     flip_byte(sealed, file_len(sealed) - 1);
@@ -381,7 +382,7 @@ fn a_crash_during_initialization_is_redone() {
 #[test]
 fn a_missing_segment_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let files = twelve_synced_records(dir.path());
+    let files = twelve_synced_records(dir.path(), &small_segments());
     let missing = files[1].file_name().unwrap().to_str().unwrap().to_string();
     fs::remove_file(&files[1]).unwrap();
     match DiskStorage::open(dir.path(), small_segments()) {
@@ -401,7 +402,7 @@ fn a_missing_segment_is_an_error_naming_it() {
 #[test]
 fn swapped_or_emptied_segments_are_detected() {
     let dir = tempfile::tempdir().unwrap();
-    let files = twelve_synced_records(dir.path());
+    let files = twelve_synced_records(dir.path(), &small_segments());
     let (a, b) = (fs::read(&files[1]).unwrap(), fs::read(&files[2]).unwrap());
     fs::write(&files[1], &b).unwrap();
     fs::write(&files[2], &a).unwrap();
@@ -490,13 +491,7 @@ fn preallocated_small_segments() -> DiskOptions {
 fn preallocated_zeros_are_unused_space_not_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let options = preallocated_small_segments();
-    let mut s = open(dir.path(), &options);
-    for i in 0..12u8 {
-        s.append(&[i + 1; 60]);
-        s.sync().unwrap();
-    }
-    drop(s);
-    let files = segment_files(dir.path());
+    let files = twelve_synced_records(dir.path(), &options);
     assert!(files.len() >= 3, "{files:?}");
     // Every segment, sealed ones included, ends in zero-filled space.
     let lengths: Vec<u64> = files.iter().map(|f| file_len(f)).collect();
@@ -578,13 +573,7 @@ fn a_torn_batch_in_preallocated_space_is_cut_and_damage_after_it_in_a_sealed_seg
     // A nonzero byte in the zero-filled tail of a sealed segment is damage.
     let dir = tempfile::tempdir().unwrap();
     let options = preallocated_small_segments();
-    let mut s = open(dir.path(), &options);
-    for i in 0..12u8 {
-        s.append(&[i + 1; 60]);
-        s.sync().unwrap();
-    }
-    drop(s);
-    let sealed = &segment_files(dir.path())[1];
+    let sealed = &twelve_synced_records(dir.path(), &options)[1];
     flip_byte(sealed, file_len(sealed) - 1);
     match DiskStorage::open(dir.path(), options) {
         Err(StorageError::CorruptLog { path, reason, .. }) => {
