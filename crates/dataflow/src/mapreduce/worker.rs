@@ -53,11 +53,7 @@ fn serve_fetch(dir: &Path, stream: TcpStream) -> io::Result<()> {
             Err(e) => return Err(e),
         };
         let name = map_name(req.job, req.map, req.attempt);
-        let seg = std::fs::read(dir.join(format!("{name}.idx")))
-            .ok()
-            .and_then(|b| synod_core::codec::decode::<Vec<SegmentInfo>>(&b).ok())
-            .and_then(|segs| segs.get(req.partition as usize).copied());
-        let Some(seg) = seg else {
+        let Ok(seg) = segment_of(dir, &name, req.partition) else {
             write_frame(&mut out, &FetchHeader::Missing(format!("no output {name}")))?;
             continue;
         };
@@ -99,6 +95,45 @@ fn start_data_server(dir: PathBuf, ip: IpAddr) -> io::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// Segment `partition` of map output `name` in `dir`, from its index: `NotFound` if the
+/// output is not there, `InvalidData` if its index is damaged or too short.
+fn segment_of(dir: &Path, name: &str, partition: u32) -> io::Result<SegmentInfo> {
+    let index = std::fs::read(dir.join(format!("{name}.idx")))?;
+    let damaged = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("map index {name}.idx {what}"),
+        )
+    };
+    let segments: Vec<SegmentInfo> =
+        synod_core::codec::decode(&index).map_err(|_| damaged("is damaged"))?;
+    segments
+        .get(partition as usize)
+        .copied()
+        .ok_or_else(|| damaged(&format!("has no partition {partition}")))
+}
+
+/// Copy exactly `len` bytes from `r` to `out`; returns their CRC-32C. Fewer bytes is an
+/// `UnexpectedEof` error.
+fn copy_checked(r: &mut impl Read, len: u64, out: &mut impl Write) -> io::Result<u32> {
+    let mut buf = vec![0u8; (256 << 10).min(len as usize)];
+    let (mut left, mut sum) = (len, 0u32);
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = r.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("closed with {left} of {len} bytes to go"),
+            ));
+        }
+        sum = crc32c::crc32c_append(sum, &buf[..n]);
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(sum)
+}
+
 /// Partition `partition` of map output `source` if this worker's `dir` holds it (the map
 /// ran here): its file and segment, after checking the segment's CRC-32C as a fetch
 /// would. `None` if the output is not here; an error if it is damaged.
@@ -109,31 +144,17 @@ fn local_segment(
     partition: u32,
 ) -> anyhow::Result<Option<(PathBuf, SegmentInfo)>> {
     let name = map_name(job, source.map, source.attempt.0);
-    let index = match std::fs::read(dir.join(format!("{name}.idx"))) {
-        Ok(b) => b,
+    let seg = match segment_of(dir, &name, partition) {
+        Ok(seg) => seg,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let segments: Vec<SegmentInfo> = synod_core::codec::decode(&index)
-        .with_context(|| format!("damaged map index {name}.idx"))?;
-    let seg = *segments
-        .get(partition as usize)
-        .ok_or_else(|| anyhow!("map index {name}.idx has no partition {partition}"))?;
     let path = dir.join(format!("{name}.out"));
     let mut f = File::open(&path)?;
     f.seek(SeekFrom::Start(seg.offset))?;
-    let mut r = f.take(seg.len);
-    let mut buf = vec![0u8; 256 << 10];
-    let (mut sum, mut read) = (0u32, 0u64);
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        sum = crc32c::crc32c_append(sum, &buf[..n]);
-        read += n as u64;
-    }
-    if read != seg.len || sum != seg.crc {
+    let sum = copy_checked(&mut f, seg.len, &mut io::sink())
+        .with_context(|| format!("map output {name}.out, partition {partition}"))?;
+    if sum != seg.crc {
         bail!("damaged map output {name}.out, partition {partition}");
     }
     Ok(Some((path, seg)))
@@ -163,19 +184,7 @@ fn fetch(job: u64, source: &MapOutput, partition: u32, dest: &Path) -> anyhow::R
         FetchHeader::Missing(why) => bail!("{why}"),
     };
     let mut out = BufWriter::with_capacity(1 << 20, File::create(dest)?);
-    let mut buf = vec![0u8; 256 << 10];
-    let mut left = len;
-    let mut sum = 0u32;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = r.read(&mut buf[..want])?;
-        if n == 0 {
-            bail!("connection closed with {left} bytes to go");
-        }
-        sum = crc32c::crc32c_append(sum, &buf[..n]);
-        out.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
+    let sum = copy_checked(&mut r, len, &mut out).context("connection")?;
     out.flush()?;
     if sum != crc {
         bail!(
@@ -636,6 +645,15 @@ mod tests {
         std::fs::write(&out, bytes).unwrap();
         assert!(local_segment(&dir, 9, &source, 1).is_err());
         assert!(local_segment(&dir, 9, &source, 0).unwrap().is_some());
+        // A truncated output is an error too.
+        let len = std::fs::metadata(&out).unwrap().len();
+        File::options()
+            .write(true)
+            .open(&out)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        assert!(local_segment(&dir, 9, &source, 1).is_err());
         // A damaged index is an error, not a panic.
         std::fs::write(dir.join(format!("{name}.idx")), b"\xff\xff").unwrap();
         assert!(local_segment(&dir, 9, &source, 0).is_err());
