@@ -237,7 +237,7 @@ impl MasterServer {
     /// The iterations' master for an iterations job (restored from its state, if any).
     fn iter_master(
         opts: &JobOptions,
-        loaded: &mut Loaded,
+        loaded: &Loaded,
         expected_workers: u32,
     ) -> Option<super::iterate::IterMaster> {
         (opts.job == super::iterate::JOB).then(|| {
@@ -247,7 +247,7 @@ impl MasterServer {
                     worker_timeout: opts.master.worker_timeout,
                     expected_workers,
                 },
-                loaded.iter.take().unwrap_or_default(),
+                loaded.iter.clone().unwrap_or_default(),
             )
         })
     }
@@ -255,11 +255,11 @@ impl MasterServer {
     /// Start (or resume, if the output directory holds a state file for the same job)
     /// a master for `opts`.
     pub fn start(opts: &JobOptions) -> anyhow::Result<Self> {
-        let mut loaded = Self::load(opts)?;
+        let loaded = Self::load(opts)?;
         let listener =
             TcpListener::bind(opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
         let addr = listener.local_addr()?;
-        let iter = Self::iter_master(opts, &mut loaded, 1);
+        let iter = Self::iter_master(opts, &loaded, 1);
         let mut shared = Shared {
             master: loaded.master,
             iter,
@@ -289,7 +289,7 @@ impl MasterServer {
     /// Run another job on the same master and workers (the next stage of a session): the
     /// workers pick it up at their next hello, after the current job is finished.
     pub fn next_job(&self, opts: &JobOptions) -> anyhow::Result<()> {
-        let mut loaded = Self::load(opts)?;
+        let loaded = Self::load(opts)?;
         let mut s = lock(&self.shared);
         if let Some(e) = &s.error {
             bail!("{e}");
@@ -304,7 +304,7 @@ impl MasterServer {
             Some(it) => it.progress().2,
             None => s.master.progress().workers,
         };
-        s.iter = Self::iter_master(opts, &mut loaded, workers);
+        s.iter = Self::iter_master(opts, &loaded, workers);
         s.master = master;
         s.spec = loaded.spec;
         s.started = Instant::now();
