@@ -705,7 +705,7 @@ impl LinkEntry for (u128, u64) {
 /// so the key order is its top 32 bits) and whose links are below `u32::MAX`: the key
 /// order in the high half, the link (`u32::MAX` for NO_LINK) in the low. It sorts as the
 /// wide entry does, at a quarter of the bytes and with a radix sort.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Packed(u64);
 
 /// Ids below this have varints of at most 4 bytes (see [`Packed`]).
@@ -742,10 +742,7 @@ impl LinkEntry for Packed {
         }
     }
     fn sort(v: &mut Vec<Self>) {
-        // Packed is a transparent u64 in all but name; sort the words.
-        let mut words: Vec<u64> = std::mem::take(v).into_iter().map(|p| p.0).collect();
-        super::radix::sort_u64(&mut words);
-        *v = words.into_iter().map(Packed).collect();
+        super::radix::sort_by_u64(v, |p| p.0);
     }
 }
 
@@ -1059,7 +1056,7 @@ impl TaskRunner for BuildGraph {
                 .enumerate()
                 .map(|(pos, &d)| Packed::order_word(d) << 32 | pos as u64)
                 .collect();
-            super::radix::sort_u64(&mut keyed);
+            super::radix::sort_by_u64(&mut keyed, |&w| w);
             for w in keyed {
                 visit(u128::from(w >> 32), w as u32);
             }

@@ -1,23 +1,24 @@
-//! Least-significant-digit radix sort of `u64`s (Knuth, TAOCP vol. 3, §5.2.5), for the
+//! Least-significant-digit radix sort by a `u64` key (Knuth, TAOCP vol. 3, §5.2.5), for the
 //! PageRank build's packed edge entries: one counting pass for all eight byte positions,
 //! then one stable scatter per byte that is not the same in every key. Ids of a few
 //! million nodes leave half the bytes constant, so about four passes sort what a
 //! comparison sort needs some 23 rounds of comparisons for.
 
-/// Sort `v` ascending.
-pub(crate) fn sort_u64(v: &mut Vec<u64>) {
+/// Sort `v` ascending by `key`, stably.
+pub(crate) fn sort_by_u64<T: Copy + Default>(v: &mut Vec<T>, key: impl Fn(&T) -> u64) {
     // Below this a comparison sort wins: the counting tables alone are 16 KiB.
     if v.len() < 1 << 12 {
-        v.sort_unstable();
+        v.sort_by_key(&key);
         return;
     }
     let mut counts = vec![[0usize; 256]; 8];
-    for &x in v.iter() {
+    for x in v.iter() {
+        let k = key(x);
         for (b, c) in counts.iter_mut().enumerate() {
-            c[((x >> (8 * b)) & 0xff) as usize] += 1;
+            c[((k >> (8 * b)) & 0xff) as usize] += 1;
         }
     }
-    let mut other = vec![0u64; v.len()];
+    let mut other = vec![T::default(); v.len()];
     for (b, c) in counts.iter_mut().enumerate() {
         if c.contains(&v.len()) {
             // Every key has the same byte here: the order stands.
@@ -29,9 +30,9 @@ pub(crate) fn sort_u64(v: &mut Vec<u64>) {
             *slot = at;
             at += n;
         }
-        for &x in v.iter() {
-            let slot = &mut c[((x >> (8 * b)) & 0xff) as usize];
-            other[*slot] = x;
+        for x in v.iter() {
+            let slot = &mut c[((key(x) >> (8 * b)) & 0xff) as usize];
+            other[*slot] = *x;
             *slot += 1;
         }
         std::mem::swap(v, &mut other);
@@ -54,7 +55,17 @@ mod tests {
             }
             let mut want = v.clone();
             want.sort_unstable();
-            super::sort_u64(&mut v);
+            super::sort_by_u64(&mut v, |&x| x);
+            prop_assert_eq!(v, want);
+        }
+
+        #[test]
+        fn is_stable(keys in proptest::collection::vec(0u64..16, 0..10_000)) {
+            // Equal keys keep their input order (the second field).
+            let mut v: Vec<(u64, usize)> = keys.into_iter().enumerate().map(|(i, k)| (k, i)).collect();
+            let mut want = v.clone();
+            want.sort_by_key(|&(k, _)| k);
+            super::sort_by_u64(&mut v, |&(k, _)| k);
             prop_assert_eq!(v, want);
         }
     }
@@ -68,7 +79,7 @@ mod tests {
             .collect();
         let mut want = v.clone();
         want.sort_unstable();
-        super::sort_u64(&mut v);
+        super::sort_by_u64(&mut v, |&x| x);
         assert_eq!(v, want);
     }
 }
