@@ -62,7 +62,7 @@ pub trait SyncStorage: Storage + Send {
 /// (`bench/etcd-cpu-per-write.sh`), read once.
 fn always_block_in_place() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SYNOD_SYNC_ALWAYS_BLOCKING").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| crate::knobs::flag("SYNOD_SYNC_ALWAYS_BLOCKING"))
 }
 
 /// `SYNOD_GROUP_COMMIT_US=N`: before syncing a batch that wrote something, wait N µs
@@ -72,7 +72,7 @@ fn always_block_in_place() -> bool {
 fn group_commit_wait() -> Option<std::time::Duration> {
     static WAIT: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
     *WAIT.get_or_init(|| {
-        let us: u64 = std::env::var("SYNOD_GROUP_COMMIT_US").ok()?.parse().ok()?;
+        let us: u64 = crate::knobs::number("SYNOD_GROUP_COMMIT_US")?;
         (us > 0).then(|| std::time::Duration::from_micros(us))
     })
 }
@@ -102,13 +102,7 @@ impl Gather {
     /// From the environment, for A/B runs of one binary (docs/etcdperf.md, session 9):
     /// `SYNOD_GROUP_COMMIT_LINGER_US=N` or `SYNOD_GROUP_COMMIT_YIELDS=K`; otherwise off.
     pub fn from_env() -> Gather {
-        let number = |name: &str| -> Option<u64> {
-            std::env::var(name)
-                .ok()?
-                .parse()
-                .ok()
-                .filter(|&n: &u64| n > 0)
-        };
+        let number = |name: &str| crate::knobs::number::<u64>(name).filter(|&n| n > 0);
         if let Some(us) = number("SYNOD_GROUP_COMMIT_LINGER_US") {
             Gather::Linger(Duration::from_micros(us))
         } else if let Some(k) = number("SYNOD_GROUP_COMMIT_YIELDS") {

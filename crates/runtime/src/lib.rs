@@ -7,5 +7,6 @@
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 pub mod driver;
+pub mod knobs;
 pub mod storage;
 pub mod transport;

@@ -14,28 +14,19 @@
 //! actor's inbox when nothing is queued before it), and in the driver
 //! `SYNOD_GROUP_COMMIT_LINGER_US` / `SYNOD_GROUP_COMMIT_YIELDS` (`Gather::from_env`).
 
-fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
-    let value = std::env::var(name).ok()?;
-    match value.parse() {
-        Ok(v) => Some(v),
-        Err(_) => {
-            eprintln!("warning: {name}={value:?} is not a number; ignored");
-            None
-        }
-    }
-}
+use synod_runtime::knobs::{flag, number};
 
 /// The multi-threaded runtime of `synod node`.
 pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Some(n) = env_number::<usize>("SYNOD_WORKER_THREADS").filter(|&n| n > 0) {
+    if let Some(n) = number::<usize>("SYNOD_WORKER_THREADS").filter(|&n| n > 0) {
         builder.worker_threads(n);
     }
-    if let Some(n) = env_number::<u32>("SYNOD_EVENT_INTERVAL").filter(|&n| n > 0) {
+    if let Some(n) = number::<u32>("SYNOD_EVENT_INTERVAL").filter(|&n| n > 0) {
         builder.event_interval(n);
     }
-    if let Some(n) = env_number::<u32>("SYNOD_GLOBAL_QUEUE_INTERVAL").filter(|&n| n > 0) {
+    if let Some(n) = number::<u32>("SYNOD_GLOBAL_QUEUE_INTERVAL").filter(|&n| n > 0) {
         builder.global_queue_interval(n);
     }
     builder.build()
@@ -47,20 +38,20 @@ pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
 /// but longer stalls in whole check perf runs (docs/etcdperf.md, session 5).
 pub fn follower_proposals() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SYNOD_FOLLOWER_PROPOSALS").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| flag("SYNOD_FOLLOWER_PROPOSALS"))
 }
 
 /// Whether the leader replicates after every client write (the behaviour before
 /// `RaftConfig::replicate_at_batch_end`), for A/B runs: `SYNOD_REPLICATE_PER_WRITE=1`.
 pub fn replicate_per_write() -> bool {
-    std::env::var("SYNOD_REPLICATE_PER_WRITE").is_ok_and(|v| v == "1")
+    flag("SYNOD_REPLICATE_PER_WRITE")
 }
 
 /// Raft's most entries per `AppendEntries` and most requests in flight per follower:
 /// 4096 and 32 unless `SYNOD_APPEND_ENTRIES` / `SYNOD_APPEND_IN_FLIGHT` say otherwise.
 pub fn append_limits() -> (usize, usize) {
-    let entries = env_number::<usize>("SYNOD_APPEND_ENTRIES").filter(|&n| n > 0);
-    let in_flight = env_number::<usize>("SYNOD_APPEND_IN_FLIGHT").filter(|&n| n > 0);
+    let entries = number::<usize>("SYNOD_APPEND_ENTRIES").filter(|&n| n > 0);
+    let in_flight = number::<usize>("SYNOD_APPEND_IN_FLIGHT").filter(|&n| n > 0);
     (entries.unwrap_or(4096), in_flight.unwrap_or(32))
 }
 
@@ -69,11 +60,11 @@ pub fn append_limits() -> (usize, usize) {
 /// cheaper in isolation but showed no gain in node CPU per write under `check perf`
 /// (docs/etcdperf.md, session 9).
 pub fn wal_preallocate_bytes() -> u64 {
-    env_number::<u64>("SYNOD_WAL_PREALLOCATE").unwrap_or(0)
+    number::<u64>("SYNOD_WAL_PREALLOCATE").unwrap_or(0)
 }
 
 /// Whether peer messages skip the per-service forwarding task when it has nothing queued:
 /// `SYNOD_DIRECT_DELIVERY=1`.
 pub fn direct_delivery() -> bool {
-    std::env::var("SYNOD_DIRECT_DELIVERY").is_ok_and(|v| v == "1")
+    flag("SYNOD_DIRECT_DELIVERY")
 }
