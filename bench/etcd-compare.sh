@@ -5,6 +5,10 @@
 # and puts against both. Usage: bench/etcd-compare.sh [LOADS] [RUNS] (default "s m l reads",
 # 1 run; quote medians of 3 or more). READ_CLIENTS, READ_SECS tune the read benchmark;
 # SYNOD=path/to/synod skips the release build.
+# For check perf loads it also runs the same check against three `etcd_put_ceiling`
+# servers (bench/etcd-put-ceiling.sh: tonic answering every Put at once, no Raft, MVCC
+# or disk): the most any server behind this front end can show on this machine.
+# CEILING=0 skips that.
 # Needs: apt-get install -y etcd-server etcd-client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +21,10 @@ command -v etcdctl >/dev/null || { echo "etcd-client is not installed: apt-get i
 if [ -z "${SYNOD:-}" ]; then
     cargo build --release -q -p synod
     SYNOD=./target/release/synod
+fi
+CEILING=${CEILING:-1}
+if [ "$CEILING" != 0 ]; then
+    cargo build --release -q -p synod-server --example etcd_put_ceiling
 fi
 WORK=$(mktemp -d /tmp/etcd-compare.XXXX)
 export ETCDCTL_API=3
@@ -55,7 +63,21 @@ stop_synod() {
     # The next cluster binds the same ports: wait until this one's are free.
     for _ in $(seq 300); do ss -ltn | grep -qE ':21(00[1-3]|10[1-3]|20[1-3]) ' || return 0; sleep 0.2; done
 }
-trap 'stop_etcd; stop_synod' EXIT
+CEILING_EP=127.0.0.1:23101,127.0.0.1:23102,127.0.0.1:23103
+start_ceiling() {
+    for i in 1 2 3; do
+        target/release/examples/etcd_put_ceiling 127.0.0.1:$((23100 + i)) >/dev/null 2>&1 &
+        echo $! >>"$WORK/ceiling.pids"
+    done
+    for _ in $(seq 50); do etcdctl --endpoints=$CEILING_EP put ready 1 >/dev/null 2>&1 && return; sleep 0.2; done
+    echo "the ceiling servers did not start"; exit 1
+}
+stop_ceiling() {
+    [ -f "$WORK/ceiling.pids" ] || return 0
+    xargs -r kill <"$WORK/ceiling.pids" 2>/dev/null || true
+    rm -f "$WORK/ceiling.pids"
+}
+trap 'stop_etcd; stop_synod; stop_ceiling' EXIT
 
 reads() {
     local ep=$1
@@ -81,5 +103,11 @@ for run in $(seq "$RUNS"); do
         echo "== run $run etcd $(etcd --version | head -1 | awk '{print $3}') --load=$load"
         if [ "$load" = reads ]; then reads "$ETCD_EP"; else check_perf "$ETCD_EP" "$load"; fi
         stop_etcd; rm -rf "$WORK"/etcd?
+        if [ "$load" != reads ] && [ "$CEILING" != 0 ]; then
+            start_ceiling
+            echo "== run $run no-op ceiling (etcd_put_ceiling) --load=$load"
+            check_perf "$CEILING_EP" "$load"
+            stop_ceiling
+        fi
     done
 done
