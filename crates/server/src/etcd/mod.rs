@@ -165,16 +165,7 @@ impl EtcdNode {
         }
         // Lock and Election are clients of this node's own KV, Lease and Watch API.
         let recipes = self.peers.get(&self.me).cloned().map(recipes::Recipes::new);
-        let nodelay = perf::env_flag("SYNOD_ETCD_NODELAY");
-        let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            move |conn| {
-                if let (Ok(stream), true) = (&conn, nodelay) {
-                    let _ = stream.set_nodelay(true);
-                }
-                conn
-            },
-        );
+        let incoming = perf::client_connections(listener);
         let result = perf::server_builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(KvServer::new(kv::KvApi(Arc::clone(&self))))
