@@ -29,6 +29,18 @@ fi
 WORK=$(mktemp -d /tmp/etcd-compare.XXXX)
 export ETCDCTL_API=3
 
+# Wait until the system named $1 answers a put at endpoints $2.
+await_ready() {
+    for _ in $(seq 50); do etcdctl --endpoints="$2" put ready 1 >/dev/null 2>&1 && return; sleep 0.2; done
+    echo "$1 did not start"; exit 1
+}
+# Kill the processes listed in pid file $1, if any.
+kill_listed() {
+    [ -f "$1" ] || return 0
+    xargs -r kill <"$1" 2>/dev/null || true
+    rm -f "$1"
+}
+
 start_etcd() {
     local cluster="e1=http://127.0.0.1:22380,e2=http://127.0.0.1:22381,e3=http://127.0.0.1:22382"
     for i in 1 2 3; do
@@ -40,13 +52,11 @@ start_etcd() {
         echo $! >>"$WORK/etcd.pids"
     done
     ETCD_EP=127.0.0.1:22279,127.0.0.1:22280,127.0.0.1:22281
-    for _ in $(seq 50); do etcdctl --endpoints=$ETCD_EP put ready 1 >/dev/null 2>&1 && return; sleep 0.2; done
-    echo "etcd did not start"; exit 1
+    await_ready etcd $ETCD_EP
 }
 stop_etcd() {
     [ -f "$WORK/etcd.pids" ] || return 0
-    xargs -r kill <"$WORK/etcd.pids" 2>/dev/null || true
-    rm -f "$WORK/etcd.pids"
+    kill_listed "$WORK/etcd.pids"
     for _ in $(seq 100); do ss -ltn | grep -qE ':2(2279|2280|2281|2380|2381|2382) ' || return 0; sleep 0.2; done
 }
 
@@ -55,8 +65,7 @@ stop_etcd() {
 start_synod() {
     $SYNOD up --nodes 3 --dir "$WORK/synod" --peer-port 21001 --client-port 21101 --admin-port 21201 >/dev/null
     SYNOD_EP=127.0.0.1:21101,127.0.0.1:21102,127.0.0.1:21103
-    for _ in $(seq 50); do etcdctl --endpoints=$SYNOD_EP put ready 1 >/dev/null 2>&1 && return; sleep 0.2; done
-    echo "synod did not start"; exit 1
+    await_ready synod $SYNOD_EP
 }
 stop_synod() {
     $SYNOD down --dir "$WORK/synod" >/dev/null 2>&1 || true
@@ -69,14 +78,9 @@ start_ceiling() {
         target/release/examples/etcd_put_ceiling 127.0.0.1:$((23100 + i)) >/dev/null 2>&1 &
         echo $! >>"$WORK/ceiling.pids"
     done
-    for _ in $(seq 50); do etcdctl --endpoints=$CEILING_EP put ready 1 >/dev/null 2>&1 && return; sleep 0.2; done
-    echo "the ceiling servers did not start"; exit 1
+    await_ready "the ceiling servers" $CEILING_EP
 }
-stop_ceiling() {
-    [ -f "$WORK/ceiling.pids" ] || return 0
-    xargs -r kill <"$WORK/ceiling.pids" 2>/dev/null || true
-    rm -f "$WORK/ceiling.pids"
-}
+stop_ceiling() { kill_listed "$WORK/ceiling.pids"; }
 trap 'stop_etcd; stop_synod; stop_ceiling' EXIT
 
 reads() {
