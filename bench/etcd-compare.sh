@@ -2,8 +2,10 @@
 # etcdctl check perf against a 3-node synod cluster and a 3-node etcd 3.4 cluster (Debian's
 # etcd-server), on this machine, in the same run; then, for the load "reads", `synod bench
 # etcd` (a closed-loop gRPC load generator) measures linearizable reads, serializable reads
-# and puts against both. Usage: bench/etcd-compare.sh [LOADS] [RUNS] (default "s m l reads",
-# 1 run; quote medians of 3 or more). READ_CLIENTS, READ_SECS tune the read benchmark;
+# and puts against both; the load "puts500" has it put as check perf does (500 clients,
+# each on its own connection, 1 KiB values, new keys) with no rate limit, for 30 s.
+# Usage: bench/etcd-compare.sh [LOADS] [RUNS] (default "s m l reads", 1 run; quote
+# medians of 3 or more). READ_CLIENTS, READ_SECS tune the read benchmark;
 # SYNOD=path/to/synod skips the release build.
 # For check perf loads it also runs the same check against three `etcd_put_ceiling`
 # servers (bench/etcd-put-ceiling.sh: tonic answering every Put at once, no Raft, MVCC
@@ -91,6 +93,13 @@ reads() {
     done
 }
 
+# check perf's shape without its rate limiter: 500 clients on 500 connections, 1 KiB
+# values, nearly every put a new key, as fast as each system answers.
+puts500() {
+    $SYNOD --log error bench etcd --endpoints "$1" --op put --clients 500 --conns 500 \
+        --duration 30s --keys 1000000 --value-size 1024 2>&1 | grep ops/s || true
+}
+
 check_perf() {
     local ep=$1 load=$2
     etcdctl --endpoints="$ep" check perf --load="$load" 2>&1 | tr '\r' '\n' | grep -E 'PASS|FAIL|too' || true
@@ -101,13 +110,21 @@ for run in $(seq "$RUNS"); do
     for load in $LOADS; do
         start_synod
         echo "== run $run synod --load=$load"
-        if [ "$load" = reads ]; then reads "$SYNOD_EP"; else check_perf "$SYNOD_EP" "$load"; fi
+        case $load in
+            reads) reads "$SYNOD_EP" ;;
+            puts500) puts500 "$SYNOD_EP" ;;
+            *) check_perf "$SYNOD_EP" "$load" ;;
+        esac
         stop_synod; rm -rf "$WORK/synod"
         start_etcd
         echo "== run $run etcd $(etcd --version | head -1 | awk '{print $3}') --load=$load"
-        if [ "$load" = reads ]; then reads "$ETCD_EP"; else check_perf "$ETCD_EP" "$load"; fi
+        case $load in
+            reads) reads "$ETCD_EP" ;;
+            puts500) puts500 "$ETCD_EP" ;;
+            *) check_perf "$ETCD_EP" "$load" ;;
+        esac
         stop_etcd; rm -rf "$WORK"/etcd?
-        if [ "$load" != reads ] && [ "$CEILING" != 0 ]; then
+        if [ "$load" != reads ] && [ "$load" != puts500 ] && [ "$CEILING" != 0 ]; then
             start_ceiling
             echo "== run $run no-op ceiling (etcd_put_ceiling) --load=$load"
             check_perf "$CEILING_EP" "$load"
