@@ -4,6 +4,8 @@
 //! `etcdctl check perf` against them, so what etcdctl plus tonic can do on the same two
 //! cores bounds what any cluster behind the same front end can do.
 //!
+//! tonic's `serve(addr)` sets `TCP_NODELAY` on each connection, as synod's client port does.
+//!
 //! Usage: `etcd_put_ceiling ADDR` (e.g. `127.0.0.1:23101`). Range answers "no keys" (check
 //! perf asks that its prefix is empty before it starts), DeleteRange "nothing deleted".
 
