@@ -253,6 +253,9 @@ pub async fn run_node(config: ClusterConfig, me: NodeId) -> Result<(), NodeError
     // Snapshots are blob files beside the WAL (DiskStorage::put_blob), so their size has
     // no bound but memory's: the state machine is in memory anyway.
     raft_cfg.snapshot_threshold = config.tuning.snapshot_entries.max(1);
+    // Nodes of one machine (`synod up`) would otherwise encode and write their whole
+    // state at the same index, on the same cores and disk (docs/etcdperf.md, session 10).
+    raft_cfg.snapshot_stagger = true;
     raft_cfg.max_snapshot_bytes = None;
     // A snapshot of hundreds of MB in 64 KiB chunks, one in flight, takes thousands of
     // round trips; 1 MiB chunks stay far below the 16 MiB frame bound and keep each

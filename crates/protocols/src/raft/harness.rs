@@ -320,8 +320,8 @@ pub fn install_invariants(sim: &mut Sim<Kv>) {
 }
 
 /// The fast timing every simulation uses: 100 ms election timeouts, 20 ms heartbeats.
-/// With `snapshots`, a snapshot every 25 entries sent in 24-byte chunks, so that
-/// compaction and chunked `InstallSnapshot` run all the time.
+/// With `snapshots`, a snapshot every 25 entries, staggered across the servers, sent in
+/// 24-byte chunks, so that compaction and chunked `InstallSnapshot` run all the time.
 pub fn test_config(voters: u32, snapshots: bool) -> RaftConfig {
     let mut config = RaftConfig::new((0..voters).map(NodeId).collect());
     config.election_timeout = Duration::from_millis(100);
@@ -331,6 +331,7 @@ pub fn test_config(voters: u32, snapshots: bool) -> RaftConfig {
     config.max_in_flight = 4;
     if snapshots {
         config.snapshot_threshold = 25;
+        config.snapshot_stagger = true;
         config.snapshot_chunk_bytes = 24;
     }
     config

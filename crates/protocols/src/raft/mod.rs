@@ -119,7 +119,9 @@
 //! snapshot with `InstallSnapshot` in chunks of `snapshot_chunk_bytes` (an offset and a
 //! done flag, as in Figure 13), one chunk in flight at a time; the follower keeps the
 //! log after the snapshot if it holds the snapshot's last entry, else discards it, and
-//! acknowledges only once the snapshot is durable.
+//! acknowledges only once the snapshot is durable. With `snapshot_stagger` each server
+//! snapshots at its own phase of the interval, so that the servers (and a leader and
+//! its quorum) do not all pay for a snapshot at the same moment.
 //!
 //! A group may also be born with a state: `Raft::seed_snapshot` stores it as the
 //! snapshot at index 1, term 0, before the first `on_start` (multi-Raft splits, in
@@ -269,6 +271,14 @@ pub struct RaftConfig {
     /// Take a snapshot and compact the log once this many entries are applied past the
     /// last snapshot (§7). Zero: never.
     pub snapshot_threshold: u64,
+    /// Spread the servers' snapshots over the interval: the voter of rank `i` of `n` (in
+    /// id order) takes its first snapshot `snapshot_threshold × i / n` entries later than
+    /// the threshold, and each later one a threshold after its last, so the servers do
+    /// not all encode and write their whole state at the same index. That matters when
+    /// they share cores and a disk (`synod up`), and for a leader whose quorum would
+    /// otherwise snapshot with it. A server that installs the leader's snapshot takes the
+    /// leader's phase from then on.
+    pub snapshot_stagger: bool,
     /// Bytes of snapshot per `InstallSnapshot` chunk (Figure 13).
     pub snapshot_chunk_bytes: usize,
     /// The largest snapshot a server stores (`None`: no bound). Snapshots are one storage
@@ -315,6 +325,7 @@ impl RaftConfig {
             pre_vote: true,
             check_quorum: true,
             snapshot_threshold: 8192,
+            snapshot_stagger: false,
             snapshot_chunk_bytes: 64 << 10,
             max_snapshot_bytes: None,
             lease_read_max_drift_ppm: None,

@@ -316,6 +316,21 @@ impl<S: StateMachine> Raft<S> {
         self.snapshot_in_flight.as_ref().map(|(index, _)| *index)
     }
 
+    /// The earliest index of this server's first snapshot: `config.snapshot_stagger`
+    /// shifts it by this server's share of the interval.
+    fn first_snapshot_at(&self) -> LogIndex {
+        let threshold = self.config.snapshot_threshold;
+        if !self.config.snapshot_stagger || threshold == 0 {
+            return LogIndex::ZERO;
+        }
+        let mut voters = self.config.voters.clone();
+        voters.sort();
+        voters.dedup();
+        let rank = voters.iter().position(|&v| v == self.me).unwrap_or(0) as u64;
+        let n = voters.len().max(1) as u64;
+        LogIndex(threshold.saturating_add(threshold / n * rank))
+    }
+
     /// The last index covered by this server's snapshot (0: none).
     pub fn snapshot_index(&self) -> LogIndex {
         self.log.base_index()
@@ -1315,6 +1330,7 @@ impl<S: StateMachine> Actor for Raft<S> {
 
     fn on_start(&mut self, ctx: &mut RaftCtx<'_, S>) {
         self.me = ctx.me();
+        self.snapshot_deferred_until = self.first_snapshot_at();
         match ctx
             .storage()
             .get_value::<(Term, Option<NodeId>)>(HARD_STATE_KEY)

@@ -830,6 +830,40 @@ fn snapshotting_config(nodes: u32) -> RaftConfig {
     config
 }
 
+/// The indexes at which follower `me` of voters 0..4 snapshots while the leader (node 0)
+/// commits 13 entries one at a time, with a threshold of 4.
+fn snapshot_indexes(me: u32, stagger: bool) -> Vec<u64> {
+    let mut config = config(4);
+    config.snapshot_threshold = 4;
+    config.snapshot_stagger = stagger;
+    let mut node = TestNode::new(NodeId(me), Raft::new(config, KvStateMachine::default()), 7);
+    node.start();
+    let mut taken = Vec::new();
+    for i in 1..=13u64 {
+        let prev = (i - 1, if i == 1 { 0 } else { 1 });
+        let effects = node.deliver(NodeId(0), append(1, prev, vec![put(1, i, i)], i));
+        node.storage.sync();
+        node.finish_background(&effects);
+        let at = node.actor.snapshot_index().0;
+        if at > 0 && taken.last() != Some(&at) {
+            taken.push(at);
+        }
+    }
+    taken
+}
+
+#[test]
+fn staggered_snapshots_fall_at_different_indexes_on_each_server() {
+    // Without the stagger every server snapshots at the same indexes.
+    for me in 1..=3 {
+        assert_eq!(snapshot_indexes(me, false), [4, 8, 12], "node {me}");
+    }
+    // With it, rank i of 4 voters starts i/4 of the interval later and keeps that phase.
+    assert_eq!(snapshot_indexes(1, true), [5, 9, 13]);
+    assert_eq!(snapshot_indexes(2, true), [6, 10]);
+    assert_eq!(snapshot_indexes(3, true), [7, 11]);
+}
+
 #[test]
 fn an_applied_prefix_is_snapshotted_compacted_and_restored_after_a_crash() {
     let mut node = TestNode::new(
