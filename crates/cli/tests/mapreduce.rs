@@ -407,11 +407,11 @@ fn pagerank_master(input: &Path, out: &Path, listen: &str) -> (Child, String) {
     spawn_master(&job, input, out, listen)
 }
 
-/// Wait until every partition has its first checkpoint (iteration 3) and the iterations
+/// Wait until every partition has its checkpoint of `iteration` and the iterations
 /// have not ended.
-fn wait_for_the_first_checkpoint(out: &Path) {
-    let checkpoint = out.join("final/_checkpoint/iter-00003");
-    wait_for("the first checkpoint", Duration::from_secs(60), || {
+fn wait_for_checkpoint(out: &Path, iteration: u32) {
+    let checkpoint = out.join(format!("final/_checkpoint/iter-{iteration:05}"));
+    wait_for("the checkpoint", Duration::from_secs(60), || {
         (0..3).all(|q| checkpoint.join(format!("part-{q:05}")).exists())
     });
     assert!(
@@ -443,7 +443,7 @@ fn pagerank_worker_sigkill_mid_iterations_resumes_from_a_checkpoint() {
     let mut procs = Procs(vec![m]);
     procs.0.push(worker(&addr, &dir.join("w0"), "150ms"));
     procs.0.push(worker(&addr, &dir.join("w1"), "150ms"));
-    wait_for_the_first_checkpoint(&out);
+    wait_for_checkpoint(&out, 3);
     sigkill(&mut procs.0[2]);
     procs.0.push(worker(&addr, &dir.join("w2"), "150ms"));
     let summary = pagerank_summary(&mut procs.0[0]);
@@ -474,7 +474,10 @@ fn pagerank_master_sigkill_mid_iterations_resumes_from_the_checkpoint() {
     let mut procs = Procs(vec![m]);
     procs.0.push(worker(&addr, &dir.join("w0"), "150ms"));
     procs.0.push(worker(&addr, &dir.join("w1"), "150ms"));
-    wait_for_the_first_checkpoint(&out);
+    // The second checkpoint's files, not the first's: a worker writes a checkpoint before
+    // it reports it, and a master killed between the two has not recorded it yet and
+    // rightly starts the iterations over. By the second, it has recorded the first.
+    wait_for_checkpoint(&out, 6);
     sigkill(&mut procs.0[0]);
     // The workers keep retrying the master's address.
     let (m2, _) = pagerank_master(&input, &out, &listen);
